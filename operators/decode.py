@@ -1,0 +1,210 @@
+"""Decode, check, hash and resize downloaded images, with img2dataset's resize semantics.
+
+Columns in: `status`, `image` (raw bytes; rows whose status is not ok pass through).
+Columns added: `original_width`, `original_height` (as displayed, after EXIF orientation),
+`width`, `height` (of the stored image), `sha256` (hex, of the original bytes), `phash`
+(uint64 DCT perceptual hash of the decoded image). `image` is replaced by the re-encoded
+resized image; `status`/`error` are set for images that fail a check.
+
+img2dataset's Resizer is the reference for sizes, interpolation, crop and border semantics.
+Where we differ, on purpose:
+- checks use the header before a full decode (a decompression bomb is refused unread);
+- large JPEGs are decoded at 1/2, 1/4 or 1/8 scale (libjpeg DCT scaling, Pillow's `draft`)
+  when the output is smaller anyway — most of the CPU of a full decode is skipped;
+- EXIF orientation is applied (img2dataset's IMREAD_UNCHANGED ignores it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Literal
+
+import cv2
+import imagehash
+import numpy as np
+import pyarrow as pa
+from PIL import Image, ImageOps, UnidentifiedImageError
+from pydantic import Field
+
+from operators import status as st
+from operators.options import Options
+from operators.table import replace_columns
+
+ResizeMode = Literal["no", "keep_ratio", "center_crop", "border", "keep_ratio_largest"]
+_SWAPS_AXES = {5, 6, 7, 8}
+_DRAFT_MARGIN = 2  # EXIF orientations that transpose width and height
+_ENCODE_PARAMS = {"jpg": cv2.IMWRITE_JPEG_QUALITY, "webp": cv2.IMWRITE_WEBP_QUALITY, "png": cv2.IMWRITE_PNG_COMPRESSION}
+
+
+class DecodeOptions(Options):
+    resize_mode: ResizeMode = "keep_ratio"
+    image_size: int = Field(256, gt=0)
+    resize_only_if_bigger: bool = False
+    min_image_size: int = Field(0, ge=0)
+    max_aspect_ratio: float = Field(math.inf, gt=0)
+    max_pixels: int = Field(100_000_000, gt=0, description="refuse images whose header claims more pixels")
+    encode_format: Literal["jpg", "png", "webp"] = "jpg"
+    encode_quality: int = Field(95, ge=0, le=100, description="JPEG/WebP quality; PNG compression 0-9")
+    reduced_decode: bool = Field(True, description="decode large JPEGs at reduced scale when the output is smaller")
+
+
+@dataclass
+class Decoded:
+    status: str
+    error: str | None = None
+    original_width: int | None = None
+    original_height: int | None = None
+    width: int | None = None
+    height: int | None = None
+    sha256: str | None = None
+    phash: int | None = None
+    image: bytes | None = None
+
+
+def target_size(width: int, height: int, options: DecodeOptions) -> tuple[int, int, bool]:
+    """Size after the resize step (before crop/border) and whether it is a downscale, as img2dataset."""
+    mode = options.resize_mode
+    if mode == "no":
+        return width, height, False
+    side = min(width, height) if mode in ("keep_ratio", "center_crop") else max(width, height)
+    downscale = side > options.image_size
+    if options.resize_only_if_bigger and not downscale:
+        return width, height, False
+    scale = options.image_size / side
+    # albumentations' Smallest/LongestMaxSize: Python round (half to even), at least 1 px
+    return max(1, round(width * scale)), max(1, round(height * scale)), downscale
+
+
+def _rgb_on_white(image: Image.Image) -> np.ndarray:
+    """RGB array; transparent pixels matted onto white exactly as img2dataset does."""
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+    if not has_alpha:
+        return np.asarray(image.convert("RGB"))
+    rgba = np.asarray(image.convert("RGBA"))
+    alpha = rgba[:, :, 3:4].astype(np.float64)
+    matted = alpha / 255 * rgba[:, :, :3] + 255 - alpha
+    return np.rint(matted.clip(0, 255)).astype(np.uint8)
+
+
+def _resize(pixels: np.ndarray, width: int, height: int, downscale: bool, options: DecodeOptions) -> np.ndarray:
+    if (pixels.shape[1], pixels.shape[0]) != (width, height):
+        interpolation = cv2.INTER_AREA if downscale else cv2.INTER_LANCZOS4
+        pixels = cv2.resize(pixels, (width, height), interpolation=interpolation)
+    size = options.image_size
+    if options.resize_mode == "center_crop" and (width > size or height > size):
+        top, left = max(0, (height - size) // 2), max(0, (width - size) // 2)
+        pixels = pixels[top:top + size, left:left + size]
+    elif options.resize_mode == "border" and (width < size or height < size):
+        pad_h, pad_w = max(0, size - height), max(0, size - width)
+        pixels = cv2.copyMakeBorder(pixels, pad_h // 2, pad_h - pad_h // 2, pad_w // 2, pad_w - pad_w // 2,
+                                    cv2.BORDER_CONSTANT, value=(255, 255, 255))
+    return pixels
+
+
+def _encode(pixels: np.ndarray, options: DecodeOptions) -> bytes:
+    ok, buf = cv2.imencode(f".{options.encode_format}", pixels[:, :, ::-1],
+                           [_ENCODE_PARAMS[options.encode_format], options.encode_quality])
+    if not ok:
+        raise ValueError(f"cannot encode as {options.encode_format}")
+    return buf.tobytes()
+
+
+def phash64(image: Image.Image) -> int:
+    """64-bit DCT perceptual hash (imagehash.phash) as an unsigned integer."""
+    bits = imagehash.phash(image).hash.flatten()
+    return int.from_bytes(np.packbits(bits).tobytes(), "big")
+
+
+def decode_image(data: bytes, options: DecodeOptions) -> Decoded:
+    """Check, decode, hash, resize and re-encode one image."""
+    sha = hashlib.sha256(data).hexdigest()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as err:
+        return Decoded(st.TOO_LARGE, str(err), sha256=sha)
+    except UnidentifiedImageError:
+        return Decoded(st.NOT_IMAGE, f"not a recognised image format (starts with {data[:16]!r})", sha256=sha)
+    except Exception as err:
+        return Decoded(st.DECODE_ERROR, f"cannot read image header: {err}", sha256=sha)
+
+    raw_w, raw_h = image.size
+    try:
+        orientation = image.getexif().get(0x0112, 1)
+    except Exception:  # a broken EXIF block is not a broken image
+        orientation = 1
+    width, height = (raw_h, raw_w) if orientation in _SWAPS_AXES else (raw_w, raw_h)
+    result = Decoded(st.OK, original_width=width, original_height=height, sha256=sha)
+    if width * height > options.max_pixels:
+        result.status, result.error = st.TOO_LARGE, (
+            f"header claims {width}x{height} = {width * height / 1e6:.1f} MP > max_pixels "
+            f"{options.max_pixels / 1e6:.1f} MP; not decoded")
+        return result
+    if min(width, height) < options.min_image_size:
+        result.status, result.error = st.TOO_SMALL, (
+            f"{width}x{height} is smaller than min_image_size {options.min_image_size}")
+        return result
+    if max(width, height) / max(1, min(width, height)) > options.max_aspect_ratio:
+        result.status, result.error = st.BAD_ASPECT_RATIO, (
+            f"{width}x{height} has aspect ratio above max_aspect_ratio {options.max_aspect_ratio:g}")
+        return result
+
+    out_w, out_h, downscale = target_size(width, height, options)
+    try:
+        if options.reduced_decode and image.format == "JPEG" and downscale:
+            # draft picks the largest DCT scale (1/2, 1/4, 1/8) that still gives at least the requested
+            # size; keeping 2x the output leaves the final INTER_AREA step enough pixels to match a full
+            # decode (mean abs diff < 1 level on COCO photos, vs ~2-3 when decoding right down to size)
+            want_w, want_h = _DRAFT_MARGIN * out_w, _DRAFT_MARGIN * out_h
+            request = (want_h, want_w) if orientation in _SWAPS_AXES else (want_w, want_h)
+            image.draft("RGB", request)
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        pixels = _rgb_on_white(image)
+        result.phash = phash64(Image.fromarray(pixels))
+        resized = _resize(pixels, out_w, out_h, downscale, options)
+        result.image = _encode(np.ascontiguousarray(resized), options)
+    except Exception as err:
+        result.status, result.error = st.DECODE_ERROR, f"cannot decode {image.format or 'image'}: {err}"
+        return result
+    result.height, result.width = resized.shape[:2]
+    return result
+
+
+class Decoder:
+    """Batch operator: decodes every row whose status is ok; other rows pass through unchanged."""
+
+    def __init__(self, options: DecodeOptions):
+        self.options = options
+        cv2.setNumThreads(1)  # parallelism comes from the engine's tasks, not from OpenCV threads
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        statuses = batch.column("status").to_pylist()
+        errors = batch.column("error").to_pylist()
+        images = batch.column("image").to_pylist()
+        rows: list[Decoded] = []
+        for status, error, data in zip(statuses, errors, images, strict=True):
+            if status != st.OK:
+                rows.append(Decoded(status, error))
+            elif data is None:
+                rows.append(Decoded(st.DECODE_ERROR, "no image bytes"))
+            else:
+                rows.append(decode_image(data, self.options))
+        columns = {
+            "status": pa.array([r.status for r in rows], pa.string()),
+            "error": pa.array([r.error for r in rows], pa.string()),
+            "original_width": pa.array([r.original_width for r in rows], pa.int32()),
+            "original_height": pa.array([r.original_height for r in rows], pa.int32()),
+            "width": pa.array([r.width for r in rows], pa.int32()),
+            "height": pa.array([r.height for r in rows], pa.int32()),
+            "sha256": pa.array([r.sha256 for r in rows], pa.string()),
+            "phash": pa.array([r.phash for r in rows], pa.uint64()),
+            "image": pa.array([r.image for r in rows], pa.binary()),
+        }
+        return replace_columns(batch, columns)
+

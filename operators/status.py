@@ -1,0 +1,36 @@
+"""The status vocabulary of an annotation row, and which stage sets each failure.
+
+A failure is a value in the `status` column with an `error` text, never an exception.
+"""
+
+OK = "ok"
+
+# download stage
+INVALID_URL = "invalid_url"            # not an http(s) URL we can request
+BLOCKED_ADDRESS = "blocked_address"    # host resolves to a private/loopback/link-local/... address
+CONNECTION_ERROR = "connection_error"  # refused, reset, DNS failure, TLS failure
+TIMEOUT = "timeout"                    # no response or body within the timeout
+HTTP_ERROR = "http_error"              # 4xx/5xx after retries
+REDIRECT_ERROR = "redirect_error"      # redirect loop or too many redirects
+OPTED_OUT = "opted_out"                # X-Robots-Tag disallows AI use
+TOO_LARGE = "too_large"                # body over the byte cap, or header claims too many pixels
+
+# decode stage
+NOT_IMAGE = "not_image"                # bytes are not a recognised image format
+DECODE_ERROR = "decode_error"          # recognised but broken (truncated, corrupt)
+TOO_SMALL = "too_small"                # shorter side below min_image_size
+BAD_ASPECT_RATIO = "bad_aspect_ratio"  # long/short side above max_aspect_ratio
+
+STAGE_OF_STATUS = {
+    INVALID_URL: "download",
+    BLOCKED_ADDRESS: "download",
+    CONNECTION_ERROR: "download",
+    TIMEOUT: "download",
+    HTTP_ERROR: "download",
+    REDIRECT_ERROR: "download",
+    OPTED_OUT: "download",
+    NOT_IMAGE: "decode",
+    DECODE_ERROR: "decode",
+    TOO_SMALL: "decode",
+    BAD_ASPECT_RATIO: "decode",
+}

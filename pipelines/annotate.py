@@ -1,0 +1,280 @@
+"""annotate: every input row becomes exactly one annotation row, with Ray Data.
+
+    shards ─▶ load (CPU task per shard) ─▶ download (I/O tasks, threads inside)
+           ─▶ decode (CPU tasks) ─▶ write parts to RUN/_staging ─▶ driver commits each shard
+
+The stream that reaches the driver is only part metadata (shard, part, rows), never
+images. A shard is committed when all of its rows have been written: a Ray task merges its
+parts into `annotations/SHARD.parquet` and `images/SHARD.parquet`, then writes
+`_done/SHARD.json`. A rerun skips shards that have the marker and redoes the rest from
+scratch, so a run killed at any point (SIGKILL included) resumes without losing or
+duplicating a row.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+import uuid
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import ray
+import yaml
+
+from operators import status as st
+from operators.decode import Decoder
+from operators.download import Downloader
+from pipelines.config import AnnotateConfig, ConfigError, load_config
+from pipelines.sources import (
+    InputError,
+    Shard,
+    list_input_files,
+    load_img2dataset_shard,
+    plan_img2dataset_file,
+    plan_table_file,
+)
+from pipelines.storage import RunPaths
+
+log = logging.getLogger(__name__)
+
+IMAGE_COLUMNS = ["key", "image", "width", "height"]
+
+
+# ---------------------------------------------------------------- Ray
+
+def init_ray(address: str | None) -> None:
+    if ray.is_initialized():
+        return
+    ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=True,
+             configure_logging=True, logging_level=logging.WARNING)
+
+
+# ---------------------------------------------------------------- planning
+
+@ray.remote(num_cpus=0.5)
+def _plan_table_file(config, fs, path, file_idx, paths):
+    return plan_table_file(config, fs, path, file_idx, paths)
+
+
+def plan_shards(config: AnnotateConfig, paths: RunPaths) -> list[Shard]:
+    """Cut the input into shards once; later runs of the same folder reuse the plan."""
+    if paths.exists(paths.plan):
+        plan = paths.read_json(paths.plan)
+        return [Shard(**s) for s in plan["shards"]]
+    fs, files = list_input_files(config.input)
+    if config.input.format == "img2dataset":
+        shards = [plan_img2dataset_file(fs, path, i) for i, path in enumerate(files)]
+    else:
+        refs = [_plan_table_file.remote(config.input, fs, path, i, paths) for i, path in enumerate(files)]
+        try:
+            shards = [s for group in ray.get(refs) for s in group]
+        except ray.exceptions.RayTaskError as err:
+            if isinstance(err.cause, InputError):
+                raise err.cause from None
+            raise
+    if not shards:
+        raise InputError(f"the input {config.input.path} has no rows")
+    paths.write_json({"shards": [s.to_dict() for s in shards], "rows": sum(s.rows for s in shards),
+                      "files": files}, paths.plan)
+    return shards
+
+
+# ---------------------------------------------------------------- stages (thin Ray wrappers over operators)
+
+def load_shards(batch: pa.Table, paths: RunPaths) -> pa.Table:
+    tables = []
+    for row in batch.to_pylist():
+        shard = Shard(**row)
+        if shard.kind == "img2dataset":
+            table = load_img2dataset_shard(shard)
+        else:
+            with paths.fs.open(shard.path, "rb") as f:
+                table = pq.read_table(f)
+        tables.append(table.append_column("shard", pa.array([shard.id] * table.num_rows, pa.string())))
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def download_batch(batch: pa.Table, options) -> pa.Table:
+    return Downloader(options)(batch)
+
+
+def decode_batch(batch: pa.Table, options) -> pa.Table:
+    return Decoder(options)(batch)
+
+
+def write_parts(batch: pa.Table, paths: RunPaths) -> pa.Table:
+    """Write this batch's rows as staging parts, one per shard; return what was written."""
+    shards, parts, rows = [], [], []
+    for shard in pc.unique(batch.column("shard")).to_pylist():
+        part = batch.filter(pc.equal(batch.column("shard"), shard))
+        name = uuid.uuid4().hex
+        base = f"{paths.staging(shard)}/{name}"
+        paths.write_parquet(part.drop_columns(["image"]), f"{base}.annotations.parquet")
+        ok = part.filter(pc.equal(part.column("status"), st.OK)).select(IMAGE_COLUMNS)
+        paths.write_parquet(ok, f"{base}.images.parquet", row_group_size=256)
+        shards.append(shard)
+        parts.append(name)
+        rows.append(part.num_rows)
+    return pa.table({"shard": pa.array(shards, pa.string()), "part": pa.array(parts, pa.string()),
+                     "rows": pa.array(rows, pa.int64())})
+
+
+# ---------------------------------------------------------------- commit
+
+def stage_of(status: str, original_width: int | None) -> str | None:
+    """Which stage failed a row (None for ok); too_large is the decoder's when it read a header."""
+    if status == st.OK:
+        return None
+    if status == st.TOO_LARGE:
+        return "decode" if original_width is not None else "download"
+    return st.STAGE_OF_STATUS.get(status, "download")
+
+
+def _read_parts(paths: RunPaths, shard: str, parts: list[str], kind: str) -> pa.Table:
+    tables = []
+    for part in parts:
+        with paths.fs.open(f"{paths.staging(shard)}/{part}.{kind}.parquet", "rb") as f:
+            tables.append(pq.read_table(f))
+    return pa.concat_tables(tables, promote_options="default").sort_by("key")
+
+
+@ray.remote(num_cpus=0.25, max_retries=3)
+def commit_shard(paths: RunPaths, shard: str, parts: list[str], expected_rows: int) -> dict:
+    annotations = _read_parts(paths, shard, parts, "annotations")
+    keys = annotations.column("key")
+    if annotations.num_rows != expected_rows or pc.count_distinct(keys).as_py() != expected_rows:
+        raise RuntimeError(f"shard {shard}: {annotations.num_rows} rows, "
+                           f"{pc.count_distinct(keys).as_py()} distinct keys, expected {expected_rows}")
+    images = _read_parts(paths, shard, parts, "images")
+    paths.write_parquet(annotations, paths.annotations(shard))
+    paths.write_parquet(images, paths.images(shard), row_group_size=256)
+    statuses = annotations.column("status").to_pylist()
+    widths = annotations.column("original_width").to_pylist()
+    failed_at = collections.Counter((stage_of(s, w), s) for s, w in zip(statuses, widths, strict=True))
+    marker = {
+        "shard": shard,
+        "rows": annotations.num_rows,
+        "status_counts": dict(collections.Counter(statuses)),
+        "failed_at": {f"{stage}:{status}": n for (stage, status), n in failed_at.items() if stage},
+        "committed_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    paths.write_json(marker, paths.done(shard))
+    paths.remove(paths.staging(shard))
+    return marker
+
+
+# ---------------------------------------------------------------- the run
+
+def _prepare_folder(config: AnnotateConfig, paths: RunPaths, overwrite: bool) -> None:
+    if overwrite:
+        paths.remove(paths.root)
+    if paths.exists(paths.config):
+        with paths.fs.open(paths.config, "r") as f:
+            previous = load_config(base=yaml.safe_load(f.read()))
+        if previous.fingerprint() != config.fingerprint():
+            raise ConfigError(
+                f"config error: {config.output} holds a run made with a different input or settings "
+                f"(config hash {previous.fingerprint()} != {config.fingerprint()}); "
+                "use another output folder, or --overwrite to start over")
+    else:
+        paths.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), paths.config)
+
+
+def _build_dataset(pending: list[Shard], config: AnnotateConfig, paths: RunPaths) -> ray.data.Dataset:
+    rc = config.ray
+    ds = ray.data.from_items([s.to_dict() for s in pending], override_num_blocks=len(pending))
+    ds = ds.map_batches(load_shards, batch_size=1, batch_format="pyarrow", fn_kwargs={"paths": paths},
+                        num_cpus=0.25)
+    if any(s.kind == "table" for s in pending):
+        ds = ds.map_batches(download_batch, batch_size=rc.batch_size, batch_format="pyarrow",
+                            fn_kwargs={"options": config.download}, num_cpus=rc.download_cpus,
+                            concurrency=rc.max_download_tasks)
+    ds = ds.map_batches(decode_batch, batch_size=rc.batch_size, batch_format="pyarrow",
+                        fn_kwargs={"options": config.decode}, num_cpus=rc.decode_cpus,
+                        concurrency=rc.max_decode_tasks)
+    return ds.map_batches(write_parts, batch_size=None, batch_format="pyarrow", fn_kwargs={"paths": paths},
+                          num_cpus=0.25)
+
+
+def _run_pending(pending: list[Shard], config: AnnotateConfig, paths: RunPaths) -> str:
+    expected = {s.id: s.rows for s in pending}
+    written: dict[str, int] = collections.defaultdict(int)
+    parts: dict[str, list[str]] = collections.defaultdict(list)
+    commits = []
+    ds = _build_dataset(pending, config, paths)
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        for row in batch.to_pylist():
+            shard = row["shard"]
+            written[shard] += row["rows"]
+            parts[shard].append(row["part"])
+            if written[shard] == expected[shard]:
+                commits.append(commit_shard.remote(paths, shard, parts.pop(shard), expected[shard]))
+    for marker in ray.get(commits):
+        log.info("committed shard %s (%d rows)", marker["shard"], marker["rows"])
+    missing = sorted(set(expected) - {m for m in written if written[m] == expected[m]})
+    if missing:
+        raise RuntimeError(f"shards not completed: {missing[:10]} (rows written {[written[m] for m in missing[:10]]})")
+    return ds.stats()
+
+
+def summarize(shards: list[Shard], paths: RunPaths, config: AnnotateConfig, started: float,
+              processed_rows: int, skipped: int) -> dict:
+    statuses: collections.Counter = collections.Counter()
+    failed_at: collections.Counter = collections.Counter()
+    done = 0
+    for shard in shards:
+        if not paths.exists(paths.done(shard.id)):
+            continue
+        marker = paths.read_json(paths.done(shard.id))
+        statuses.update(marker["status_counts"])
+        failed_at.update(marker["failed_at"])
+        done += 1
+    rows_in = sum(s.rows for s in shards)
+    rows_out = sum(statuses.values())
+    download_fail = {k.split(":", 1)[1]: v for k, v in failed_at.items() if k.startswith("download:")}
+    decode_fail = {k.split(":", 1)[1]: v for k, v in failed_at.items() if k.startswith("decode:")}
+    decode_in = rows_in - sum(download_fail.values())
+    wall = time.time() - started
+    return {
+        "config_hash": config.fingerprint(),
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "wall_time_s": round(wall, 2),
+        "rows_in": rows_in,
+        "rows_out": rows_out,
+        "shards": {"total": len(shards), "done": done, "skipped_already_done": skipped},
+        "status_counts": dict(sorted(statuses.items())),
+        "stages": {
+            "download": {"rows_in": rows_in, "rows_ok": decode_in, "failed": dict(sorted(download_fail.items()))},
+            "decode": {"rows_in": decode_in, "rows_ok": statuses.get(st.OK, 0),
+                       "failed": dict(sorted(decode_fail.items()))},
+        },
+        "rows_processed_this_run": processed_rows,
+        "rows_per_s_this_run": round(processed_rows / wall, 1) if wall > 0 else None,
+    }
+
+
+def annotate(config: AnnotateConfig, overwrite: bool = False, progress: bool = True) -> dict:
+    """Run (or resume) annotation into config.output and return the run summary."""
+    started = time.time()
+    paths = RunPaths(config.output)
+    _prepare_folder(config, paths, overwrite)
+    init_ray(config.ray.address)
+    ray.data.DataContext.get_current().enable_progress_bars = progress
+    shards = plan_shards(config, paths)
+    pending = [s for s in shards if not paths.exists(paths.done(s.id))]
+    # parts and outputs of unfinished shards are from an interrupted run: redo those shards whole
+    paths.remove(paths.join("_staging"))
+    for shard in pending:
+        paths.remove(paths.annotations(shard.id))
+        paths.remove(paths.images(shard.id))
+    log.info("%d shards, %d already done, %d to do", len(shards), len(shards) - len(pending), len(pending))
+    if pending:
+        stats = _run_pending(pending, config, paths)
+        paths.write_text(stats, paths.join("logs", "ray_data_stats.txt"))
+    summary = summarize(shards, paths, config, started, sum(s.rows for s in pending), len(shards) - len(pending))
+    paths.write_json(summary, paths.summary)
+    return summary

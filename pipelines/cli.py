@@ -1,0 +1,178 @@
+"""The `tailor` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+CONFIGS = Path(__file__).parent / "configs"
+
+
+def _print_summary(summary: dict) -> None:
+    rows = summary["rows_in"]
+    print(f"\nrows in {rows}, rows out {summary['rows_out']}, shards {summary['shards']['done']}/"
+          f"{summary['shards']['total']} ({summary['shards']['skipped_already_done']} were already done), "
+          f"wall {summary['wall_time_s']} s, {summary['rows_per_s_this_run']} rows/s this run")
+    print(f"{'status':<20}{'rows':>8}{'share':>9}")
+    for status, n in sorted(summary["status_counts"].items(), key=lambda kv: -kv[1]):
+        print(f"{status:<20}{n:>8}{n / max(rows, 1):>9.1%}")
+    for stage, counts in summary["stages"].items():
+        failed = ", ".join(f"{k} {v}" for k, v in counts["failed"].items()) or "none"
+        print(f"stage {stage:<9} in {counts['rows_in']:>7}  ok {counts['rows_ok']:>7}  failed: {failed}")
+
+
+def _annotate(args: argparse.Namespace) -> int:
+    from pipelines.annotate import annotate
+    from pipelines.config import load_config
+
+    overrides = list(args.set or [])
+    if args.input:
+        overrides.append(f"input.path={args.input}")
+    if args.output:
+        overrides.append(f"output={args.output}")
+    config = load_config(args.config, overrides)
+    summary = annotate(config, overwrite=args.overwrite, progress=not args.no_progress)
+    _print_summary(summary)
+    print(f"annotations: {config.output}/annotations/  summary: {config.output}/run.json")
+    return 0
+
+
+def _demo_web_build(args: argparse.Namespace) -> int:
+    from pipelines.demo_web.build import build_demo_web
+
+    started = time.time()
+    info = build_demo_web(Path(args.out), n=args.n, seed=args.seed, min_size=args.min_size, max_size=args.max_size)
+    print(f"built a demo web of {args.n} pages in {args.out} ({time.time() - started:.1f} s): {info}")
+    return 0
+
+
+def _demo_web_serve(args: argparse.Namespace) -> int:
+    from pipelines.demo_web.serve import DemoWebServer
+
+    with DemoWebServer(Path(args.out), host=args.host, port=args.port) as server:
+        print(f"serving {args.out} at {server.base_url}; URL table: {args.out}/urls.parquet (Ctrl-C stops)",
+              flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """Build the demo web (once), serve it on 127.0.0.1, annotate it, check against ground truth."""
+    import pyarrow.parquet as pq
+
+    from pipelines.annotate import annotate
+    from pipelines.config import load_config
+    from pipelines.demo_web.build import build_demo_web
+    from pipelines.demo_web.serve import DemoWebServer
+
+    out = Path(args.out)
+    web = out / "web"
+    if not (web / "truth.parquet").exists():
+        print(f"building a demo web of {args.n} pages (seed {args.seed}) in {web} ...", flush=True)
+        build_demo_web(web, n=args.n, seed=args.seed)
+    with DemoWebServer(web) as server:
+        print(f"serving the demo web at {server.base_url}", flush=True)
+        config = load_config(CONFIGS / "demo.yaml",
+                             [f"input.path={web / 'urls.parquet'}", f"output={out / 'run'}", *(args.set or [])])
+        summary = annotate(config, overwrite=True, progress=not args.no_progress)
+    _print_summary(summary)
+    annotations = pq.read_table(out / "run" / "annotations").select(["demo_id", "status"]).to_pylist()
+    truth = {r["demo_id"]: r["expected_status"]
+             for r in pq.read_table(web / "truth.parquet").select(["demo_id", "expected_status"]).to_pylist()}
+    agree = sum(truth[r["demo_id"]] == r["status"] for r in annotations)
+    print(f"ground truth: status as expected for {agree}/{len(truth)} rows")
+    print(f"outputs in {out / 'run'}: annotations/, images/, run.json")
+    return 0 if agree == len(truth) else 1
+
+
+def _status(args: argparse.Namespace) -> int:
+    import collections
+
+    from pipelines.sources import Shard
+    from pipelines.storage import RunPaths
+
+    paths = RunPaths(args.run)
+    if not paths.exists(paths.plan):
+        print(f"{args.run}: no run here yet (no input plan)")
+        return 1
+    shards = [Shard(**s) for s in paths.read_json(paths.plan)["shards"]]
+    counts: collections.Counter = collections.Counter()
+    done = 0
+    for shard in shards:
+        if paths.exists(paths.done(shard.id)):
+            done += 1
+            counts.update(paths.read_json(paths.done(shard.id))["status_counts"])
+    total_rows = sum(s.rows for s in shards)
+    state = "finished" if done == len(shards) and paths.exists(paths.summary) else "running or interrupted"
+    print(f"{args.run}: {state}; shards done {done}/{len(shards)}; rows done {sum(counts.values())}/{total_rows}")
+    for status, n in sorted(counts.items(), key=lambda kv: -kv[1]):
+        print(f"  {status:<20}{n:>8}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tailor", description="Curate web-scale image-text datasets.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("annotate", help="download, decode and hash every input row (Ray Data)")
+    p.add_argument("--config", required=True, help="pipeline YAML, e.g. pipelines/configs/demo.yaml")
+    p.add_argument("--input", help="override input.path")
+    p.add_argument("--output", help="override output (the run folder)")
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                   help="override any config field, e.g. --set decode.image_size=128 (repeatable)")
+    p.add_argument("--overwrite", action="store_true", help="delete the run folder first instead of resuming")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_annotate)
+
+    p = sub.add_parser("demo", help="build + serve the demo web, annotate it, check against ground truth")
+    p.add_argument("--out", default="demo", help="folder for the demo web and the run (default: demo)")
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("status", help="progress of a running or interrupted run")
+    p.add_argument("run")
+    p.set_defaults(func=_status)
+
+    web = sub.add_parser("demo-web", help="the generated demo web").add_subparsers(dest="action", required=True)
+    p = web.add_parser("build", help="generate pages, images and ground truth")
+    p.add_argument("out")
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--min-size", type=int, default=64)
+    p.add_argument("--max-size", type=int, default=1600)
+    p.set_defaults(func=_demo_web_build)
+    p = web.add_parser("serve", help="serve a built demo web on 127.0.0.1 and write OUT/urls.parquet")
+    p.add_argument("out")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    p.set_defaults(func=_demo_web_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from pipelines.config import ConfigError
+    from pipelines.sources import InputError
+
+    try:
+        return args.func(args)
+    except (ConfigError, InputError) as err:
+        print(f"tailor: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

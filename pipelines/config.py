@@ -1,0 +1,111 @@
+"""Typed pipeline configuration: pydantic models loaded from YAML, overridable from the CLI.
+
+One object is passed down; operators receive the section they need. Unknown or invalid
+fields fail with one line that names the field (`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError
+
+from operators.decode import DecodeOptions
+from operators.download import DownloadOptions
+from operators.options import Options
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased as one line naming the field."""
+
+
+class InputConfig(Options):
+    path: str | list[str] = Field(description="file, folder, glob or fsspec URL (s3://...) of the URL table")
+    format: Literal["auto", "parquet", "csv", "tsv", "jsonl", "img2dataset"] = "auto"
+    url_column: str = "url"
+    caption_column: str = "caption"
+    key_column: str | None = None
+    rows_per_shard: int = Field(10_000, gt=0, description="input rows per resumable unit of work")
+
+
+class RayConfig(Options):
+    address: str | None = Field(None, description="Ray cluster address; None starts or joins a local Ray")
+    batch_size: int = Field(256, gt=0, description="rows per download/decode batch")
+    download_cpus: float = Field(0.5, gt=0, description="CPUs reserved per download task (mostly waiting on I/O)")
+    decode_cpus: float = Field(1.0, gt=0, description="CPUs reserved per decode task")
+    max_download_tasks: int | None = Field(None, gt=0, description="cap on concurrent download tasks")
+    max_decode_tasks: int | None = Field(None, gt=0, description="cap on concurrent decode tasks")
+
+
+class AnnotateConfig(Options):
+    input: InputConfig
+    output: str = Field(description="run folder, local path or fsspec URL")
+    download: DownloadOptions = DownloadOptions()
+    decode: DecodeOptions = DecodeOptions()
+    ray: RayConfig = RayConfig()
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes annotation results (not where or how fast it runs)."""
+        relevant = self.model_dump(mode="json", exclude={"output": True, "ray": True})
+        blob = json.dumps(relevant, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _format_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "<root>"
+    if first["type"] == "extra_forbidden":
+        return f"config error: unknown field '{field}'"
+    if first["type"] == "missing":
+        return f"config error: missing required field '{field}'"
+    got = first.get("input")
+    got_text = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"config error: {field}: {first['msg']}{got_text}"
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"config error: cannot set '{dotted}': '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`decode.image_size=128` -> ("decode.image_size", 128); values are parsed as YAML scalars."""
+    if "=" not in text:
+        raise ConfigError(f"config error: override '{text}' is not of the form field.path=value")
+    field, raw = text.split("=", 1)
+    return field.strip(), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> AnnotateConfig:
+    """Load a YAML config, apply `field.path=value` overrides, validate."""
+    data: dict[str, Any] = dict(base or {})
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config error: file not found: {path}") from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config error: {path} is not valid YAML: {err}".splitlines()[0]) from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config error: {path} must hold a mapping at the top level")
+        data.update(loaded)
+    for item in overrides or []:
+        field, value = parse_override(item)
+        _set_dotted(data, field, value)
+    try:
+        return AnnotateConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err)) from None

@@ -1,0 +1,133 @@
+"""The run folder: where each output lives, and writes that never leave half a file behind.
+
+    RUN/
+      config.yaml            the resolved config of the run
+      run.json               summary: counts per status and stage, wall time, config hash
+      input/_plan.json       the input shards (id, rows, source)
+      input/SHARD.parquet    planned URL-table shards
+      annotations/SHARD.parquet   one row per input row
+      images/SHARD.parquet   key -> re-encoded image, for ok rows
+      _done/SHARD.json       a shard is finished when (and only when) this exists
+      _staging/SHARD/...     parts of shards in progress; removed when a shard is committed
+
+Local paths and fsspec URLs (s3://...) go through the same code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from functools import cached_property
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+class RunPaths:
+    """Paths of one run folder, and atomic writes into it. Pickles as its URL alone."""
+
+    def __init__(self, url: str):
+        self.url = str(url)
+
+    @cached_property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        fs, _ = fsspec.core.url_to_fs(self.url)
+        return fs
+
+    @cached_property
+    def root(self) -> str:
+        _, root = fsspec.core.url_to_fs(self.url)
+        return root.rstrip("/")
+
+    @property
+    def is_local(self) -> bool:
+        protocol = self.fs.protocol
+        return "file" in (protocol if isinstance(protocol, tuple) else (protocol,))
+
+    def __getstate__(self) -> dict:
+        return {"url": self.url}
+
+    def __setstate__(self, state: dict) -> None:
+        self.url = state["url"]
+
+    def join(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    def input_shard(self, shard: str) -> str:
+        return self.join("input", f"{shard}.parquet")
+
+    @property
+    def plan(self) -> str:
+        return self.join("input", "_plan.json")
+
+    def staging(self, shard: str) -> str:
+        return self.join("_staging", shard)
+
+    def annotations(self, shard: str) -> str:
+        return self.join("annotations", f"{shard}.parquet")
+
+    def images(self, shard: str) -> str:
+        return self.join("images", f"{shard}.parquet")
+
+    def done(self, shard: str) -> str:
+        return self.join("_done", f"{shard}.json")
+
+    @property
+    def summary(self) -> str:
+        return self.join("run.json")
+
+    @property
+    def config(self) -> str:
+        return self.join("config.yaml")
+
+    # -- writes that are all-or-nothing: a reader never sees half a file
+    def _atomic(self, path: str, write) -> None:
+        parent = path.rsplit("/", 1)[0]
+        self.fs.makedirs(parent, exist_ok=True)
+        if not self.is_local:
+            write(path)  # an object store makes an object visible only once it is complete
+            return
+        tmp = f"{parent}/.tmp-{uuid.uuid4().hex}"
+        try:
+            write(tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    def write_parquet(self, table: pa.Table, path: str, row_group_size: int | None = None) -> None:
+        def write(target: str) -> None:
+            with self.fs.open(target, "wb") as f:
+                pq.write_table(table, f, row_group_size=row_group_size, compression="zstd")
+
+        self._atomic(path, write)
+
+    def write_text(self, text: str, path: str) -> None:
+        def write(target: str) -> None:
+            with self.fs.open(target, "w") as f:
+                f.write(text)
+
+        self._atomic(path, write)
+
+    def write_json(self, obj: object, path: str) -> None:
+        self.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", path)
+
+    def read_json(self, path: str) -> dict:
+        with self.fs.open(path, "r") as f:
+            return json.load(f)
+
+    def exists(self, path: str) -> bool:
+        return self.fs.exists(path)
+
+    def remove(self, path: str) -> None:
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
+
+    def list(self, folder: str, suffix: str = "") -> list[str]:
+        path = self.join(folder)
+        if not self.fs.exists(path):
+            return []
+        return sorted(p for p in self.fs.ls(path, detail=False) if p.endswith(suffix)
+                      and not p.rsplit("/", 1)[-1].startswith("."))

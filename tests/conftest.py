@@ -1,0 +1,77 @@
+"""Shared fixtures: the network guard, a local Ray, a demo web served on 127.0.0.1.
+
+The network guard is installed before anything else, in this process and (through
+PYTHONPATH + sitecustomize) in every Python process the tests start, so a bug that tries to
+reach anything but loopback or this machine's own address fails the test.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NETGUARD = Path(__file__).resolve().parent / "netguard"
+_log = tempfile.NamedTemporaryFile(prefix="tailor-netguard-", suffix=".log", delete=False)
+_log.close()
+os.environ["TAILOR_NETGUARD"] = "1"
+os.environ["TAILOR_NETGUARD_LOG"] = _log.name
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(NETGUARD), str(ROOT), os.environ.get("PYTHONPATH")]))
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"
+sys.path.insert(0, str(NETGUARD))
+import sitecustomize  # noqa: E402  (the guard; installs itself because TAILOR_NETGUARD=1)
+
+sitecustomize.install()
+
+DEMO_CONFIG = ROOT / "pipelines" / "configs" / "demo.yaml"
+TEST_SLOW_SECONDS = 6.0  # the demo web's slow/stall pages outlast the demo config's 2 s timeout
+
+
+def netguard_violations() -> list[str]:
+    with open(_log.name) as f:
+        return f.read().splitlines()
+
+
+@pytest.fixture(autouse=True)
+def no_network_escape():
+    """Fail any test during which some process tried to reach a non-loopback address."""
+    before = len(netguard_violations())
+    yield
+    new = netguard_violations()[before:]
+    assert not new, "network guard refused non-loopback traffic:\n" + "\n".join(new)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True,
+             runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"], "TAILOR_NETGUARD": "1",
+                                       "TAILOR_NETGUARD_LOG": _log.name}})
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def demo_web(tmp_path_factory):
+    """A demo web with every hostile kind, served on 127.0.0.1 for the whole session."""
+    from pipelines.demo_web.build import build_demo_web
+    from pipelines.demo_web.serve import DemoWebServer
+
+    out = tmp_path_factory.mktemp("demo-web")
+    build_demo_web(out, n=400, seed=7)
+    with DemoWebServer(out, slow_seconds=TEST_SLOW_SECONDS) as server:
+        yield server, out
+
+
+def demo_config(urls: str | Path, output: str | Path, *overrides: str):
+    from pipelines.config import load_config
+
+    return load_config(DEMO_CONFIG, [f"input.path={urls}", f"output={output}", *overrides])

@@ -1,0 +1,142 @@
+"""Decode: img2dataset parity on real photos, and the checks that run before a full decode."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from operators import status as st
+from operators.decode import Decoder, DecodeOptions, decode_image
+
+COCO = sorted((Path(__file__).resolve().parents[2] / "shared" / "data" / "coco-mini" / "train2017").glob("*.jpg"))
+MODES = ["no", "keep_ratio", "center_crop", "border", "keep_ratio_largest"]
+
+
+def _pixels(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(np.int16)
+
+
+def _encode(image: Image.Image, fmt: str = "JPEG", **kwargs) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("size,reduced,worst_allowed,mean_allowed", [(256, False, 0.5, 0.1), (128, True, 4.5, 2.5)])
+def test_matches_img2dataset_resizer_on_real_photos(mode, size, reduced, worst_allowed, mean_allowed):
+    """Same sizes always; same pixels with a full decode; within a few levels with a DCT-scaled decode."""
+    from img2dataset.resizer import Resizer
+
+    assert len(COCO) == 80
+    reference = Resizer(image_size=size, resize_mode=mode, resize_only_if_bigger=False)
+    options = DecodeOptions(resize_mode=mode, image_size=size, reduced_decode=reduced)
+    diffs = []
+    for path in COCO:
+        data = path.read_bytes()
+        ref, width, height, original_width, original_height, err = reference(io.BytesIO(data))
+        assert err is None
+        ours = decode_image(data, options)
+        assert ours.status == st.OK, (path.name, ours.error)
+        assert (ours.width, ours.height) == (width, height), path.name
+        assert (ours.original_width, ours.original_height) == (original_width, original_height)
+        diffs.append(float(np.abs(_pixels(ours.image) - _pixels(ref)).mean()))
+    assert max(diffs) <= worst_allowed, f"{mode}: worst mean abs pixel difference {max(diffs):.2f}"
+    assert np.mean(diffs) <= mean_allowed
+
+
+def test_reduced_decode_is_used_and_close_for_large_jpegs():
+    photo = Image.open(COCO[0]).convert("RGB").resize((2560, 1920))
+    data = _encode(photo, quality=92)
+    full = decode_image(data, DecodeOptions(image_size=128, reduced_decode=False))
+    fast = decode_image(data, DecodeOptions(image_size=128, reduced_decode=True))
+    assert (fast.width, fast.height) == (full.width, full.height) == (171, 128)
+    assert np.abs(_pixels(fast.image) - _pixels(full.image)).mean() < 2.0
+    assert fast.sha256 == full.sha256
+
+
+def test_exif_orientation_is_applied():
+    stored = Image.new("RGB", (300, 100), "red")  # stored landscape, displayed portrait
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    decoded = decode_image(_encode(stored, exif=exif.tobytes()), DecodeOptions(resize_mode="no"))
+    assert (decoded.original_width, decoded.original_height) == (100, 300)
+    assert (decoded.width, decoded.height) == (100, 300)
+
+
+def test_transparent_pixels_become_white():
+    image = Image.new("RGBA", (64, 64), (0, 0, 255, 0))
+    image.paste((255, 0, 0, 255), (0, 0, 32, 64))
+    decoded = decode_image(_encode(image, "PNG"), DecodeOptions(resize_mode="no", encode_format="png"))
+    pixels = _pixels(decoded.image)
+    assert tuple(pixels[10, 50]) == (255, 255, 255)
+    assert tuple(pixels[10, 10]) == (255, 0, 0)
+
+
+def test_bomb_is_refused_from_the_header_without_decoding():
+    bomb = _encode(Image.new("1", (12_000, 12_000)), "PNG")
+    assert len(bomb) < 100_000
+    decoded = decode_image(bomb, DecodeOptions())
+    assert decoded.status == st.TOO_LARGE
+    assert "12000x12000" in decoded.error
+    assert decoded.image is None
+
+
+@pytest.mark.parametrize(
+    "data,status,words",
+    [
+        (b"<html><body>not an image</body></html>", st.NOT_IMAGE, "not a recognised image"),
+        (np.random.default_rng(0).bytes(5000), st.NOT_IMAGE, "not a recognised image"),
+    ],
+)
+def test_non_images(data, status, words):
+    decoded = decode_image(data, DecodeOptions())
+    assert decoded.status == status and words in decoded.error
+
+
+def test_truncated_jpeg_is_a_decode_error():
+    data = COCO[1].read_bytes()
+    decoded = decode_image(data[: len(data) // 2], DecodeOptions())
+    assert decoded.status == st.DECODE_ERROR
+    assert "truncated" in decoded.error
+
+
+def test_size_and_aspect_checks():
+    tiny = decode_image(_encode(Image.new("RGB", (10, 12))), DecodeOptions(min_image_size=32))
+    assert tiny.status == st.TOO_SMALL and "10x12" in tiny.error
+    long = decode_image(_encode(Image.new("RGB", (1600, 100))), DecodeOptions(max_aspect_ratio=8))
+    assert long.status == st.BAD_ASPECT_RATIO and "1600x100" in long.error
+
+
+def test_hashes():
+    data = COCO[2].read_bytes()
+    a = decode_image(data, DecodeOptions())
+    import hashlib
+
+    assert a.sha256 == hashlib.sha256(data).hexdigest()
+    # a re-encoded, resized copy keeps a near pHash; another photo does not
+    copy = _encode(Image.open(COCO[2]).convert("RGB").resize((320, 240)), quality=60)
+    b = decode_image(copy, DecodeOptions())
+    other = decode_image(COCO[3].read_bytes(), DecodeOptions())
+    assert bin(a.phash ^ b.phash).count("1") <= 6
+    assert bin(a.phash ^ other.phash).count("1") > 12
+
+
+def test_decoder_batch_passes_failed_rows_through():
+    batch = pa.table({
+        "key": ["a", "b", "c"],
+        "status": ["ok", "http_error", "ok"],
+        "error": [None, "HTTP 404 Not Found", None],
+        "image": [COCO[0].read_bytes(), None, b"junk"],
+    })
+    out = Decoder(DecodeOptions())(batch)
+    assert out.column("key").to_pylist() == ["a", "b", "c"]
+    assert out.column("status").to_pylist() == ["ok", "http_error", "not_image"]
+    assert out.column("error").to_pylist()[1] == "HTTP 404 Not Found"
+    assert min(out.column("width")[0].as_py(), out.column("height")[0].as_py()) == 256
+    assert out.column("image").to_pylist()[1:] == [None, None]
