@@ -1,0 +1,68 @@
+"""Config: YAML + CLI overrides, and one clear line naming the field when something is wrong."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from pipelines.config import ConfigError, load_config
+
+from conftest import DEMO_CONFIG
+
+
+def test_demo_config_loads_and_overrides_apply():
+    config = load_config(DEMO_CONFIG, ["decode.image_size=128", "download.retries=0", "output=/tmp/x"])
+    assert config.decode.image_size == 128
+    assert config.download.retries == 0
+    assert config.output == "/tmp/x"
+    assert config.download.allow_networks == ["127.0.0.0/8"]
+
+
+def test_fingerprint_tracks_results_not_placement():
+    a = load_config(DEMO_CONFIG)
+    assert a.fingerprint() == load_config(DEMO_CONFIG, ["output=elsewhere", "ray.batch_size=7"]).fingerprint()
+    assert a.fingerprint() != load_config(DEMO_CONFIG, ["decode.image_size=128"]).fingerprint()
+
+
+@pytest.mark.parametrize(
+    "override,words",
+    [
+        ("decode.imagesize=128", "unknown field 'decode.imagesize'"),
+        ("decode.resize_mode=stretch", "decode.resize_mode"),
+        ("download.timeout=-1", "download.timeout"),
+        ("download.allow_networks=[not-a-network]", "download.allow_networks"),
+        ("input.rows_per_shard=zero", "input.rows_per_shard"),
+        ("nonsense", "field.path=value"),
+    ],
+)
+def test_bad_values_name_the_field(override, words):
+    with pytest.raises(ConfigError) as err:
+        load_config(DEMO_CONFIG, [override])
+    message = str(err.value)
+    assert words in message and "\n" not in message
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("input: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(ConfigError, match="missing required field 'input'"):
+        load_config(empty)
+
+
+def test_cli_reports_one_line_and_exit_code_2(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "annotate", "--config", str(DEMO_CONFIG),
+         "--set", "decode.resize_mode=stretch", "--output", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "decode.resize_mode" in lines[0], proc.stderr

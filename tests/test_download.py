@@ -1,0 +1,94 @@
+"""Download: the address guard, URL checks, opt-out headers, and every hostile page of the demo web."""
+
+from __future__ import annotations
+
+from email.message import Message
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from operators import status as st
+from operators.download import AddressGuard, Downloader, DownloadOptions, is_disallowed
+
+DEMO_OPTIONS = dict(timeout=2, retries=1, backoff=0.05, max_bytes=8_000_000, allow_networks=["127.0.0.0/8"])
+
+
+@pytest.mark.parametrize(
+    "address,refused",
+    [
+        ("10.0.0.1", True),
+        ("169.254.169.254", True),
+        ("192.168.1.1", True),
+        ("100.64.0.1", True),  # carrier-grade NAT
+        ("0.0.0.0", True),
+        ("224.0.0.1", True),
+        ("::1", True),
+        ("fe80::1", True),
+        ("::ffff:10.0.0.1", True),  # IPv4-mapped private address
+        ("8.8.8.8", False),
+        ("2606:4700::1111", False),
+    ],
+)
+def test_guard_refuses_non_global_addresses(address, refused):
+    assert (AddressGuard([]).refusal(address) is not None) is refused
+
+
+def test_guard_allow_list_is_exact():
+    guard = AddressGuard(["127.0.0.0/8"])
+    assert guard.refusal("127.0.0.1") is None
+    assert guard.refusal("10.0.0.1") is not None
+    assert guard.refusal("169.254.169.254") is not None
+
+
+def test_opt_out_header_semantics_match_img2dataset():
+    directives = {"noai", "noimageai", "noindex", "noimageindex"}
+
+    def headers(*values):
+        msg = Message()
+        for v in values:
+            msg["X-Robots-Tag"] = v
+        return msg
+
+    assert is_disallowed(headers("noai"), "tailor", directives)
+    assert is_disallowed(headers("noindex, nofollow"), "tailor", directives)
+    assert is_disallowed(headers("tailor: noimageai"), "tailor", directives)
+    assert not is_disallowed(headers("otherbot: noai"), "tailor", directives)
+    assert not is_disallowed(headers("nofollow"), "tailor", directives)
+    assert not is_disallowed(headers(), "tailor", directives)
+
+
+@pytest.mark.parametrize("url", ["", "not a url", "htp:/broken", "http://", "ftp://127.0.0.1/x.jpg",
+                                 "http://[::1", "javascript:alert(1)", None])
+def test_malformed_urls_get_invalid_url(url):
+    result = Downloader(DownloadOptions())(pa.table({"url": pa.array([url], pa.string())}))
+    assert result.column("status").to_pylist() == [st.INVALID_URL]
+    assert result.column("error").to_pylist()[0]
+
+
+def test_private_redirect_refused_without_allow_list(demo_web):
+    """Without the demo's allow-list even the demo web itself (loopback) is refused."""
+    server, _ = demo_web
+    fetched = Downloader(DownloadOptions())(pa.table({"url": [server.base_url + "/"]}))
+    assert fetched.column("status").to_pylist() == [st.BLOCKED_ADDRESS]
+    assert "loopback" in fetched.column("error").to_pylist()[0]
+
+
+def test_every_demo_page_gets_its_expected_download_outcome(demo_web):
+    """Downloading alone: hostile pages fail the way the ground truth says; images come back whole."""
+    server, out = demo_web
+    urls = pq.read_table(out / "urls.parquet")
+    truth = {r["demo_id"]: r for r in pq.read_table(out / "truth.parquet").to_pylist()}
+    result = Downloader(DownloadOptions(threads=64, **DEMO_OPTIONS))(urls).to_pylist()
+    download_statuses = {s for s, stage in st.STAGE_OF_STATUS.items() if stage == "download"}
+    for row in result:
+        expected = truth[row["demo_id"]]["expected_status"]
+        if expected in download_statuses or (expected == st.TOO_LARGE and truth[row["demo_id"]]["hostile"] == "oversize"):
+            assert row["status"] == expected, (row["demo_id"], row["url"], row["error"])
+            assert row["error"], row
+            assert row["image"] is None
+        else:
+            assert row["status"] == st.OK, (row["demo_id"], row["url"], row["error"])
+            assert row["error"] is None and len(row["image"]) == row["n_bytes"]
+            if truth[row["demo_id"]]["n_bytes"]:
+                assert row["n_bytes"] == truth[row["demo_id"]]["n_bytes"]
