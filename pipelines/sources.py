@@ -112,8 +112,7 @@ def _csv_batches(f: io.IOBase, delimiter: str, block_rows: int) -> pa.RecordBatc
     return pacsv.open_csv(
         f,
         read_options=pacsv.ReadOptions(column_names=names, block_size=1 << 22),
-        parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True,
-                                         quote_char=False if delimiter == "\t" else '"'),
+        parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
         convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
                                              strings_can_be_null=False, quoted_strings_can_be_null=False),
     )
