@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import time
 import uuid
 from datetime import UTC, datetime
@@ -47,10 +48,11 @@ IMAGE_COLUMNS = ["key", "image", "width", "height"]
 # ---------------------------------------------------------------- Ray
 
 def init_ray(address: str | None) -> None:
+    """Join the configured cluster (or RAY_ADDRESS, as under `ray job submit`); else start a private local Ray."""
     if ray.is_initialized():
         return
-    ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=True,
-             configure_logging=True, logging_level=logging.WARNING)
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    ray.init(address=address, include_dashboard=False, configure_logging=True, logging_level=logging.WARNING)
 
 
 # ---------------------------------------------------------------- planning
@@ -275,6 +277,7 @@ def annotate(config: AnnotateConfig, overwrite: bool = False, progress: bool = T
     if pending:
         stats = _run_pending(pending, config, paths)
         paths.write_text(stats, paths.join("logs", "ray_data_stats.txt"))
+        paths.remove(paths.join("_staging"))
     summary = summarize(shards, paths, config, started, sum(s.rows for s in pending), len(shards) - len(pending))
     paths.write_json(summary, paths.summary)
     return summary

@@ -4,6 +4,10 @@ The suite puts this folder on PYTHONPATH with TAILOR_NETGUARD=1, so every Python
 starts (the `tailor` CLI, Ray workers, img2dataset's workers) installs the guard at start-up.
 A refused connection raises ConnectionRefusedError in the caller and is appended to the file
 named by TAILOR_NETGUARD_LOG; the suite fails any test during which that file grows.
+
+One refusal is expected and not flagged: Ray's dashboard process probes the cloud metadata
+endpoints (169.254.169.254, metadata.google.internal) at every cluster start, whatever the
+usage-stats setting. It is still refused here; it is just not our code's doing.
 """
 
 from __future__ import annotations
@@ -13,9 +17,11 @@ import ipaddress
 import os
 import socket
 import struct
+import sys
 
 _LOOPBACK = [ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")]
 _LOCAL_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", socket.gethostname()}
+_CLOUD_METADATA = {"169.254.169.254", "metadata.google.internal"}
 
 
 def _own_addresses() -> set[ipaddress._BaseAddress]:
@@ -50,7 +56,13 @@ def _allowed(host: str) -> bool:
     return any(ip in net for net in _LOOPBACK) or ip in _OWN
 
 
-def _record(what: str) -> None:
+def _is_ray_dashboard_probe(host: str) -> bool:
+    return host in _CLOUD_METADATA and any(arg.endswith("ray/dashboard/dashboard.py") for arg in sys.argv[:1])
+
+
+def _record(what: str, host: str) -> None:
+    if _is_ray_dashboard_probe(host):
+        return
     path = os.environ.get("TAILOR_NETGUARD_LOG")
     if path:
         with open(path, "a") as f:
@@ -64,7 +76,7 @@ def _guard_address(sock: socket.socket, address, verb: str) -> None:
     if not _allowed(host):
         # a UDP connect() sends nothing (Ray uses one to find its own IP): refuse it, don't flag it
         if not (verb == "connect" and sock.type == socket.SOCK_DGRAM):
-            _record(f"{verb} to {address!r} refused by the test network guard")
+            _record(f"{verb} to {address!r} refused by the test network guard", host)
         raise ConnectionRefusedError(f"test network guard: {verb} to {address!r} is not loopback")
 
 
@@ -92,7 +104,7 @@ def install() -> None:
         if host is not None:
             name = host.decode() if isinstance(host, bytes) else str(host)
             if not _allowed(name) and not _is_ip(name):
-                _record(f"DNS lookup of {name!r} refused by the test network guard")
+                _record(f"DNS lookup of {name!r} refused by the test network guard", name)
                 raise socket.gaierror(socket.EAI_NONAME, f"test network guard: no DNS for {name!r}")
         return getaddrinfo(host, *args, **kwargs)
 
