@@ -1,0 +1,215 @@
+"""Download + decode + resize throughput: `tailor annotate` vs the `img2dataset` command.
+
+Both run on the same demo web (served on 127.0.0.1), the same cores and matching settings
+(keep_ratio 256, JPEG quality 95, 32 threads, 2 workers, timeout 10 s, no retries), one after
+the other in this run. Each command's wall time includes its own start-up. Only ordinary image
+pages are used: the hostile pages include redirects to private addresses, which img2dataset
+would follow off this machine.
+
+    python benchmarks/download_decode.py --n 5000            # throughput ratio
+    python benchmarks/download_decode.py --memory 10000 50000  # peak memory vs rows (tailor only)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+NETGUARD = ROOT / "tests" / "netguard"
+
+
+def install_network_guard(work: Path) -> Path:
+    """The test suite's loopback-only allow-list, in this process and every process it starts."""
+    log = work / "netguard.log"
+    log.write_text("")
+    os.environ.update({"TAILOR_NETGUARD": "1", "TAILOR_NETGUARD_LOG": str(log), "NO_ALBUMENTATIONS_UPDATE": "1",
+                       "RAY_USAGE_STATS_ENABLED": "0",
+                       "PYTHONPATH": os.pathsep.join(filter(None, [str(NETGUARD), os.environ.get("PYTHONPATH")]))})
+    sys.path.insert(0, str(NETGUARD))
+    import sitecustomize
+
+    sitecustomize.install()
+    return log
+
+
+def build_web(work: Path, n: int, seed: int) -> Path:
+    from pipelines.demo_web.build import build_demo_web
+
+    web = work / f"web-{n}-{seed}"
+    if not (web / "truth.parquet").exists():
+        started = time.time()
+        build_demo_web(web, n=n, seed=seed, min_size=256, max_size=1600)
+        print(f"built demo web of {n} pages in {time.time() - started:.0f} s", flush=True)
+    return web
+
+
+def image_rows(web: Path, repeat: int = 1) -> pa.Table:
+    urls = pq.read_table(web / "urls.parquet")
+    truth = {r["demo_id"]: r["hostile"] for r in pq.read_table(web / "truth.parquet").select(["demo_id", "hostile"]).to_pylist()}
+    keep = pa.array([truth[d] is None for d in urls.column("demo_id").to_pylist()])
+    table = urls.filter(keep)
+    if repeat > 1:
+        tables = [table.set_column(0, "demo_id", pa.array([f"{d}-{i}" for d in table.column("demo_id").to_pylist()]))
+                  for i in range(repeat)]
+        table = pa.concat_tables(tables)
+    return table
+
+
+class PeakRSS:
+    """Peak resident memory of a process tree (the driver and every process it started), sampled."""
+
+    def __init__(self, pid: int):
+        self.pid, self.peak_total, self.peak_root = pid, 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _tree(self) -> list[int]:
+        children: dict[int, list[int]] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    ppid = int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+                children.setdefault(ppid, []).append(int(entry))
+        tree, todo = [], [self.pid]
+        while todo:
+            pid = todo.pop()
+            tree.append(pid)
+            todo.extend(children.get(pid, []))
+        return tree
+
+    @staticmethod
+    def _rss(pid: int) -> int:
+        try:
+            for line in open(f"/proc/{pid}/status"):
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_root = max(self.peak_root, self._rss(self.pid))
+            self.peak_total = max(self.peak_total, sum(self._rss(p) for p in self._tree()))
+            time.sleep(0.5)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def run_timed(cmd: list[str]) -> tuple[float, PeakRSS]:
+    started = time.time()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    with PeakRSS(proc.pid) as peak:
+        _, err = proc.communicate()
+    if proc.returncode:
+        raise RuntimeError(f"{cmd[0]} failed: {err[-2000:]}")
+    return time.time() - started, peak
+
+
+def run_tailor(urls: Path, out: Path, rows_per_shard: int) -> tuple[float, PeakRSS, int]:
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [str(BIN / "tailor"), "annotate", "--config", str(ROOT / "pipelines/configs/demo.yaml"),
+           "--input", str(urls), "--output", str(out), "--no-progress",
+           "--set", f"input.rows_per_shard={rows_per_shard}", "--set", "download.timeout=10",
+           "--set", "download.retries=0", "--set", "download.threads=32", "--set", "ray.batch_size=128",
+           "--set", "decode.resize_mode=keep_ratio", "--set", "decode.image_size=256",
+           "--set", "decode.encode_quality=95"]
+    wall, peak = run_timed(cmd)
+    ok = json.loads((out / "run.json").read_text())["status_counts"].get("ok", 0)
+    return wall, peak, ok
+
+
+def run_img2dataset(urls: Path, out: Path) -> tuple[float, PeakRSS, int]:
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [str(BIN / "img2dataset"), "--url_list", str(urls), "--input_format", "parquet", "--url_col", "url",
+           "--caption_col", "caption", "--output_format", "webdataset", "--output_folder", str(out),
+           "--image_size", "256", "--resize_mode", "keep_ratio", "--encode_quality", "95",
+           "--processes_count", "2", "--thread_count", "32", "--timeout", "10", "--retries", "0",
+           "--number_sample_per_shard", "1000", "--distributor", "multiprocessing", "--enable_wandb", "False"]
+    wall, peak = run_timed(cmd)
+    ok = sum(json.loads(p.read_text())["successes"] for p in out.glob("*_stats.json"))
+    return wall, peak, ok
+
+
+def throughput(args: argparse.Namespace) -> dict:
+    from pipelines.demo_web.serve import DemoWebServer
+
+    web = build_web(args.work, args.n, args.seed)
+    with DemoWebServer(web) as server:
+        urls = args.work / "bench-urls.parquet"
+        pq.write_table(image_rows(web), urls)
+        rows = pq.read_metadata(urls).num_rows
+        print(f"{rows} image pages at {server.base_url}", flush=True)
+        results = {"rows": rows, "cpus": os.cpu_count()}
+        for round_ in range(args.rounds):
+            wall_t, peak_t, ok_t = run_tailor(urls, args.work / "tailor-run", 1000)
+            wall_i, peak_i, ok_i = run_img2dataset(urls, args.work / "img2dataset-out")
+            results[f"round{round_}"] = {
+                "tailor": {"wall_s": round(wall_t, 1), "ok": ok_t, "images_per_s": round(ok_t / wall_t, 1),
+                           "peak_rss_mb": peak_t.peak_total >> 20},
+                "img2dataset": {"wall_s": round(wall_i, 1), "ok": ok_i, "images_per_s": round(ok_i / wall_i, 1),
+                                "peak_rss_mb": peak_i.peak_total >> 20},
+                "ratio": round((ok_t / wall_t) / (ok_i / wall_i), 2),
+            }
+            print(json.dumps(results[f"round{round_}"]), flush=True)
+    return results
+
+
+def memory(args: argparse.Namespace) -> dict:
+    from pipelines.demo_web.serve import DemoWebServer
+
+    web = build_web(args.work, args.n, args.seed)
+    results = {}
+    with DemoWebServer(web):
+        base = image_rows(web)
+        for rows in args.memory:
+            repeat = -(-rows // base.num_rows)
+            table = image_rows(web, repeat).slice(0, rows)
+            urls = args.work / f"mem-{rows}.parquet"
+            pq.write_table(table, urls)
+            wall, peak, ok = run_tailor(urls, args.work / f"mem-run-{rows}", 1000)
+            results[rows] = {"wall_s": round(wall, 1), "ok": ok, "peak_rss_total_mb": peak.peak_total >> 20,
+                             "peak_rss_driver_mb": peak.peak_root >> 20}
+            print(rows, json.dumps(results[rows]), flush=True)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=5000, help="demo web pages (images 256-1600 px)")
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / ".work")
+    parser.add_argument("--memory", type=int, nargs="*", help="measure tailor's peak memory at these row counts")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    guard_log = install_network_guard(args.work)
+    results = memory(args) if args.memory else throughput(args)
+    refused = guard_log.read_text().splitlines()
+    if refused:
+        raise SystemExit("network guard refused non-loopback traffic:\n" + "\n".join(refused))
+    (args.work / ("memory.json" if args.memory else "throughput.json")).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
