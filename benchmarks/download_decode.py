@@ -57,7 +57,8 @@ def build_web(work: Path, n: int, seed: int) -> Path:
 
 def image_rows(web: Path, repeat: int = 1) -> pa.Table:
     urls = pq.read_table(web / "urls.parquet")
-    truth = {r["demo_id"]: r["hostile"] for r in pq.read_table(web / "truth.parquet").select(["demo_id", "hostile"]).to_pylist()}
+    truth = pq.read_table(web / "truth.parquet", columns=["demo_id", "hostile"]).to_pylist()
+    truth = {r["demo_id"]: r["hostile"] for r in truth}
     keep = pa.array([truth[d] is None for d in urls.column("demo_id").to_pylist()])
     table = urls.filter(keep)
     if repeat > 1:

@@ -7,11 +7,10 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import demo_config
 from PIL import Image
 
 from pipelines.annotate import annotate
-
-from conftest import demo_config
 
 pytestmark = pytest.mark.slow
 

@@ -6,10 +6,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import DEMO_CONFIG
 
 from pipelines.config import ConfigError, load_config
-
-from conftest import DEMO_CONFIG
 
 
 def test_demo_config_loads_and_overrides_apply():

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from operators import status as st
-from operators.decode import Decoder, DecodeOptions, decode_image
+from operators.decode import DecodeOptions, Decoder, decode_image
 
 COCO = sorted((Path(__file__).resolve().parents[2] / "shared" / "data" / "coco-mini" / "train2017").glob("*.jpg"))
 MODES = ["no", "keep_ratio", "center_crop", "border", "keep_ratio_largest"]

@@ -83,7 +83,8 @@ def test_every_demo_page_gets_its_expected_download_outcome(demo_web):
     download_statuses = {s for s, stage in st.STAGE_OF_STATUS.items() if stage == "download"}
     for row in result:
         expected = truth[row["demo_id"]]["expected_status"]
-        if expected in download_statuses or (expected == st.TOO_LARGE and truth[row["demo_id"]]["hostile"] == "oversize"):
+        oversize = truth[row["demo_id"]]["hostile"] == "oversize"
+        if expected in download_statuses or oversize:
             assert row["status"] == expected, (row["demo_id"], row["url"], row["error"])
             assert row["error"], row
             assert row["image"] is None

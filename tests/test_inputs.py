@@ -6,11 +6,10 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
+from conftest import TEST_SLOW_SECONDS, demo_config
 
 from pipelines.annotate import annotate
 from pipelines.sources import InputError
-
-from conftest import TEST_SLOW_SECONDS, demo_config
 
 pytestmark = pytest.mark.slow
 

@@ -6,9 +6,8 @@ import socket
 import subprocess
 import sys
 
-import pytest
-
 import conftest
+import pytest
 
 # TEST-NET-3 (RFC 5737): documentation-only, never routed; the guard must refuse it before any packet
 OUTSIDE = "203.0.113.7"
@@ -36,7 +35,8 @@ def test_dns_refused_in_this_process(expect_violation):
 
 
 def test_refused_in_child_processes(expect_violation):
-    code = f"import socket\ntry:\n    socket.create_connection(({OUTSIDE!r}, 80), timeout=1)\nexcept ConnectionRefusedError:\n    print('refused')"
+    code = (f"import socket\ntry:\n    socket.create_connection(({OUTSIDE!r}, 80), timeout=1)\n"
+            "except ConnectionRefusedError:\n    print('refused')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "refused", out.stderr
 

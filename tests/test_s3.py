@@ -8,7 +8,6 @@ import sys
 
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import DEMO_CONFIG
 
 pytestmark = pytest.mark.slow
