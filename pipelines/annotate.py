@@ -87,15 +87,30 @@ def plan_shards(config: AnnotateConfig, paths: RunPaths) -> list[Shard]:
 
 # ---------------------------------------------------------------- stages (thin Ray wrappers over operators)
 
-def load_shards(batch: pa.Table, paths: RunPaths) -> pa.Table:
+def pieces(shards: list[Shard], rows_per_piece: int) -> list[dict]:
+    """Work items: URL-table shards cut into pieces so download and decode run as many parallel tasks.
+
+    (Ray Data merges a task's outputs into one block, so a whole shard per item would be one task
+    per stage.) An img2dataset shard is one piece: its tar is read once.
+    """
+    items = []
+    for shard in shards:
+        step = rows_per_piece if shard.kind == "table" else max(shard.rows, 1)
+        for offset in range(0, max(shard.rows, 1), step):
+            items.append(shard.to_dict() | {"offset": offset, "length": step})
+    return items
+
+
+def load_pieces(batch: pa.Table, paths: RunPaths) -> pa.Table:
     tables = []
     for row in batch.to_pylist():
+        offset, length = row.pop("offset"), row.pop("length")
         shard = Shard(**row)
         if shard.kind == "img2dataset":
             table = load_img2dataset_shard(shard)
         else:
             with paths.fs.open(shard.path, "rb") as f:
-                table = pq.read_table(f)
+                table = pq.read_table(f).slice(offset, length)
         tables.append(table.append_column("shard", pa.array([shard.id] * table.num_rows, pa.string())))
     return pa.concat_tables(tables, promote_options="default")
 
@@ -188,8 +203,9 @@ def _prepare_folder(config: AnnotateConfig, paths: RunPaths, overwrite: bool) ->
 
 def _build_dataset(pending: list[Shard], config: AnnotateConfig, paths: RunPaths) -> ray.data.Dataset:
     rc = config.ray
-    ds = ray.data.from_items([s.to_dict() for s in pending], override_num_blocks=len(pending))
-    ds = ds.map_batches(load_shards, batch_size=1, batch_format="pyarrow", fn_kwargs={"paths": paths},
+    items = pieces(pending, rc.batch_size)
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = ds.map_batches(load_pieces, batch_size=1, batch_format="pyarrow", fn_kwargs={"paths": paths},
                         num_cpus=0.25)
     if any(s.kind == "table" for s in pending):
         ds = ds.map_batches(download_batch, batch_size=rc.batch_size, batch_format="pyarrow",
@@ -215,6 +231,7 @@ def _run_pending(pending: list[Shard], config: AnnotateConfig, paths: RunPaths) 
             parts[shard].append(row["part"])
             if written[shard] == expected[shard]:
                 commits.append(commit_shard.remote(paths, shard, parts.pop(shard), expected[shard]))
+    log.info("all parts written; waiting for %d shard commits", len(commits))
     for marker in ray.get(commits):
         log.info("committed shard %s (%d rows)", marker["shard"], marker["rows"])
     missing = sorted(set(expected) - {m for m in written if written[m] == expected[m]})
@@ -265,8 +282,14 @@ def annotate(config: AnnotateConfig, overwrite: bool = False, progress: bool = T
     paths = RunPaths(config.output)
     _prepare_folder(config, paths, overwrite)
     init_ray(config.ray.address)
-    ray.data.DataContext.get_current().enable_progress_bars = progress
+    log.info("ray ready after %.1f s", time.time() - started)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = progress
+    # Ray Data's default reserves half the CPUs for the light stages (load, download, write), which on a
+    # small node leaves the CPU-bound decode one task at a time; the budget follows demand instead.
+    context.op_resource_reservation_enabled = False
     shards = plan_shards(config, paths)
+    log.info("input planned after %.1f s", time.time() - started)
     pending = [s for s in shards if not paths.exists(paths.done(s.id))]
     # parts and outputs of unfinished shards are from an interrupted run: redo those shards whole
     paths.remove(paths.join("_staging"))

@@ -50,6 +50,20 @@ def test_matches_img2dataset_resizer_on_real_photos(mode, size, reduced, worst_a
     assert np.mean(diffs) <= mean_allowed
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_resize_only_if_bigger_matches_img2dataset(mode):
+    from img2dataset.resizer import Resizer
+
+    reference = Resizer(image_size=500, resize_mode=mode, resize_only_if_bigger=True)
+    options = DecodeOptions(resize_mode=mode, image_size=500, resize_only_if_bigger=True, reduced_decode=False)
+    for path in COCO[:30]:
+        data = path.read_bytes()
+        ref, width, height, *_ = reference(io.BytesIO(data))
+        ours = decode_image(data, options)
+        assert (ours.width, ours.height) == (width, height), path.name
+        assert np.abs(_pixels(ours.image) - _pixels(ref)).mean() < 0.1
+
+
 def test_reduced_decode_is_used_and_close_for_large_jpegs():
     photo = Image.open(COCO[0]).convert("RGB").resize((2560, 1920))
     data = _encode(photo, quality=92)
@@ -140,3 +154,12 @@ def test_decoder_batch_passes_failed_rows_through():
     assert out.column("error").to_pylist()[1] == "HTTP 404 Not Found"
     assert min(out.column("width")[0].as_py(), out.column("height")[0].as_py()) == 256
     assert out.column("image").to_pylist()[1:] == [None, None]
+
+
+def test_alpha_matte_equals_img2dataset_formula_exactly():
+    from operators.decode import _rgb_on_white
+
+    rgba = np.random.default_rng(0).integers(0, 256, (300, 200, 4)).astype(np.uint8)
+    alpha = rgba[:, :, 3:4]
+    reference = np.rint((alpha / 255 * rgba[..., :3] + 255 - alpha).clip(0, 255)).astype(np.uint8)
+    assert np.array_equal(_rgb_on_white(Image.fromarray(rgba, "RGBA")), reference)
