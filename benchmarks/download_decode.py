@@ -24,26 +24,10 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from network_guard import install_network_guard
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-NETGUARD = ROOT / "tests" / "netguard"
-
-
-def install_network_guard(work: Path) -> Path:
-    """The test suite's loopback-only allow-list, in this process and every process it starts."""
-    log = work / "netguard.log"
-    log.write_text("")
-    os.environ.update({"TAILOR_NETGUARD": "1", "TAILOR_NETGUARD_LOG": str(log), "NO_ALBUMENTATIONS_UPDATE": "1",
-                       "RAY_USAGE_STATS_ENABLED": "0",
-                       "PYTHONPATH": os.pathsep.join(filter(None, [str(NETGUARD), os.environ.get("PYTHONPATH")]))})
-    sys.path.insert(0, str(NETGUARD))
-    import sitecustomize
-
-    sitecustomize.install()
-    return log
-
-
 def build_web(work: Path, n: int, seed: int) -> Path:
     from pipelines.demo_web.build import build_demo_web
 

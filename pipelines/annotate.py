@@ -29,7 +29,10 @@ import yaml
 from operators import status as st
 from operators.decode import Decoder
 from operators.download import Downloader
+from operators.embed import ClipEmbedder, ClipPreprocessor
 from pipelines.config import AnnotateConfig, ConfigError, load_config
+from pipelines.match import add_match_stage
+from pipelines.models import resolve_model
 from pipelines.sources import (
     InputError,
     Shard,
@@ -43,6 +46,8 @@ from pipelines.storage import RunPaths
 log = logging.getLogger(__name__)
 
 IMAGE_COLUMNS = ["key", "image", "width", "height"]
+EMBEDDING_COLUMNS = ["image_emb", "text_emb"]
+OUTPUT_KINDS = ["annotations", "images", "embeddings"]
 
 
 # ---------------------------------------------------------------- Ray
@@ -123,16 +128,30 @@ def decode_batch(batch: pa.Table, options) -> pa.Table:
     return Decoder(options)(batch)
 
 
+def preprocess_batch(batch: pa.Table, model_path: str) -> pa.Table:
+    return ClipPreprocessor(model_path)(batch)
+
+
+def output_tables(part: pa.Table) -> dict[str, pa.Table]:
+    """The run's tables for these rows: annotations (every row, light columns), and for ok rows the
+    stored images and, when the embed stage ran, the embeddings."""
+    ok = part.filter(pc.equal(part.column("status"), st.OK))
+    heavy = [c for c in ("image", *EMBEDDING_COLUMNS) if c in part.column_names]
+    tables = {"annotations": part.drop_columns(heavy), "images": ok.select(IMAGE_COLUMNS)}
+    if "image_emb" in part.column_names:
+        tables["embeddings"] = ok.select(["key", *EMBEDDING_COLUMNS, "clip_model"])
+    return tables
+
+
 def write_parts(batch: pa.Table, paths: RunPaths) -> pa.Table:
     """Write this batch's rows as staging parts, one per shard; return what was written."""
     shards, parts, rows = [], [], []
     for shard in pc.unique(batch.column("shard")).to_pylist():
         part = batch.filter(pc.equal(batch.column("shard"), shard))
         name = uuid.uuid4().hex
-        base = f"{paths.staging(shard)}/{name}"
-        paths.write_parquet(part.drop_columns(["image"]), f"{base}.annotations.parquet")
-        ok = part.filter(pc.equal(part.column("status"), st.OK)).select(IMAGE_COLUMNS)
-        paths.write_parquet(ok, f"{base}.images.parquet", row_group_size=256)
+        for kind, table in output_tables(part).items():
+            paths.write_parquet(table, f"{paths.staging(shard)}/{name}.{kind}.parquet",
+                                row_group_size=None if kind == "annotations" else 256)
         shards.append(shard)
         parts.append(name)
         rows.append(part.num_rows)
@@ -160,15 +179,15 @@ def _read_parts(paths: RunPaths, shard: str, parts: list[str], kind: str) -> pa.
 
 
 @ray.remote(num_cpus=0.25, max_retries=3)
-def commit_shard(paths: RunPaths, shard: str, parts: list[str], expected_rows: int) -> dict:
+def commit_shard(paths: RunPaths, shard: str, parts: list[str], expected_rows: int, kinds: list[str]) -> dict:
     annotations = _read_parts(paths, shard, parts, "annotations")
     keys = annotations.column("key")
     if annotations.num_rows != expected_rows or pc.count_distinct(keys).as_py() != expected_rows:
         raise RuntimeError(f"shard {shard}: {annotations.num_rows} rows, "
                            f"{pc.count_distinct(keys).as_py()} distinct keys, expected {expected_rows}")
-    images = _read_parts(paths, shard, parts, "images")
-    paths.write_parquet(annotations, paths.annotations(shard))
-    paths.write_parquet(images, paths.images(shard), row_group_size=256)
+    for kind in kinds:  # the heavy tables first: a shard's annotations file appears last
+        paths.write_parquet(_read_parts(paths, shard, parts, kind), paths.output(kind, shard), row_group_size=256)
+    paths.write_parquet(annotations, paths.output("annotations", shard))
     statuses = annotations.column("status").to_pylist()
     widths = annotations.column("original_width").to_pylist()
     failed_at = collections.Counter((stage_of(s, w), s) for s, w in zip(statuses, widths, strict=True))
@@ -214,8 +233,33 @@ def _build_dataset(pending: list[Shard], config: AnnotateConfig, paths: RunPaths
     ds = ds.map_batches(decode_batch, batch_size=rc.batch_size, batch_format="pyarrow",
                         fn_kwargs={"options": config.decode}, num_cpus=rc.decode_cpus,
                         concurrency=rc.max_decode_tasks)
+    if config.embed is not None:
+        ds = _add_embed_stages(ds, config)
+    if config.match is not None:  # an actor pool of its own (placed here, Ray Data does not fuse it with load)
+        ds = add_match_stage(ds, config.match, paths, rc.batch_size)
     return ds.map_batches(write_parts, batch_size=None, batch_format="pyarrow", fn_kwargs={"paths": paths},
                           num_cpus=0.25)
+
+
+def _add_embed_stages(ds: ray.data.Dataset, config: AnnotateConfig) -> ray.data.Dataset:
+    """CPU tasks preprocess (decode JPEG, resize, normalise, tokenise); an actor pool runs the model,
+    one GPU per actor where the cluster has GPUs, CPU otherwise."""
+    from transformers import AutoConfig
+
+    options = config.embed
+    try:
+        model_path = resolve_model(options.model)
+        AutoConfig.from_pretrained(model_path)  # fail here, in one line, not in every actor
+    except Exception as err:
+        raise ConfigError(f"config error: embed.model: cannot load {options.model!r}: {err}".splitlines()[0]) from None
+    gpus = ray.cluster_resources().get("GPU", 0) if options.device != "cpu" else 0
+    use_gpu = options.device == "cuda" or (options.device == "auto" and gpus >= 1)
+    ds = ds.map_batches(preprocess_batch, batch_size=options.batch_size, batch_format="pyarrow",
+                        fn_kwargs={"model_path": model_path}, num_cpus=config.ray.decode_cpus)
+    return ds.map_batches(ClipEmbedder, batch_size=options.batch_size, batch_format="pyarrow",
+                          fn_constructor_kwargs={"model_path": model_path, "options": options},
+                          concurrency=options.num_actors, num_gpus=1 if use_gpu else 0,
+                          num_cpus=1 if not use_gpu else 0.5)
 
 
 def _run_pending(pending: list[Shard], config: AnnotateConfig, paths: RunPaths) -> str:
@@ -223,6 +267,7 @@ def _run_pending(pending: list[Shard], config: AnnotateConfig, paths: RunPaths) 
     written: dict[str, int] = collections.defaultdict(int)
     parts: dict[str, list[str]] = collections.defaultdict(list)
     commits = []
+    kinds = ["images", "embeddings"] if config.embed is not None else ["images"]
     ds = _build_dataset(pending, config, paths)
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
         for row in batch.to_pylist():
@@ -230,7 +275,7 @@ def _run_pending(pending: list[Shard], config: AnnotateConfig, paths: RunPaths) 
             written[shard] += row["rows"]
             parts[shard].append(row["part"])
             if written[shard] == expected[shard]:
-                commits.append(commit_shard.remote(paths, shard, parts.pop(shard), expected[shard]))
+                commits.append(commit_shard.remote(paths, shard, parts.pop(shard), expected[shard], kinds))
     log.info("all parts written; waiting for %d shard commits", len(commits))
     for marker in ray.get(commits):
         log.info("committed shard %s (%d rows)", marker["shard"], marker["rows"])
@@ -294,8 +339,8 @@ def annotate(config: AnnotateConfig, overwrite: bool = False, progress: bool = T
     # parts and outputs of unfinished shards are from an interrupted run: redo those shards whole
     paths.remove(paths.join("_staging"))
     for shard in pending:
-        paths.remove(paths.annotations(shard.id))
-        paths.remove(paths.images(shard.id))
+        for kind in OUTPUT_KINDS:
+            paths.remove(paths.output(kind, shard.id))
     log.info("%d shards, %d already done, %d to do", len(shards), len(shards) - len(pending), len(pending))
     if pending:
         stats = _run_pending(pending, config, paths)

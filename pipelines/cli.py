@@ -117,6 +117,33 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _match(args: argparse.Namespace) -> int:
+    from operators.match import MatchOptions
+    from pipelines.match import match_run
+
+    options = MatchOptions(metadata=args.metadata, punctuation=args.punctuation)
+    summary = match_run(args.run, options, actors=args.actors, overwrite=args.overwrite,
+                        progress=not args.no_progress)
+    print(f"matched {summary['rows']} captions ({summary['rows_matched']} with at least one entry, "
+          f"{summary['entries_matched']}/{summary['entries']} entries used) in {summary['wall_time_s']} s; "
+          f"outputs in {args.run}/match/")
+    return 0
+
+
+def _metaclip_balance(args: argparse.Namespace) -> int:
+    from pipelines.metaclip import balance_subset
+
+    stats = balance_subset(args.run, args.name, t=args.t, seed=args.seed, group_by=args.group_by,
+                           source=args.source, threads=args.threads)
+    captions, before, after = stats["captions"], stats["before"], stats["after"]
+    print(f"kept {captions['kept']}/{captions['total']} captions {captions['by_reason']}; "
+          f"head entries (count > t) {stats['entries']['head']}; tail share of matches "
+          f"{before['tail_share_of_matches']} -> {after['tail_share_of_matches']}")
+    print(f"subset: {args.run}/subsets/{args.name}/ (manifest.parquet, decisions.parquet, stats.json, "
+          "entry_counts.png)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tailor", description="Curate web-scale image-text datasets.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -144,6 +171,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p.set_defaults(func=_status)
 
+    p = sub.add_parser("match", help="MetaCLIP metadata matching over a run's captions (Ray Data)")
+    p.add_argument("run")
+    p.add_argument("--metadata", default="default",
+                   help="'default' (shipped), or MetaCLIP's metadata.json / a JSON list / one entry per line")
+    p.add_argument("--punctuation", choices=["faithful", "fixed"], default="faithful",
+                   help="faithful: as MetaCLIP (entries holding , . ; : ? ! ` never match); fixed: they can")
+    p.add_argument("--actors", type=int, help="matcher actors (default: one per CPU)")
+    p.add_argument("--overwrite", action="store_true", help="redo all matches instead of resuming")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_match)
+
+    p = sub.add_parser("metaclip-balance", help="MetaCLIP balancing of a matched run into RUN/subsets/NAME")
+    p.add_argument("run")
+    p.add_argument("--t", type=int, required=True, help="entry cap: each entry keeps about t captions")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", required=True, help="subset name (RUN/subsets/NAME)")
+    p.add_argument("--group-by", help="annotation column naming the image (MetaCLIP 2: one text per image)")
+    p.add_argument("--source", choices=["auto", "match", "annotations"], default="auto",
+                   help="match lists from RUN/match (tailor match) or RUN/annotations (annotate's match stage)")
+    p.add_argument("--threads", type=int, help="DuckDB threads (results do not depend on it)")
+    p.set_defaults(func=_metaclip_balance)
+
     web = sub.add_parser("demo-web", help="the generated demo web").add_subparsers(dest="action", required=True)
     p = web.add_parser("build", help="generate pages, images and ground truth")
     p.add_argument("out")
@@ -165,11 +214,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from pipelines.config import ConfigError
+    from pipelines.metadata import MetadataError
     from pipelines.sources import InputError
 
     try:
         return args.func(args)
-    except (ConfigError, InputError) as err:
+    except (ConfigError, InputError, MetadataError) as err:
         print(f"tailor: {err}", file=sys.stderr)
         return 2
 

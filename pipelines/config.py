@@ -16,6 +16,8 @@ from pydantic import Field, ValidationError
 
 from operators.decode import DecodeOptions
 from operators.download import DownloadOptions
+from operators.embed import EmbedOptions
+from operators.match import MatchOptions
 from operators.options import Options
 
 
@@ -46,6 +48,8 @@ class AnnotateConfig(Options):
     output: str = Field(description="run folder, local path or fsspec URL")
     download: DownloadOptions = DownloadOptions()
     decode: DecodeOptions = DecodeOptions()
+    embed: EmbedOptions | None = Field(None, description="CLIP embeddings and scores; off when absent")
+    match: MatchOptions | None = Field(None, description="MetaCLIP metadata matching of captions; off when absent")
     ray: RayConfig = RayConfig()
 
     def fingerprint(self) -> str:

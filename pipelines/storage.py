@@ -7,6 +7,7 @@
       input/SHARD.parquet    planned URL-table shards
       annotations/SHARD.parquet   one row per input row
       images/SHARD.parquet   key -> re-encoded image, for ok rows
+      embeddings/SHARD.parquet    key -> image_emb, text_emb (when the embed stage runs)
       _done/SHARD.json       a shard is finished when (and only when) this exists
       _staging/SHARD/...     parts of shards in progress; removed when a shard is committed
 
@@ -65,11 +66,9 @@ class RunPaths:
     def staging(self, shard: str) -> str:
         return self.join("_staging", shard)
 
-    def annotations(self, shard: str) -> str:
-        return self.join("annotations", f"{shard}.parquet")
-
-    def images(self, shard: str) -> str:
-        return self.join("images", f"{shard}.parquet")
+    def output(self, kind: str, shard: str) -> str:
+        """RUN/KIND/SHARD.parquet for kind in annotations, images, embeddings."""
+        return self.join(kind, f"{shard}.parquet")
 
     def done(self, shard: str) -> str:
         return self.join("_done", f"{shard}.json")

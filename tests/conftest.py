@@ -7,6 +7,7 @@ reach anything but loopback or this machine's own address fails the test.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
@@ -24,6 +25,8 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(NETGUARD), str(ROOT
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"
+os.environ["HF_HUB_OFFLINE"] = "1"  # models load from local paths only
+os.environ["TRANSFORMERS_VERBOSITY"] = "error"
 sys.path.insert(0, str(NETGUARD))
 import sitecustomize  # noqa: E402  (the guard; installs itself because TAILOR_NETGUARD=1)
 
@@ -59,16 +62,22 @@ def ray_local():
     ray.shutdown()
 
 
-@pytest.fixture(scope="session")
-def demo_web(tmp_path_factory):
-    """A demo web with every hostile kind, served on 127.0.0.1 for the whole session."""
+@contextlib.contextmanager
+def served_demo_web(out: Path, n: int, seed: int):
+    """Build a demo web into `out` and serve it on 127.0.0.1; yields (server, out)."""
     from pipelines.demo_web.build import build_demo_web
     from pipelines.demo_web.serve import DemoWebServer
 
-    out = tmp_path_factory.mktemp("demo-web")
-    build_demo_web(out, n=400, seed=7)
+    build_demo_web(out, n=n, seed=seed)
     with DemoWebServer(out, slow_seconds=TEST_SLOW_SECONDS) as server:
         yield server, out
+
+
+@pytest.fixture(scope="session")
+def demo_web(tmp_path_factory):
+    """A demo web with every hostile kind, served on 127.0.0.1 for the whole session."""
+    with served_demo_web(tmp_path_factory.mktemp("demo-web"), n=400, seed=7) as served:
+        yield served
 
 
 def demo_config(urls: str | Path, output: str | Path, *overrides: str):

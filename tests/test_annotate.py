@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import demo_config
@@ -101,6 +103,40 @@ def test_run_summary_accounts_per_status_and_stage(demo_run):
     assert decode["failed"]["too_large"] >= 1 and download["failed"]["too_large"] >= 1  # bomb vs byte cap
     assert summary["shards"]["total"] == summary["shards"]["done"] == 4
     assert summary["config_hash"] and summary["wall_time_s"] > 0
+
+
+def _auc(positive: list[float], negative: list[float]) -> float:
+    pos, neg = np.array(positive)[:, None], np.array(negative)[None, :]
+    return float((pos > neg).mean() + 0.5 * (pos == neg).mean())
+
+
+def test_clip_score_separates_matched_from_mismatched_captions(demo_run):
+    """The demo CLIP was trained on renders from another seed; this web is new to it."""
+    _, run, web = demo_run
+    truth = {r["demo_id"]: r for r in pq.read_table(web / "truth.parquet").to_pylist()}
+    rows = [r for r in pq.read_table(run / "annotations").to_pylist()
+            if r["status"] == "ok" and not truth[r["demo_id"]]["boilerplate"]]
+    matched = [r["clip_score"] for r in rows if not truth[r["demo_id"]]["mismatch"]]
+    mismatched = [r["clip_score"] for r in rows if truth[r["demo_id"]]["mismatch"]]
+    assert len(mismatched) >= 25
+    assert _auc(matched, mismatched) >= 0.95
+
+
+def test_embeddings_table_holds_ok_rows_and_probes_score_images(demo_run):
+    _, run, web = demo_run
+    annotations = pq.read_table(run / "annotations").to_pylist()
+    embeddings = pq.read_table(run / "embeddings")
+    ok = sorted(r["key"] for r in annotations if r["status"] == "ok")
+    assert sorted(embeddings.column("key").to_pylist()) == ok
+    assert embeddings.schema.field("image_emb").type == pa.list_(pa.float16(), 128)
+    assert set(embeddings.column("clip_model").to_pylist()) == {"builtin:demo-clip"}
+    assert all(r["clip_score"] is None for r in annotations if r["status"] != "ok")
+    truth = {r["demo_id"]: r for r in pq.read_table(web / "truth.parquet").to_pylist()}
+    animals = {"dog", "cat", "horse", "bird", "cow"}
+    ok_rows = [r for r in annotations if r["status"] == "ok"]
+    shown = [r["probe_animal"] for r in ok_rows if animals & set(truth[r["demo_id"]]["concepts"])]
+    others = [r["probe_animal"] for r in ok_rows if not animals & set(truth[r["demo_id"]]["concepts"])]
+    assert len(shown) >= 10 and _auc(shown, others) >= 0.8
 
 
 def test_rerun_of_a_finished_run_redoes_nothing_and_changes_nothing(demo_run, demo_web):

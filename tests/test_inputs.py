@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
-from conftest import TEST_SLOW_SECONDS, demo_config
+from conftest import demo_config, served_demo_web
 
 from pipelines.annotate import annotate
 from pipelines.sources import InputError
@@ -19,13 +19,8 @@ COMPARED = ["key", "demo_id", "url", "caption", "source", "status", "http_status
 
 @pytest.fixture(scope="module")
 def small_web(tmp_path_factory):
-    from pipelines.demo_web.build import build_demo_web
-    from pipelines.demo_web.serve import DemoWebServer
-
-    out = tmp_path_factory.mktemp("small-web")
-    build_demo_web(out, n=120, seed=3)
-    with DemoWebServer(out, slow_seconds=TEST_SLOW_SECONDS) as server:
-        yield server, out
+    with served_demo_web(tmp_path_factory.mktemp("small-web"), n=120, seed=3) as served:
+        yield served
 
 
 def _annotations(run) -> pa.Table:

@@ -1,0 +1,217 @@
+"""CLIP-family embeddings and scores: CPU preprocessing, then a model stage that loads once.
+
+`ClipPreprocessor` (CPU, cheap to build): columns in `status`, `image` (stored JPEG), `caption`;
+adds `pixel_values` (float32 bytes, C order, shape (3, H, W)), `input_ids`, `attention_mask`
+for ok rows (null elsewhere). It runs upstream of the model so decoding never starves a GPU.
+
+`ClipEmbedder` (model loaded once in `__init__`, meant for an actor pool): consumes those
+columns and adds `image_emb`, `text_emb` (L2-normalised, fixed-size lists), `clip_score`
+(float32 cosine of the pair, as LAION and DataComp report it), `clip_model`, and one
+`probe_<name>` column per configured probe, scored against the image embedding already
+computed (no second model pass). Rows that are not ok get nulls.
+
+Any Hugging Face CLIP-family checkpoint that `AutoModel` loads and that has
+`get_image_features` / `get_text_features` works (CLIPModel, SiglipModel, ...).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+from pydantic import Field, model_validator
+
+from operators import status as st
+from operators.options import Options
+from operators.table import replace_columns
+
+log = logging.getLogger(__name__)
+
+MODEL_INPUTS = ["pixel_values", "input_ids", "attention_mask"]
+_SIGLIP_TYPES = {"siglip", "siglip2"}
+
+
+class ProbeOptions(Options):
+    """Text prompts scored against each image embedding.
+
+    With only `positive` prompts: the max cosine to any of them. With `negative` prompts too:
+    the softmax probability mass of the positives among all prompts (CLIP zero-shot style).
+    """
+
+    positive: list[str] = Field(min_length=1)
+    negative: list[str] = []
+    temperature: float = Field(100.0, gt=0, description="logit scale for the softmax")
+
+
+class EmbedOptions(Options):
+    model: str = Field("builtin:demo-clip", description="Hugging Face name or local path; builtin:demo-clip")
+    batch_size: int = Field(64, gt=0, description="rows per model call")
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_actors: int = Field(1, gt=0, description="model replicas (one GPU each where GPUs exist)")
+    storage_dtype: Literal["float16", "float32"] = Field("float16", description="dtype of stored embeddings")
+    probes: dict[str, ProbeOptions] = {}
+
+    @model_validator(mode="after")
+    def _probe_names(self) -> EmbedOptions:
+        for name in self.probes:
+            if not name.isidentifier():
+                raise ValueError(f"probe name {name!r} must be a plain identifier (it becomes a column name)")
+        return self
+
+
+def _features(output) -> object:
+    """transformers 4 returns the projected tensor; 5 returns an output whose pooler_output is it."""
+    return output if hasattr(output, "dim") else output.pooler_output
+
+
+class ClipPreprocessor:
+    """Image processor + tokenizer of the checkpoint; no model weights are loaded."""
+
+    def __init__(self, model_path: str):
+        from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
+
+        config = AutoConfig.from_pretrained(model_path)
+        self.image_processor = AutoImageProcessor.from_pretrained(model_path)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        text_config = getattr(config, "text_config", config)
+        self.context = int(getattr(text_config, "max_position_embeddings", 77))
+        self.pad_to_max = getattr(config, "model_type", "") in _SIGLIP_TYPES  # SigLIP was trained so
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        n = batch.num_rows
+        ok = [s == st.OK for s in batch.column("status").to_pylist()]
+        rows = [i for i in range(n) if ok[i]]
+        pixels: list[bytes | None] = [None] * n
+        ids: list[list[int] | None] = [None] * n
+        mask: list[list[int] | None] = [None] * n
+        if rows:
+            images = batch.column("image").to_pylist()
+            captions = batch.column("caption").to_pylist()
+            decoded = [Image.open(io.BytesIO(images[i])).convert("RGB") for i in rows]
+            values = np.asarray(self.image_processor(images=decoded, return_tensors="np")["pixel_values"],
+                                dtype=np.float32)
+            tokens = self.tokenizer([captions[i] or "" for i in rows], truncation=True, max_length=self.context,
+                                    padding="max_length" if self.pad_to_max else False)
+            for j, i in enumerate(rows):
+                pixels[i] = np.ascontiguousarray(values[j]).tobytes()
+                ids[i] = tokens["input_ids"][j]
+                mask[i] = tokens["attention_mask"][j] if "attention_mask" in tokens else [1] * len(ids[i])
+        return replace_columns(batch, {
+            "pixel_values": pa.array(pixels, pa.binary()),
+            "input_ids": pa.array(ids, pa.list_(pa.int32())),
+            "attention_mask": pa.array(mask, pa.list_(pa.int8())),
+        })
+
+
+class ClipEmbedder:
+    """Loads the model once; embeds image and text of ok rows in batches of options.batch_size."""
+
+    def __init__(self, model_path: str, options: EmbedOptions):
+        import torch
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        self.torch = torch
+        self.options = options
+        if options.device == "auto":
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        else:
+            self.device = options.device
+        dtype = getattr(torch, options.dtype)
+        if self.device == "cpu" and dtype == torch.float16:
+            dtype = torch.float32  # half precision matmuls are slow or missing on CPUs
+        self.model = AutoModel.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
+        self.dtype = dtype
+        config = AutoConfig.from_pretrained(model_path)
+        vision = getattr(config, "vision_config", config)
+        size = int(getattr(vision, "image_size", 224))
+        self.pixel_shape = (int(getattr(vision, "num_channels", 3)), size, size)
+        self.pad_id = int(AutoTokenizer.from_pretrained(model_path).pad_token_id or 0)
+        self.dim = int(getattr(config, "projection_dim", 0) or self._probe_dim())
+        self.store = pa.float16() if options.storage_dtype == "float16" else pa.float32()
+        self.probes = {name: self._probe_bank(model_path, probe) for name, probe in options.probes.items()}
+
+    def _probe_dim(self) -> int:
+        with self.torch.inference_mode():
+            dummy = self.torch.zeros((1, *self.pixel_shape), dtype=self.dtype, device=self.device)
+            return int(_features(self.model.get_image_features(pixel_values=dummy)).shape[-1])
+
+    def _probe_bank(self, model_path: str, probe: ProbeOptions) -> tuple[np.ndarray, int]:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        prompts = probe.positive + probe.negative
+        tokens = tokenizer(prompts, truncation=True, padding=True, return_tensors="pt")
+        with self.torch.inference_mode():
+            emb = _features(self.model.get_text_features(**{k: v.to(self.device) for k, v in tokens.items()
+                                                            if k in ("input_ids", "attention_mask")}))
+            emb = self.torch.nn.functional.normalize(emb.float(), dim=-1)
+        return emb.cpu().numpy(), len(probe.positive)
+
+    def _embed(self, pixels: list[bytes], ids: list[list[int]], mask: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        torch = self.torch
+        image = np.frombuffer(bytearray().join(pixels), dtype=np.float32).reshape(len(pixels), *self.pixel_shape)
+        width = max(len(x) for x in ids)
+        input_ids = np.full((len(ids), width), self.pad_id, dtype=np.int64)
+        attention = np.zeros((len(ids), width), dtype=np.int64)
+        for i, (row, m) in enumerate(zip(ids, mask, strict=True)):
+            input_ids[i, : len(row)] = row
+            attention[i, : len(m)] = m
+        with torch.inference_mode():
+            img = _features(self.model.get_image_features(
+                pixel_values=torch.from_numpy(image).to(self.device, self.dtype)))
+            txt = _features(self.model.get_text_features(
+                input_ids=torch.from_numpy(input_ids).to(self.device),
+                attention_mask=torch.from_numpy(attention).to(self.device)))
+            img = torch.nn.functional.normalize(img.float(), dim=-1)
+            txt = torch.nn.functional.normalize(txt.float(), dim=-1)
+        return img.cpu().numpy(), txt.cpu().numpy()
+
+    def _probe_scores(self, image_emb: np.ndarray) -> dict[str, np.ndarray]:
+        scores = {}
+        for name, (bank, n_pos) in self.probes.items():
+            cos = image_emb @ bank.T
+            if n_pos == len(bank):
+                scores[name] = cos.max(axis=1)
+            else:
+                logits = self.options.probes[name].temperature * cos
+                logits -= logits.max(axis=1, keepdims=True)
+                prob = np.exp(logits)
+                scores[name] = prob[:, :n_pos].sum(axis=1) / prob.sum(axis=1)
+        return scores
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        n = batch.num_rows
+        statuses = batch.column("status").to_pylist()
+        pixels = batch.column("pixel_values").to_pylist()
+        rows = [i for i in range(n) if statuses[i] == st.OK and pixels[i] is not None]
+        image_emb = np.zeros((n, self.dim), dtype=np.float32)
+        text_emb = np.zeros((n, self.dim), dtype=np.float32)
+        if rows:
+            ids = batch.column("input_ids").to_pylist()
+            mask = batch.column("attention_mask").to_pylist()
+            step = self.options.batch_size
+            for start in range(0, len(rows), step):
+                chunk = rows[start:start + step]
+                img, txt = self._embed([pixels[i] for i in chunk], [ids[i] for i in chunk], [mask[i] for i in chunk])
+                image_emb[chunk], text_emb[chunk] = img, txt
+        valid = np.zeros(n, dtype=bool)
+        valid[rows] = True
+        score = np.einsum("nd,nd->n", image_emb, text_emb)
+        columns = {
+            "image_emb": self._vectors(image_emb, valid),
+            "text_emb": self._vectors(text_emb, valid),
+            "clip_score": pa.array(score.astype(np.float32), mask=~valid),
+            "clip_model": pa.array([self.options.model if v else None for v in valid], pa.string()),
+        }
+        for name, values in self._probe_scores(image_emb).items():
+            columns[f"probe_{name}"] = pa.array(values.astype(np.float32), mask=~valid)
+        return replace_columns(batch.drop_columns([c for c in MODEL_INPUTS if c in batch.column_names]), columns)
+
+    def _vectors(self, values: np.ndarray, valid: np.ndarray) -> pa.Array:
+        flat = pa.array(values.astype(self.store.to_pandas_dtype()).ravel(), self.store)
+        return pa.FixedSizeListArray.from_arrays(flat, self.dim, mask=pa.array(~valid))

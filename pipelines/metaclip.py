@@ -1,0 +1,291 @@
+"""MetaCLIP curation over a run's match lists, in DuckDB: entry counts, balancing, statistics.
+
+The SQL lives in pipelines/sql/ (metaclip_entry_counts, metaclip_balance, metaclip2_balance,
+metaclip_entry_stats, metaclip_match_summary); this module only finds the inputs, registers them
+as the views those files name (`matches`, `entries`, `entry_counts`, `decisions`) and binds
+`$t` and `$seed`. Match lists come from RUN/match/shards (`tailor match`) or, when annotate
+ran with a `match:` section, from RUN/annotations.
+
+    balance(run, t, seed)            -> key, kept, reason for every caption
+    balance_subset(run, name, t, seed) writes RUN/subsets/NAME/:
+        manifest.parquet     the kept keys
+        decisions.parquet    every key: kept, reason ('kept', 'balanced_out', 'no_match', 'other_text')
+        entry_stats.parquet  per entry: count before, kept_count after, head, p
+        stats.json           the summary below, before and after balancing
+        entry_counts.png     rank-frequency and count distribution, before and after
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+from typing import Literal
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from pipelines.config import ConfigError
+from pipelines.match import metadata_path
+from pipelines.storage import RunPaths
+
+log = logging.getLogger(__name__)
+
+SQL = Path(__file__).parent / "sql"
+Source = Literal["auto", "match", "annotations"]
+DECISIONS_SCHEMA = pa.schema([("key", pa.string()), ("kept", pa.bool_()), ("reason", pa.string())])
+
+
+@cache
+def sql(name: str) -> str:
+    """The text of pipelines/sql/NAME.sql."""
+    return (SQL / f"{name}.sql").read_text()
+
+
+@dataclass(frozen=True)
+class Matches:
+    """Where a run's match lists are: which files, which table kind, which metadata."""
+
+    kind: Literal["match", "annotations"]
+    files: list[str]
+    metadata_id: str
+
+
+def find_matches(run: str, source: Source = "auto") -> Matches:
+    """RUN/match/shards when the standalone pass finished (preferred), else annotations with match lists."""
+    paths = RunPaths(run)
+    if source in ("auto", "match") and paths.exists(paths.join("match", "_match.json")):
+        info = paths.read_json(paths.join("match", "_match.json"))
+        if info.get("summary") is not None:
+            return Matches("match", paths.list("match/shards", ".parquet"), info["settings"]["metadata_id"])
+        if source == "match":
+            raise ConfigError(f"{run}: `tailor match` has not finished on this run; rerun it to resume")
+    if source == "match":
+        raise ConfigError(f"{run}: no matches (run `tailor match {run}` first)")
+    files = paths.list("annotations", ".parquet")
+    if files:
+        with paths.fs.open(files[0], "rb") as f:
+            schema = pq.read_schema(f)
+        if "metaclip_entries" in schema.names:
+            with duckdb.connect() as con:
+                ids = _scan(con, paths, files).select("metadata_id").distinct().fetchall()
+            if len(ids) != 1:
+                raise ConfigError(f"{run}: annotations were matched against {len(ids)} metadata lists; expected 1")
+            return Matches("annotations", files, ids[0][0])
+    raise ConfigError(f"{run}: no match lists: run `tailor match {run}`, or annotate with a `match:` section")
+
+
+def _scan(con: duckdb.DuckDBPyConnection, paths: RunPaths, files: list[str]) -> duckdb.DuckDBPyRelation:
+    """A relation over Parquet files, local or any fsspec filesystem (no DuckDB extension needed)."""
+    if paths.is_local:
+        return con.read_parquet(files, union_by_name=True)
+    dataset = pads.dataset(files, filesystem=paths.fs, format="parquet")
+    return con.from_arrow(dataset)
+
+
+def connect(threads: int | None = None) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(config={"threads": threads} if threads else {})
+    con.execute("SET enable_progress_bar = false")  # library code: no bars on the caller's terminal
+    return con
+
+
+def run_sql(con: duckdb.DuckDBPyConnection, name: str, **params) -> pa.Table:
+    """Run pipelines/sql/NAME.sql with its named parameters bound; the result as an Arrow table."""
+    rel = con.sql(sql(name), params=params or None)
+    return rel.to_arrow_table() if hasattr(rel, "to_arrow_table") else rel.arrow()  # duckdb < 1.4: arrow()
+
+
+def register_matches(con: duckdb.DuckDBPyConnection, run: str, matches: Matches,
+                     group_by: str | None = None) -> None:
+    """Views `matches` (key, metaclip_entries[, image]) and `entries` (entry_id, entry)."""
+    paths = RunPaths(run)
+    rel = _scan(con, paths, matches.files).select("key, metaclip_entries")
+    if group_by is not None:
+        annotations = _scan(con, paths, paths.list("annotations", ".parquet"))
+        if group_by not in annotations.columns:
+            raise ConfigError(f"group_by: no column {group_by!r} in {run}/annotations "
+                              f"(columns: {', '.join(annotations.columns)})")
+        image = annotations.select(duckdb.ColumnExpression("key").alias("image_key"),
+                                   duckdb.ColumnExpression(group_by).cast(duckdb.sqltype("VARCHAR")).alias("image"))
+        rel = rel.join(image, "key = image_key", how="left").select("key, image, metaclip_entries")
+    rel.create_view("matches")
+    _scan(con, paths, [metadata_path(paths, matches.metadata_id)]).create_view("entries")
+
+
+def entry_counts(run: str, source: Source = "auto", threads: int | None = None) -> pa.Table:
+    """entry_id, entry, count over the run's match lists (sql/metaclip_entry_counts.sql)."""
+    matches = find_matches(run, source)
+    with connect(threads) as con:
+        register_matches(con, run, matches)
+        return run_sql(con, "metaclip_entry_counts")
+
+
+def write_entry_counts(run: str) -> dict:
+    """After `tailor match`: RUN/match/entry_counts.parquet, and the totals of the matching."""
+    paths = RunPaths(run)
+    matches = Matches("match", paths.list("match/shards", ".parquet"),
+                      paths.read_json(paths.join("match", "_match.json"))["settings"]["metadata_id"])
+    with connect() as con:
+        register_matches(con, run, matches)
+        counts = run_sql(con, "metaclip_entry_counts")
+        totals = run_sql(con, "metaclip_match_summary").to_pylist()[0]
+    paths.write_parquet(counts, paths.join("match", "entry_counts.parquet"))
+    matched_entries = int(np.count_nonzero(counts.column("count").to_numpy()))
+    return {**totals, "entries": counts.num_rows, "entries_matched": matched_entries}
+
+
+def _counts_for(con: duckdb.DuckDBPyConnection, run: str, matches: Matches) -> None:
+    """View `entry_counts`: the stored table of the standalone pass, else computed now."""
+    paths = RunPaths(run)
+    stored = paths.join("match", "entry_counts.parquet")
+    if matches.kind == "match" and paths.exists(stored):
+        _scan(con, paths, [stored]).create_view("entry_counts")
+    else:
+        con.register("entry_counts", run_sql(con, "metaclip_entry_counts"))  # computed once, used twice
+
+
+def balance(run: str, t: float, seed: int, group_by: str | None = None, source: Source = "auto",
+            threads: int | None = None) -> pa.Table:
+    """MetaCLIP balancing of a run's captions: a table of key, kept, reason (one row per caption).
+
+    `t` caps each entry at about t captions; `seed` makes the per-(seed, key, entry) draws.
+    With `group_by` (a column of the annotations naming the image, e.g. sha256 or url), the MetaCLIP 2
+    variant: one matched text per image is picked at random and the image kept with its probability.
+    The result does not depend on `threads` or on how the matches were computed.
+    """
+    with connect(threads) as con:
+        return _balance(con, run, t, seed, group_by, find_matches(run, source))
+
+
+def _balance(con: duckdb.DuckDBPyConnection, run: str, t: float, seed: int, group_by: str | None,
+             matches: Matches) -> pa.Table:
+    if not t > 0:
+        raise ConfigError(f"t: must be > 0 (got {t!r})")
+    if not isinstance(seed, int | np.integer):
+        raise ConfigError(f"seed: must be an integer (got {seed!r})")
+    register_matches(con, run, matches, group_by)
+    _counts_for(con, run, matches)
+    name = "metaclip2_balance" if group_by else "metaclip_balance"
+    return run_sql(con, name, t=t, seed=int(seed)).cast(DECISIONS_SCHEMA)
+
+
+def balance_subset(run: str, name: str, t: float, seed: int, group_by: str | None = None,
+                   source: Source = "auto", threads: int | None = None, plot: bool = True) -> dict:
+    """Balance and write RUN/subsets/NAME/ (manifest, decisions, entry_stats, stats.json, plot)."""
+    if not name or "/" in name or name.startswith("."):
+        raise ConfigError(f"name: {name!r} is not a valid subset name")
+    paths = RunPaths(run)
+    matches = find_matches(run, source)
+    with connect(threads) as con:
+        decisions = _balance(con, run, t, seed, group_by, matches)
+        con.register("decisions", decisions)
+        per_entry = run_sql(con, "metaclip_entry_stats", t=t)
+    stats = {
+        "recipe": {"step": "metaclip_balance" if not group_by else "metaclip2_balance", "t": t, "seed": seed,
+                   "group_by": group_by, "source": matches.kind, "metadata_id": matches.metadata_id},
+        "made_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        **balance_stats(per_entry, decisions, t),
+    }
+    folder = f"subsets/{name}"
+    paths.write_parquet(decisions.filter(decisions.column("kept")).select(["key"]),
+                        paths.join(folder, "manifest.parquet"))
+    paths.write_parquet(decisions, paths.join(folder, "decisions.parquet"))
+    paths.write_parquet(per_entry, paths.join(folder, "entry_stats.parquet"))
+    paths.write_json(stats, paths.join(folder, "stats.json"))
+    if plot:
+        png = plot_entry_counts(per_entry, t)
+        with paths.fs.open(paths.join(folder, "entry_counts.png"), "wb") as f:
+            f.write(png)
+    return stats
+
+
+# ---------------------------------------------------------------- statistics
+
+def _distribution(counts: np.ndarray) -> dict[str, int]:
+    """Entries per count bucket: 0, 1, 2-9, 10-99, 100-999, ..."""
+    out = {"0": int(np.count_nonzero(counts == 0)), "1": int(np.count_nonzero(counts == 1))}
+    low = 2
+    top = int(counts.max()) if counts.size else 0
+    while low <= top:
+        high = 10 if low == 2 else low * 10
+        out[f"{low}-{high - 1}"] = int(np.count_nonzero((counts >= low) & (counts < high)))
+        low = high
+    return out
+
+
+def _side(counts: np.ndarray, head: np.ndarray, entries: np.ndarray, t: float) -> dict:
+    total = int(counts.sum())
+    top = np.argsort(-counts, kind="stable")[:10]
+    return {
+        "matches": total,  # (caption, entry) pairs
+        "entries_matched": int(np.count_nonzero(counts)),
+        "head_matches": int(counts[head].sum()),
+        "tail_matches": int(counts[~head].sum()),
+        "tail_share_of_matches": round(float(counts[~head].sum()) / total, 6) if total else None,
+        "max_count": int(counts.max()) if counts.size else 0,
+        "entries_over_t": int(np.count_nonzero(counts > t)),
+        "count_distribution": _distribution(counts),
+        "top_entries": [{"entry": str(entries[i]), "count": int(counts[i])} for i in top if counts[i] > 0],
+    }
+
+
+def balance_stats(per_entry: pa.Table, decisions: pa.Table, t: float) -> dict:
+    """Entry-count distribution, head/tail split at t, tail share of matches, before and after."""
+    counts = per_entry.column("count").to_numpy()
+    kept = per_entry.column("kept_count").to_numpy()
+    head = per_entry.column("head").to_numpy(zero_copy_only=False)
+    entries = np.asarray(per_entry.column("entry").to_pylist(), dtype=object)
+    reasons = decisions.group_by("reason").aggregate([("key", "count")]).to_pylist()
+    n_kept = int(np.count_nonzero(decisions.column("kept").to_numpy(zero_copy_only=False)))
+    head_kept = kept[head]
+    return {
+        "captions": {"total": decisions.num_rows, "kept": n_kept,
+                     "by_reason": {r["reason"]: r["key_count"] for r in sorted(reasons, key=lambda r: r["reason"])}},
+        "entries": {"total": per_entry.num_rows, "head": int(np.count_nonzero(head)),
+                    "tail_matched": int(np.count_nonzero(~head & (counts > 0)))},
+        "head_entries_after": {
+            "mean_kept_count": round(float(head_kept.mean()), 3) if head_kept.size else None,
+            "min_kept_count": int(head_kept.min()) if head_kept.size else None,
+            "max_kept_count": int(head_kept.max()) if head_kept.size else None,
+        },
+        "before": _side(counts, head, entries, t),
+        "after": _side(kept, head, entries, t),
+    }
+
+
+def plot_entry_counts(per_entry: pa.Table, t: float) -> bytes:
+    """PNG: entries by rank (log-log) and entries per count bucket, before and after balancing."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = per_entry.column("count").to_numpy()
+    kept = per_entry.column("kept_count").to_numpy()
+    fig, (rank_ax, hist_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for values, label in ((counts, "before"), (kept, "after balancing")):
+        ranked = np.sort(values[values > 0])[::-1]
+        rank_ax.loglog(np.arange(1, ranked.size + 1), ranked, label=label)
+    rank_ax.axhline(t, color="grey", linestyle="--", linewidth=1, label=f"t = {t:g}")
+    rank_ax.set(xlabel="entry rank", ylabel="captions holding the entry", title="entry counts by rank")
+    rank_ax.legend()
+    before, after = _distribution(counts), _distribution(kept)
+    buckets = [b for b in before if b != "0"]
+    x = np.arange(len(buckets))
+    hist_ax.bar(x - 0.2, [before[b] for b in buckets], width=0.4, label="before")
+    hist_ax.bar(x + 0.2, [after.get(b, 0) for b in buckets], width=0.4, label="after balancing")
+    hist_ax.set_xticks(x, buckets, rotation=30)
+    hist_ax.set_yscale("log")
+    hist_ax.set(xlabel="captions holding the entry", ylabel="entries", title="entry-count distribution")
+    hist_ax.legend()
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()

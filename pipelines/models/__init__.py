@@ -1,0 +1,17 @@
+"""Models that ship with tailor, addressed as `builtin:NAME` in configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+BUILTIN = {"demo-clip": Path(__file__).resolve().parent / "demo-clip"}
+
+
+def resolve_model(name: str) -> str:
+    """`builtin:demo-clip` -> its folder; anything else (a Hugging Face name or a path) unchanged."""
+    if name.startswith("builtin:"):
+        key = name.split(":", 1)[1]
+        if key not in BUILTIN:
+            raise ValueError(f"unknown builtin model {name!r} (known: {', '.join('builtin:' + k for k in BUILTIN)})")
+        return str(BUILTIN[key])
+    return name

@@ -1,0 +1,177 @@
+"""CLIP embeddings: parity with a direct model call, robustness, and the pipeline stage."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import demo_config
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModel, AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel
+
+from operators.decode import DecodeOptions, decode_image
+from operators.embed import ClipEmbedder, ClipPreprocessor, EmbedOptions
+from pipelines.annotate import annotate
+from pipelines.demo_web import world
+from pipelines.demo_web.render import flatten, render_image
+from pipelines.models import resolve_model
+
+DEMO = resolve_model("builtin:demo-clip")
+
+
+def _jpeg(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.convert("RGB").save(buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+
+def _batch(n: int, seed: int = 0, statuses: list[str] | None = None) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    images, captions = [], []
+    for _ in range(n):
+        concept = world.CONCEPTS[int(rng.integers(len(world.CONCEPTS)))]
+        images.append(_jpeg(flatten(render_image([concept], 160, 120, rng))))
+        captions.append(world.make_caption(rng, [concept]).text)
+    return pa.table({"key": [f"k{i}" for i in range(n)], "status": statuses or ["ok"] * n,
+                     "caption": captions, "image": images})
+
+
+def _direct(model_path: str, images: list[bytes], captions: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The reference: the model's own get_image_features / get_text_features, normalised."""
+    model = AutoModel.from_pretrained(model_path, dtype=torch.float32).eval()
+    processor = AutoImageProcessor.from_pretrained(model_path)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    pixels = processor(images=[Image.open(io.BytesIO(b)).convert("RGB") for b in images], return_tensors="pt")
+    context = model.config.text_config.max_position_embeddings
+    tokens = tokenizer(captions, padding=True, truncation=True, max_length=context, return_tensors="pt")
+    with torch.inference_mode():
+        img = model.get_image_features(pixel_values=pixels["pixel_values"])
+        txt = model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
+    img, txt = (x if isinstance(x, torch.Tensor) else x.pooler_output for x in (img, txt))
+    return (torch.nn.functional.normalize(img, dim=-1).numpy(), torch.nn.functional.normalize(txt, dim=-1).numpy())
+
+
+def _embed(model_path: str, batch: pa.Table, **options) -> pa.Table:
+    opts = EmbedOptions(model="test", storage_dtype="float32", batch_size=5, **options)
+    return ClipEmbedder(model_path, opts)(ClipPreprocessor(model_path)(batch))
+
+
+def _vectors(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    return np.array(column.to_pylist(), dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def standard_clip(tmp_path_factory) -> str:
+    """A randomly initialised CLIP of the standard (ViT-B/32) shape, saved as a checkpoint."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("standard-clip")
+    CLIPModel(CLIPConfig()).save_pretrained(path)
+    AutoTokenizer.from_pretrained(DEMO).save_pretrained(path)  # any tokenizer within the vocabulary works
+    CLIPImageProcessor().save_pretrained(path)
+    return str(path)
+
+
+def test_demo_clip_operator_equals_direct_model_call():
+    batch = _batch(12)
+    out = _embed(DEMO, batch)
+    img, txt = _direct(DEMO, batch.column("image").to_pylist(), batch.column("caption").to_pylist())
+    assert np.abs(_vectors(out.column("image_emb")) - img).max() < 1e-5
+    assert np.abs(_vectors(out.column("text_emb")) - txt).max() < 1e-5
+    np.testing.assert_allclose(out.column("clip_score").to_numpy(), (img * txt).sum(1), atol=1e-5)
+    assert np.allclose(np.linalg.norm(_vectors(out.column("image_emb")), axis=1), 1, atol=1e-5)
+    assert "pixel_values" not in out.column_names and out.column("clip_model").to_pylist() == ["test"] * 12
+
+
+@pytest.mark.slow
+def test_standard_shaped_clip_operator_equals_direct_model_call(standard_clip):
+    batch = _batch(6, seed=1)
+    out = _embed(standard_clip, batch)
+    img, txt = _direct(standard_clip, batch.column("image").to_pylist(), batch.column("caption").to_pylist())
+    assert _vectors(out.column("image_emb")).shape == (6, 512)
+    assert np.abs(_vectors(out.column("image_emb")) - img).max() < 1e-5
+    assert np.abs(_vectors(out.column("text_emb")) - txt).max() < 1e-5
+
+
+def test_failed_rows_get_nulls_and_empty_batches_pass():
+    batch = _batch(4, statuses=["ok", "http_error", "ok", "decode_error"])
+    out = _embed(DEMO, batch)
+    assert out.column("clip_score").is_null().to_pylist() == [False, True, False, True]
+    assert out.column("image_emb").is_null().to_pylist() == [False, True, False, True]
+    failed = _embed(DEMO, _batch(3, statuses=["timeout"] * 3))
+    assert failed.column("clip_score").null_count == 3
+    empty = _embed(DEMO, _batch(3).slice(0, 0))
+    assert empty.num_rows == 0 and "clip_score" in empty.column_names
+
+
+def test_long_and_non_ascii_captions_are_truncated_not_fatal():
+    batch = _batch(3)
+    captions = ["dog " * 2000, "一只狗 🐶 ünïcödé — Ελληνικά", ""]
+    out = _embed(DEMO, batch.set_column(batch.column_names.index("caption"), "caption", pa.array(captions)))
+    assert out.column("clip_score").null_count == 0
+    assert np.isfinite(out.column("clip_score").to_numpy()).all()
+
+
+@pytest.mark.parametrize("mode", ["L", "CMYK", "RGBA", "I;16", "P", "LA"])
+def test_unusual_image_modes_decode_and_embed(mode):
+    base = flatten(render_image(["apple"], 120, 90, np.random.default_rng(0)))
+    image = base.convert("RGBA").convert(mode) if mode in ("LA", "P") else base.convert(mode)
+    if mode == "I;16":
+        image = Image.fromarray(np.asarray(base.convert("L")).astype("<u2") * 257)
+    buf = io.BytesIO()
+    image.save(buf, "TIFF" if mode in ("CMYK", "I;16") else "PNG")
+    decoded = decode_image(buf.getvalue(), DecodeOptions(image_size=64))
+    assert decoded.status == "ok", decoded.error
+    batch = pa.table({"key": ["a"], "status": ["ok"], "caption": ["an apple"], "image": [decoded.image]})
+    assert _embed(DEMO, batch).column("clip_score").null_count == 0
+
+
+def test_probe_scores_are_computed_from_the_image_embedding():
+    batch = _batch(8, seed=3)
+    opts = dict(probes={"animal": {"positive": ["a photo of a dog"], "negative": ["a photo of a car"]},
+                        "dogness": {"positive": ["a photo of a dog"]}})
+    out = _embed(DEMO, batch, **opts)
+    image = _vectors(out.column("image_emb"))
+    embedder = ClipEmbedder(DEMO, EmbedOptions(**opts))
+    bank, _ = embedder.probes["dogness"]
+    np.testing.assert_allclose(out.column("probe_dogness").to_numpy(), (image @ bank.T).max(1), atol=1e-5)
+    bank, n_pos = embedder.probes["animal"]
+    logits = 100.0 * image @ bank.T
+    prob = np.exp(logits - logits.max(1, keepdims=True))
+    expected = prob[:, :n_pos].sum(1) / prob.sum(1)
+    np.testing.assert_allclose(out.column("probe_animal").to_numpy(), expected, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["demo", "standard"])
+def test_pipeline_embeddings_equal_direct_model_call(ray_local, demo_web, request, tmp_path, model):
+    _, web = demo_web
+    truth = pq.read_table(web / "truth.parquet").to_pylist()
+    first = [t["demo_id"] for t in truth if t["expected_status"] == "ok"][:16]
+    urls = pq.read_table(web / "urls.parquet").to_pylist()
+    pq.write_table(pa.Table.from_pylist([u for u in urls if u["demo_id"] in first] + urls[-4:]), tmp_path / "u.parquet")
+    path = DEMO if model == "demo" else request.getfixturevalue("standard_clip")
+    annotate(demo_config(tmp_path / "u.parquet", tmp_path / "run", f"embed.model={path}",
+                         "embed.storage_dtype=float32"), progress=False)
+    emb = pq.read_table(tmp_path / "run" / "embeddings").sort_by("key")
+    images = pq.read_table(tmp_path / "run" / "images").sort_by("key")
+    annotations = pq.read_table(tmp_path / "run" / "annotations").sort_by("key")
+    ok = annotations.filter(pa.compute.equal(annotations.column("status"), "ok"))
+    assert emb.column("key").to_pylist() == images.column("key").to_pylist() == ok.column("key").to_pylist()
+    img, txt = _direct(path, images.column("image").to_pylist(), ok.column("caption").to_pylist())
+    assert np.abs(_vectors(emb.column("image_emb")) - img).max() < 1e-5
+    assert np.abs(_vectors(emb.column("text_emb")) - txt).max() < 1e-5
+    np.testing.assert_allclose(ok.column("clip_score").to_numpy(), (img * txt).sum(1), atol=1e-5)
+    failed = annotations.filter(pa.compute.not_equal(annotations.column("status"), "ok"))
+    assert failed.column("clip_score").null_count == failed.num_rows
+
+
+def test_unloadable_model_is_a_one_line_config_error(ray_local, demo_web, tmp_path):
+    from pipelines.config import ConfigError
+
+    _, web = demo_web
+    with pytest.raises(ConfigError, match="embed.model: cannot load 'no/such-model'"):
+        annotate(demo_config(web / "urls.parquet", tmp_path / "run", "embed.model=no/such-model"), progress=False)
