@@ -258,7 +258,7 @@ def _add_embed_stages(ds: ray.data.Dataset, config: AnnotateConfig) -> ray.data.
                         fn_kwargs={"model_path": model_path}, num_cpus=config.ray.decode_cpus)
     return ds.map_batches(ClipEmbedder, batch_size=options.batch_size, batch_format="pyarrow",
                           fn_constructor_kwargs={"model_path": model_path, "options": options},
-                          concurrency=options.num_actors, num_gpus=1 if use_gpu else 0,
+                          compute=ray.data.ActorPoolStrategy(size=options.num_actors), num_gpus=1 if use_gpu else 0,
                           num_cpus=1 if not use_gpu else 0.5)
 
 
