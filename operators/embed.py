@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import logging
+import warnings
 from typing import Literal
 
 import numpy as np
@@ -53,6 +54,8 @@ class EmbedOptions(Options):
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_actors: int = Field(1, gt=0, description="model replicas (one GPU each where GPUs exist)")
+    cpus_per_actor: float = Field(1.0, gt=0, description="CPUs a model actor reserves when it runs on CPU "
+                                  "(torch uses that many threads)")
     storage_dtype: Literal["float16", "float32"] = Field("float16", description="dtype of stored embeddings")
     probes: dict[str, ProbeOptions] = {}
 
@@ -152,9 +155,12 @@ class ClipEmbedder:
             emb = self.torch.nn.functional.normalize(emb.float(), dim=-1)
         return emb.cpu().numpy(), len(probe.positive)
 
-    def _embed(self, pixels: list[bytes], ids: list[list[int]], mask: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    def _embed(self, pixels: pa.BinaryArray, ids: list[list[int]], mask: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         torch = self.torch
-        image = np.frombuffer(bytearray().join(pixels), dtype=np.float32).reshape(len(pixels), *self.pixel_shape)
+        # the values of a freshly taken binary array are one contiguous buffer: view it, don't copy per row
+        offsets = np.frombuffer(pixels.buffers()[1], dtype=np.int32)[pixels.offset:pixels.offset + len(pixels) + 1]
+        image = np.frombuffer(pixels.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]].view(np.float32)
+        image = image.reshape(len(pixels), *self.pixel_shape)
         width = max(len(x) for x in ids)
         input_ids = np.full((len(ids), width), self.pad_id, dtype=np.int64)
         attention = np.zeros((len(ids), width), dtype=np.int64)
@@ -162,8 +168,10 @@ class ClipEmbedder:
             input_ids[i, : len(row)] = row
             attention[i, : len(m)] = m
         with torch.inference_mode():
-            img = _features(self.model.get_image_features(
-                pixel_values=torch.from_numpy(image).to(self.device, self.dtype)))
+            with warnings.catch_warnings():  # a read-only view; .to() copies it before any write
+                warnings.simplefilter("ignore", UserWarning)
+                pixel_values = torch.from_numpy(image).to(self.device, self.dtype, copy=True)
+            img = _features(self.model.get_image_features(pixel_values=pixel_values))
             txt = _features(self.model.get_text_features(
                 input_ids=torch.from_numpy(input_ids).to(self.device),
                 attention_mask=torch.from_numpy(attention).to(self.device)))
@@ -187,8 +195,9 @@ class ClipEmbedder:
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
         statuses = batch.column("status").to_pylist()
-        pixels = batch.column("pixel_values").to_pylist()
-        rows = [i for i in range(n) if statuses[i] == st.OK and pixels[i] is not None]
+        pixels = batch.column("pixel_values").combine_chunks()
+        present = pixels.is_valid().to_pylist()
+        rows = [i for i in range(n) if statuses[i] == st.OK and present[i]]
         image_emb = np.zeros((n, self.dim), dtype=np.float32)
         text_emb = np.zeros((n, self.dim), dtype=np.float32)
         if rows:
@@ -197,7 +206,7 @@ class ClipEmbedder:
             step = self.options.batch_size
             for start in range(0, len(rows), step):
                 chunk = rows[start:start + step]
-                img, txt = self._embed([pixels[i] for i in chunk], [ids[i] for i in chunk], [mask[i] for i in chunk])
+                img, txt = self._embed(pixels.take(chunk), [ids[i] for i in chunk], [mask[i] for i in chunk])
                 image_emb[chunk], text_emb[chunk] = img, txt
         valid = np.zeros(n, dtype=bool)
         valid[rows] = True

@@ -259,7 +259,7 @@ def _add_embed_stages(ds: ray.data.Dataset, config: AnnotateConfig) -> ray.data.
     return ds.map_batches(ClipEmbedder, batch_size=options.batch_size, batch_format="pyarrow",
                           fn_constructor_kwargs={"model_path": model_path, "options": options},
                           compute=ray.data.ActorPoolStrategy(size=options.num_actors), num_gpus=1 if use_gpu else 0,
-                          num_cpus=1 if not use_gpu else 0.5)
+                          num_cpus=options.cpus_per_actor if not use_gpu else 0.5)
 
 
 def _run_pending(pending: list[Shard], config: AnnotateConfig, paths: RunPaths) -> str:
