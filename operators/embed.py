@@ -155,7 +155,8 @@ class ClipEmbedder:
             emb = self.torch.nn.functional.normalize(emb.float(), dim=-1)
         return emb.cpu().numpy(), len(probe.positive)
 
-    def _embed(self, pixels: pa.BinaryArray, ids: list[list[int]], mask: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    def _embed(self, pixels: pa.BinaryArray, ids: list[list[int]],
+               mask: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         torch = self.torch
         # the values of a freshly taken binary array are one contiguous buffer: view it, don't copy per row
         offsets = np.frombuffer(pixels.buffers()[1], dtype=np.int32)[pixels.offset:pixels.offset + len(pixels) + 1]
