@@ -171,6 +171,7 @@ def _balance(con: duckdb.DuckDBPyConnection, run: str, t: float, seed: int, grou
         raise ConfigError(f"seed: must be an integer (got {seed!r})")
     register_matches(con, run, matches, group_by)
     _counts_for(con, run, matches)
+    con.execute(sql("metaclip_draw"))
     name = "metaclip2_balance" if group_by else "metaclip_balance"
     return run_sql(con, name, t=t, seed=int(seed)).cast(DECISIONS_SCHEMA)
 

@@ -9,6 +9,7 @@
 -- Views:      matches(key VARCHAR, image VARCHAR, metaclip_entries INTEGER[])   one row per text;
 --                 image NULL means the text is its own image
 --             entry_counts(entry_id INTEGER, entry VARCHAR, count BIGINT)
+-- Macros:     metaclip_draw_kept (metaclip_draw.sql)
 -- Parameters: $t (entry cap, > 0), $seed (integer)
 -- Output:     key, kept, reason ('kept' | 'balanced_out' | 'other_text' | 'no_match'), ordered by key
 WITH texts AS (
@@ -28,11 +29,7 @@ pairs AS (
 ),
 draws AS (
     SELECT pairs.key,
-           bool_or(
-               ('0x' || substr(md5(CAST($seed AS VARCHAR) || '|' || pairs.key || '|' || c.entry), 1, 13))::BIGINT
-                   / 4503599627370496.0
-               < $t / greatest(c.count, $t)
-           ) AS drawn
+           bool_or(metaclip_draw_kept($seed, pairs.key, c.entry, c.count, $t)) AS drawn
     FROM pairs
     JOIN entry_counts AS c USING (entry_id)
     GROUP BY pairs.key
