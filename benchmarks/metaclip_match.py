@@ -35,7 +35,8 @@ import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-ALT_TEXT = ROOT.parent / "shared" / "data" / "alt-text" / "alt_text_10k.parquet"
+SHARED = Path(os.environ.get("TAILOR_SHARED_DATA") or ROOT.parent / "shared" / "data")
+ALT_TEXT = SHARED / "alt-text" / "alt_text_10k.parquet"
 N_ENTRIES = 500_000
 PAGE = os.sysconf("SC_PAGE_SIZE")
 

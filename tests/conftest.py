@@ -33,6 +33,19 @@ import sitecustomize  # noqa: E402  (the guard; installs itself because TAILOR_N
 sitecustomize.install()
 
 DEMO_CONFIG = ROOT / "pipelines" / "configs" / "demo.yaml"
+
+
+def shared_data() -> Path:
+    """The team's real sample data (../shared/data beside the project), wherever this checkout lives.
+
+    TAILOR_SHARED_DATA wins; then ../shared/data; then the workplace's /work/shared/data (a clean clone
+    in a temporary folder has no ../shared). Missing data fails the tests that need it, loudly.
+    """
+    candidates = [os.environ.get("TAILOR_SHARED_DATA"), ROOT.parent / "shared" / "data", "/work/shared/data"]
+    for candidate in filter(None, candidates):
+        if (Path(candidate) / "coco-mini").is_dir():
+            return Path(candidate)
+    raise FileNotFoundError(f"shared sample data not found (looked in {candidates}); set TAILOR_SHARED_DATA")
 TEST_SLOW_SECONDS = 6.0  # the demo web's slow/stall pages outlast the demo config's 2 s timeout
 
 

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
+from conftest import shared_data
 from PIL import Image
 
 from operators import status as st
 from operators.decode import DecodeOptions, Decoder, decode_image
 
-COCO = sorted((Path(__file__).resolve().parents[2] / "shared" / "data" / "coco-mini" / "train2017").glob("*.jpg"))
+COCO = sorted((shared_data() / "coco-mini" / "train2017").glob("*.jpg"))
 MODES = ["no", "keep_ratio", "center_crop", "border", "keep_ratio_largest"]
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import random
 import re
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import shared_data
 from match_oracle import PUNCTS_TO_WRAP, SpanOracle, metaclip_substr_matching, spaced_entries
 
 from operators.match import MetaclipMatcher
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 PUNCTS = re.escape("".join(PUNCTS_TO_WRAP))
 
-ALT_TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "alt-text" / "alt_text_10k.parquet"
+ALT_TEXT = shared_data() / "alt-text" / "alt_text_10k.parquet"
 N_ENTRIES = 500_000
 HARD_CAPTIONS = [
     None, "", " ", "  ", "dog", " dog ", "dog  dog", "hot\tdog", "hot\ndog\r", "hot  dog", "St. Louis, MO",
