@@ -118,7 +118,7 @@ def run_tailor(urls: Path, out: Path, rows_per_shard: int) -> tuple[float, PeakR
            "--set", f"input.rows_per_shard={rows_per_shard}", "--set", "download.timeout=10",
            "--set", "download.retries=0", "--set", "download.threads=32", "--set", "ray.batch_size=128",
            "--set", "decode.resize_mode=keep_ratio", "--set", "decode.image_size=256",
-           "--set", "decode.encode_quality=95"]
+           "--set", "decode.encode_quality=95", "--set", "embed=null"]  # download + decode only
     wall, peak = run_timed(cmd)
     ok = json.loads((out / "run.json").read_text())["status_counts"].get("ok", 0)
     return wall, peak, ok
