@@ -83,12 +83,20 @@ def _demo(args: argparse.Namespace) -> int:
                              [f"input.path={web / 'urls.parquet'}", f"output={out / 'run'}", *(args.set or [])])
         summary = annotate(config, overwrite=True, progress=not args.no_progress)
     _print_summary(summary)
-    annotations = pq.read_table(out / "run" / "annotations").select(["demo_id", "status"]).to_pylist()
-    truth = {r["demo_id"]: r["expected_status"]
-             for r in pq.read_table(web / "truth.parquet").select(["demo_id", "expected_status"]).to_pylist()}
-    agree = sum(truth[r["demo_id"]] == r["status"] for r in annotations)
+    annotations = pq.read_table(out / "run" / "annotations").to_pylist()
+    truth = {r["demo_id"]: r for r in pq.read_table(web / "truth.parquet").to_pylist()}
+    agree = sum(truth[r["demo_id"]]["expected_status"] == r["status"] for r in annotations)
     print(f"ground truth: status as expected for {agree}/{len(truth)} rows")
-    print(f"outputs in {out / 'run'}: annotations/, images/, run.json")
+    if config.embed is not None:
+        scored = [(r["clip_score"], truth[r["demo_id"]]["mismatch"]) for r in annotations
+                  if r["clip_score"] is not None and not truth[r["demo_id"]]["boilerplate"]]
+        matched = [s for s, mismatch in scored if not mismatch]
+        mismatched = [s for s, mismatch in scored if mismatch]
+        if matched and mismatched:
+            auc = sum((m > x) + 0.5 * (m == x) for m in matched for x in mismatched) / (len(matched) * len(mismatched))
+            print(f"CLIP score ({config.embed.model}): matched captions {sum(matched) / len(matched):.3f}, "
+                  f"mismatched {sum(mismatched) / len(mismatched):.3f}, ROC-AUC {auc:.3f}")
+    print(f"outputs in {out / 'run'}: annotations/, images/, embeddings/, run.json")
     return 0 if agree == len(truth) else 1
 
 
