@@ -175,3 +175,34 @@ def test_unloadable_model_is_a_one_line_config_error(ray_local, demo_web, tmp_pa
     _, web = demo_web
     with pytest.raises(ConfigError, match="embed.model: cannot load 'no/such-model'"):
         annotate(demo_config(web / "urls.parquet", tmp_path / "run", "embed.model=no/such-model"), progress=False)
+
+
+def test_siglip_through_automodel_equals_direct_call(tmp_path):
+    """SigLIP loads through the same AutoModel path; its texts are padded to the full context, as trained."""
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(DEMO)
+    config = SiglipConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=16, pad_token_id=tokenizer.pad_token_id),
+        vision_config=dict(image_size=32, patch_size=8, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=2))
+    SiglipModel(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path)
+    batch = _batch(5, seed=4)
+    out = _embed(str(tmp_path), batch)
+    model = AutoModel.from_pretrained(tmp_path).eval()
+    pixels = AutoImageProcessor.from_pretrained(tmp_path)(
+        images=[Image.open(io.BytesIO(b)).convert("RGB") for b in batch.column("image").to_pylist()],
+        return_tensors="pt")["pixel_values"]
+    tokens = tokenizer(batch.column("caption").to_pylist(), padding="max_length", max_length=16, truncation=True,
+                       return_tensors="pt")
+    with torch.inference_mode():
+        img = model.get_image_features(pixel_values=pixels)
+        txt = model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
+    img, txt = (torch.nn.functional.normalize(x if isinstance(x, torch.Tensor) else x.pooler_output, dim=-1).numpy()
+                for x in (img, txt))
+    assert np.abs(_vectors(out.column("image_emb")) - img).max() < 1e-5
+    assert np.abs(_vectors(out.column("text_emb")) - txt).max() < 1e-5
