@@ -1,6 +1,6 @@
 """MetaCLIP metadata matching with Ray Data: inside annotate, or as its own pass over a run.
 
-Inside annotate (config section `match:`), a stage right after the input is loaded adds
+Inside annotate (config section `match:`), a stage after decode (before the writer) adds
 `metaclip_entries` and `metadata_id` to every annotation row. An actor pool runs it, so each
 actor builds the Aho–Corasick automaton once.
 
