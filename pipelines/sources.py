@@ -36,11 +36,14 @@ log = logging.getLogger(__name__)
 TABLE_SUFFIXES = {
     ".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
 }
-# columns the annotate pipeline adds; an input column of the same name would be overwritten
+# columns the annotate stages add (download, decode, embed, match); an input column of the same name
+# would be silently overwritten, so it is refused. Probe columns are `probe_NAME`.
 RESERVED_COLUMNS = {
     "shard", "status", "error", "http_status", "n_bytes", "image", "original_width", "original_height",
-    "width", "height", "sha256", "phash",
+    "width", "height", "sha256", "phash", "pixel_values", "input_ids", "attention_mask", "image_emb", "text_emb",
+    "clip_score", "clip_model", "metaclip_entries", "metadata_id",
 }
+RESERVED_PREFIX = "probe_"
 
 
 class InputError(ValueError):
@@ -142,7 +145,8 @@ def _canonical(batch: pa.RecordBatch, config: InputConfig, path: str, file_idx: 
         raise InputError(f"{path}: no key column {config.key_column!r} (columns: {', '.join(names)})")
     canonical = {config.url_column, config.caption_column, config.key_column}
     extra = [n for n in names if n not in canonical]
-    clash = sorted(set(extra) & (RESERVED_COLUMNS | {"key", "url", "caption"}))
+    clash = sorted(n for n in extra if n in RESERVED_COLUMNS | {"key", "url", "caption"}
+                   or n.startswith(RESERVED_PREFIX))
     if clash:
         raise InputError(f"{path}: input column(s) {clash} collide with annotation columns; rename them")
     if config.key_column:
@@ -285,7 +289,7 @@ def load_img2dataset_shard(shard: Shard) -> pa.Table:
         errors.append(error)
         images.append(data if status == st.OK else None)
         for name, value in record.items():
-            if name not in _I2D_OWN and name not in RESERVED_COLUMNS:
+            if name not in _I2D_OWN and name not in RESERVED_COLUMNS and not name.startswith(RESERVED_PREFIX):
                 extra.setdefault(name, []).append(value)
     columns = {"key": pa.array(keys, pa.string()), "url": pa.array(urls, pa.string()),
                "caption": pa.array(captions, pa.string())}

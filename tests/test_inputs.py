@@ -64,6 +64,11 @@ def test_missing_columns_and_unreadable_files_are_clear_errors(ray_local, small_
     _, web = small_web
     with pytest.raises(InputError, match="no url column 'link'"):
         annotate(demo_config(web / "urls.parquet", tmp_path / "a", "input.url_column=link"), progress=False)
+    for column in ("clip_score", "probe_nsfw"):  # a later stage's output would silently overwrite it
+        clashing = pq.read_table(web / "urls.parquet").append_column(column, pa.array([0.5] * 120))
+        pq.write_table(clashing, tmp_path / f"{column}.parquet")
+        with pytest.raises(InputError, match=f"{column}.*collide with annotation columns"):
+            annotate(demo_config(tmp_path / f"{column}.parquet", tmp_path / column), progress=False)
     junk = tmp_path / "junk.parquet"
     junk.write_bytes(b"this is not parquet")
     with pytest.raises(InputError, match="cannot read .*junk.parquet"):
