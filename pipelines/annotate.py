@@ -287,16 +287,7 @@ def _run_pending(pending: list[Shard], config: AnnotateConfig, paths: RunPaths) 
 
 def summarize(shards: list[Shard], paths: RunPaths, config: AnnotateConfig, started: float,
               processed_rows: int, skipped: int) -> dict:
-    statuses: collections.Counter = collections.Counter()
-    failed_at: collections.Counter = collections.Counter()
-    done = 0
-    for shard in shards:
-        if not paths.exists(paths.done(shard.id)):
-            continue
-        marker = paths.read_json(paths.done(shard.id))
-        statuses.update(marker["status_counts"])
-        failed_at.update(marker["failed_at"])
-        done += 1
+    statuses, failed_at, done = paths.committed_counts([s.id for s in shards])
     rows_in = sum(s.rows for s in shards)
     rows_out = sum(statuses.values())
     download_fail = {k.split(":", 1)[1]: v for k, v in failed_at.items() if k.startswith("download:")}

@@ -101,8 +101,6 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    import collections
-
     from pipelines.sources import Shard
     from pipelines.storage import RunPaths
 
@@ -111,12 +109,7 @@ def _status(args: argparse.Namespace) -> int:
         print(f"{args.run}: no run here yet (no input plan)")
         return 1
     shards = [Shard(**s) for s in paths.read_json(paths.plan)["shards"]]
-    counts: collections.Counter = collections.Counter()
-    done = 0
-    for shard in shards:
-        if paths.exists(paths.done(shard.id)):
-            done += 1
-            counts.update(paths.read_json(paths.done(shard.id))["status_counts"])
+    counts, _, done = paths.committed_counts([s.id for s in shards])
     total_rows = sum(s.rows for s in shards)
     state = "finished" if done == len(shards) and paths.exists(paths.summary) else "running or interrupted"
     print(f"{args.run}: {state}; shards done {done}/{len(shards)}; rows done {sum(counts.values())}/{total_rows}")

@@ -16,6 +16,7 @@ Local paths and fsspec URLs (s3://...) go through the same code.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import uuid
@@ -112,6 +113,19 @@ class RunPaths:
 
     def write_json(self, obj: object, path: str) -> None:
         self.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", path)
+
+    def committed_counts(self, shards: list[str]) -> tuple[collections.Counter, collections.Counter, int]:
+        """Rows per status and per `stage:status` failure over the committed shards, and how many are."""
+        statuses: collections.Counter = collections.Counter()
+        failed_at: collections.Counter = collections.Counter()
+        done = 0
+        for shard in shards:
+            if self.exists(self.done(shard)):
+                marker = self.read_json(self.done(shard))
+                statuses.update(marker["status_counts"])
+                failed_at.update(marker["failed_at"])
+                done += 1
+        return statuses, failed_at, done
 
     def read_json(self, path: str) -> dict:
         with self.fs.open(path, "r") as f:
