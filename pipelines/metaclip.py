@@ -21,31 +21,22 @@ import io
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import cache
-from pathlib import Path
 from typing import Literal
 
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from pipelines.config import ConfigError
+from pipelines.duck import connect, run_sql, scan, sql
 from pipelines.match import metadata_path
 from pipelines.storage import RunPaths
 
 log = logging.getLogger(__name__)
 
-SQL = Path(__file__).parent / "sql"
 Source = Literal["auto", "match", "annotations"]
 DECISIONS_SCHEMA = pa.schema([("key", pa.string()), ("kept", pa.bool_()), ("reason", pa.string())])
-
-
-@cache
-def sql(name: str) -> str:
-    """The text of pipelines/sql/NAME.sql."""
-    return (SQL / f"{name}.sql").read_text()
 
 
 @dataclass(frozen=True)
@@ -74,40 +65,20 @@ def find_matches(run: str, source: Source = "auto") -> Matches:
             schema = pq.read_schema(f)
         if "metaclip_entries" in schema.names:
             with duckdb.connect() as con:
-                ids = _scan(con, paths, files).select("metadata_id").distinct().fetchall()
+                ids = scan(con, paths, files).select("metadata_id").distinct().fetchall()
             if len(ids) != 1:
                 raise ConfigError(f"{run}: annotations were matched against {len(ids)} metadata lists; expected 1")
             return Matches("annotations", files, ids[0][0])
     raise ConfigError(f"{run}: no match lists: run `tailor match {run}`, or annotate with a `match:` section")
 
 
-def _scan(con: duckdb.DuckDBPyConnection, paths: RunPaths, files: list[str]) -> duckdb.DuckDBPyRelation:
-    """A relation over Parquet files, local or any fsspec filesystem (no DuckDB extension needed)."""
-    if paths.is_local:
-        return con.read_parquet(files, union_by_name=True)
-    dataset = pads.dataset(files, filesystem=paths.fs, format="parquet")
-    return con.from_arrow(dataset)
-
-
-def connect(threads: int | None = None) -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect(config={"threads": threads} if threads else {})
-    con.execute("SET enable_progress_bar = false")  # library code: no bars on the caller's terminal
-    return con
-
-
-def run_sql(con: duckdb.DuckDBPyConnection, name: str, **params) -> pa.Table:
-    """Run pipelines/sql/NAME.sql with its named parameters bound; the result as an Arrow table."""
-    rel = con.sql(sql(name), params=params or None)
-    return rel.to_arrow_table() if hasattr(rel, "to_arrow_table") else rel.arrow()  # duckdb < 1.4: arrow()
-
-
 def register_matches(con: duckdb.DuckDBPyConnection, run: str, matches: Matches,
                      group_by: str | None = None) -> None:
     """Views `matches` (key, metaclip_entries[, image]) and `entries` (entry_id, entry)."""
     paths = RunPaths(run)
-    rel = _scan(con, paths, matches.files).select("key, metaclip_entries")
+    rel = scan(con, paths, matches.files).select("key, metaclip_entries")
     if group_by is not None:
-        annotations = _scan(con, paths, paths.list("annotations", ".parquet"))
+        annotations = scan(con, paths, paths.list("annotations", ".parquet"))
         if group_by not in annotations.columns:
             raise ConfigError(f"group_by: no column {group_by!r} in {run}/annotations "
                               f"(columns: {', '.join(annotations.columns)})")
@@ -115,7 +86,7 @@ def register_matches(con: duckdb.DuckDBPyConnection, run: str, matches: Matches,
                                    duckdb.ColumnExpression(group_by).cast(duckdb.sqltype("VARCHAR")).alias("image"))
         rel = rel.join(image, "key = image_key", how="left").select("key, image, metaclip_entries")
     rel.create_view("matches")
-    _scan(con, paths, [metadata_path(paths, matches.metadata_id)]).create_view("entries")
+    scan(con, paths, [metadata_path(paths, matches.metadata_id)]).create_view("entries")
 
 
 def entry_counts(run: str, source: Source = "auto", threads: int | None = None) -> pa.Table:
@@ -145,7 +116,7 @@ def _counts_for(con: duckdb.DuckDBPyConnection, run: str, matches: Matches) -> N
     paths = RunPaths(run)
     stored = paths.join("match", "entry_counts.parquet")
     if matches.kind == "match" and paths.exists(stored):
-        _scan(con, paths, [stored]).create_view("entry_counts")
+        scan(con, paths, [stored]).create_view("entry_counts")
     else:
         con.register("entry_counts", run_sql(con, "metaclip_entry_counts"))  # computed once, used twice
 

@@ -93,6 +93,21 @@ def demo_web(tmp_path_factory):
         yield served
 
 
+@pytest.fixture(scope="session")
+def demo_run(ray_local, demo_web, tmp_path_factory):
+    """The session's demo web annotated once (download, decode, CLIP): (summary, run folder, web folder).
+
+    Shared by every test that reads a run (annotate, select, materialize, audit); tests write only
+    their own subsets/NAME folders into it, never change its annotations.
+    """
+    from pipelines.annotate import annotate
+
+    server, web = demo_web
+    run = tmp_path_factory.mktemp("run")
+    summary = annotate(demo_config(web / "urls.parquet", run, "input.rows_per_shard=120"), progress=False)
+    return summary, run, web
+
+
 def demo_config(urls: str | Path, output: str | Path, *overrides: str):
     from pipelines.config import load_config
 

@@ -17,15 +17,6 @@ from pipelines.annotate import annotate
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def demo_run(ray_local, demo_web, tmp_path_factory):
-    server, web = demo_web
-    run = tmp_path_factory.mktemp("run")
-    config = demo_config(web / "urls.parquet", run, "input.rows_per_shard=120")
-    summary = annotate(config, progress=False)
-    return summary, run, web
-
-
 def test_rows_in_equal_rows_out_and_statuses_match_ground_truth(demo_run):
     summary, run, web = demo_run
     annotations = pq.read_table(run / "annotations").to_pylist()
