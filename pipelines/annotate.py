@@ -30,6 +30,7 @@ from operators import status as st
 from operators.decode import Decoder
 from operators.download import Downloader
 from operators.embed import ClipEmbedder, ClipPreprocessor
+from operators.text import CaptionText
 from pipelines.config import AnnotateConfig, ConfigError, load_config
 from pipelines.match import add_match_stage
 from pipelines.models import resolve_model
@@ -118,6 +119,10 @@ def load_pieces(batch: pa.Table, paths: RunPaths) -> pa.Table:
                 table = pq.read_table(f).slice(offset, length)
         tables.append(table.append_column("shard", pa.array([shard.id] * table.num_rows, pa.string())))
     return pa.concat_tables(tables, promote_options="default")
+
+
+def text_batch(batch: pa.Table, options) -> pa.Table:
+    return CaptionText(options)(batch)
 
 
 def download_batch(batch: pa.Table, options) -> pa.Table:
@@ -226,6 +231,8 @@ def _build_dataset(pending: list[Shard], config: AnnotateConfig, paths: RunPaths
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(load_pieces, batch_size=1, batch_format="pyarrow", fn_kwargs={"paths": paths},
                         num_cpus=0.25)
+    ds = ds.map_batches(text_batch, batch_size=None, batch_format="pyarrow", fn_kwargs={"options": config.text},
+                        num_cpus=0.25)  # fused with load: language ID and caption lengths for every row
     if any(s.kind == "table" for s in pending):
         ds = ds.map_batches(download_batch, batch_size=rc.batch_size, batch_format="pyarrow",
                             fn_kwargs={"options": config.download}, num_cpus=rc.download_cpus,

@@ -19,6 +19,7 @@ from operators.download import DownloadOptions
 from operators.embed import EmbedOptions
 from operators.match import MatchOptions
 from operators.options import Options
+from operators.text import TextOptions
 
 
 class ConfigError(ValueError):
@@ -48,6 +49,7 @@ class AnnotateConfig(Options):
     output: str = Field(description="run folder, local path or fsspec URL")
     download: DownloadOptions = DownloadOptions()
     decode: DecodeOptions = DecodeOptions()
+    text: TextOptions = TextOptions()
     embed: EmbedOptions | None = Field(None, description="CLIP embeddings and scores; off when absent")
     match: MatchOptions | None = Field(None, description="MetaCLIP metadata matching of captions; off when absent")
     ray: RayConfig = RayConfig()

@@ -42,6 +42,7 @@ RESERVED_COLUMNS = {
     "shard", "status", "error", "http_status", "n_bytes", "image", "original_width", "original_height",
     "width", "height", "sha256", "phash", "pixel_values", "input_ids", "attention_mask", "image_emb", "text_emb",
     "clip_score", "clip_model", "metaclip_entries", "metadata_id",
+    "caption_lang", "caption_lang_score", "caption_words", "caption_chars",
 }
 RESERVED_PREFIX = "probe_"
 
