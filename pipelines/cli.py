@@ -145,6 +145,33 @@ def _metaclip_balance(args: argparse.Namespace) -> int:
     return 0
 
 
+def _materialize(args: argparse.Namespace) -> int:
+    from pipelines.materialize import materialize
+
+    s = materialize(args.run, args.name, args.out, samples_per_shard=args.samples_per_shard,
+                    parquet=not args.no_parquet, overwrite=args.overwrite, progress=not args.no_progress,
+                    skip_missing=args.skip_missing)
+    skipped = f", skipped {s['skipped']['keys']} keys without an image" if s["skipped"]["keys"] else ""
+    print(f"wrote {s['samples']} samples in {s['shards']} shards ({s['bytes'] / 1e6:.1f} MB) to {s['out']} "
+          f"in {s['wall_time_s']} s ({s['samples_per_s']} samples/s){skipped}")
+    print(f"OpenCLIP: --train-data '{s['train_data']}' --train-num-samples {s['train_num_samples']}")
+    return 0
+
+
+def _select(args: argparse.Namespace) -> int:
+    from pipelines.select import load_recipe, select
+
+    recipe = load_recipe(args.recipe)
+    stats = select(args.run, recipe, args.name, threads=args.threads, overwrite=args.overwrite)
+    print(f"{'step':<20}{'in':>10}{'dropped':>10}{'out':>10}  reasons")
+    for step in stats["steps"]:
+        reasons = ", ".join(f"{r} {n}" for r, n in sorted(step["by_reason"].items(), key=lambda kv: -kv[1])[:4])
+        print(f"{step['name']:<20}{step['rows_in']:>10}{step['dropped']:>10}{step['rows_out']:>10}  {reasons}")
+    print(f"kept {stats['kept']}/{stats['rows']} rows in {stats['seconds']} s; subset: {args.run}/subsets/{args.name}/ "
+          "(manifest.parquet, decisions.parquet, recipe.yaml, stats.json)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tailor", description="Curate web-scale image-text datasets.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -193,6 +220,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="match lists from RUN/match (tailor match) or RUN/annotations (annotate's match stage)")
     p.add_argument("--threads", type=int, help="DuckDB threads (results do not depend on it)")
     p.set_defaults(func=_metaclip_balance)
+
+    p = sub.add_parser("materialize", help="write subset NAME of RUN as WebDataset tar shards (+ Parquet copy)")
+    p.add_argument("run")
+    p.add_argument("name", help="subset name (RUN/subsets/NAME/manifest.parquet)")
+    p.add_argument("--out", required=True, help="output folder, local or fsspec URL (s3://...)")
+    p.add_argument("--samples-per-shard", type=int, default=10000)
+    p.add_argument("--no-parquet", action="store_true", help="tars only, no OUT/parquet/ copy")
+    p.add_argument("--overwrite", action="store_true", help="replace a previous materialize output in OUT")
+    p.add_argument("--skip-missing", action="store_true",
+                   help="leave out (and count) subset keys without a stored image instead of failing")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_materialize)
+
+    p = sub.add_parser("select", help="a curated subset of a run: a recipe of SQL steps (DuckDB)")
+    p.add_argument("run")
+    p.add_argument("--recipe", required=True,
+                   help="recipe YAML, or a shipped one: laion-style, datacomp-basic, datacomp-clip-top30, "
+                        "metaclip-balanced, demo")
+    p.add_argument("--name", required=True, help="subset name (RUN/subsets/NAME)")
+    p.add_argument("--threads", type=int, help="DuckDB threads (results do not depend on it)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing subset of that name")
+    p.set_defaults(func=_select)
 
     web = sub.add_parser("demo-web", help="the generated demo web").add_subparsers(dest="action", required=True)
     p = web.add_parser("build", help="generate pages, images and ground truth")

@@ -1,0 +1,456 @@
+"""select: a curated subset of a run, as a chain of SQL steps over its Parquet tables (DuckDB).
+
+    tailor select RUN --recipe datacomp-basic --name basic      # a shipped recipe, or a YAML path
+
+A recipe is a list of steps applied in order to a pool that starts as every annotation row. Each
+step is a .sql file in pipelines/sql/ (select_*.sql) that reads the view-like table `pool` and
+returns the rows it drops as (key, reason, detail); its parameters are validated by a pydantic
+model and bound as named parameters, never formatted into SQL text. A row's decision is the first
+step that dropped it. An implicit first step drops rows whose status is not ok.
+
+Steps (parameters and defaults in the classes below):
+    basic             DataComp basic: English caption, > 2 words, > 5 chars, shorter side >= 200, aspect <= 3
+    clip_score        absolute threshold (LAION: >= 0.28 with ViT-B/32) or top fraction (DataComp: top 30%)
+    exact_dedup       one row per sha256 (highest CLIP score, then smallest key)
+    near_dedup        pHash Hamming <= k: multi-index-hashing candidates, connected components, keep one
+    boilerplate       ALIGN: alt-texts shared by more than N images, empty and generic alt-texts
+    semdedup          SemDeDup over the image embeddings (pipelines/semdedup.py, faiss)
+    metaclip_balance  MetaCLIP balancing of the pool's match lists (pipelines/metaclip.py's SQL)
+    decontaminate     drop images close to an evaluation set's (pipelines/decontam.py)
+
+Outputs in RUN/subsets/NAME/ (stats.json is written last: a subset is complete when it exists):
+    manifest.parquet   key of every kept row
+    decisions.parquet  every key: kept, reason ('kept' or why it was dropped), step, detail
+    recipe.yaml        the recipe with every parameter resolved (re-running it gives the same subset)
+    stats.json         rows in, dropped and out per step, drops per reason, wall time per step
+
+Every step orders its choices (ties broken by key), so a subset does not depend on threads,
+shard sizes or machines.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import duckdb
+import pyarrow as pa
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from operators.options import Options
+from pipelines.config import ConfigError
+from pipelines.duck import connect, scan, sql, to_arrow
+from pipelines.storage import RunPaths
+
+log = logging.getLogger(__name__)
+
+RECIPES = Path(__file__).parent / "recipes"
+
+# The pool's columns and their types; a column the annotations lack is NULL (steps that need it refuse).
+POOL_COLUMNS: dict[str, str] = {
+    "key": "VARCHAR", "status": "VARCHAR", "error": "VARCHAR", "caption": "VARCHAR",
+    "caption_lang": "VARCHAR", "caption_lang_score": "DOUBLE", "caption_words": "INTEGER",
+    "caption_chars": "INTEGER", "original_width": "INTEGER", "original_height": "INTEGER",
+    "width": "INTEGER", "height": "INTEGER", "sha256": "VARCHAR", "phash": "UBIGINT", "clip_score": "DOUBLE",
+}
+
+# Generic alt-texts (RE2, matched whole against the lower-cased caption): camera and file names,
+# and words that describe no image in particular.
+DEFAULT_BOILERPLATE_PATTERNS = [
+    r"(img|dsc|dscn|dscf|dcim|pict|pic|image|photo|screenshot|screen shot)[ _-]?\d+(\.[a-z]{3,4})?",
+    r"[\w .-]+\.(jpe?g|png|gif|webp|bmp|tiff?|heic)",
+    r"(an? )?(image|photo|picture|pic|img|untitled|thumbnail|thumb|placeholder|banner|logo|icon|"
+    r"click here|read more|more|loading|null|undefined|none|no image|default|spacer|blank)s?",
+]
+
+
+class Step(Options):
+    """One recipe step: its validated parameters, the columns it needs, the SQL that names its drops."""
+
+    name: ClassVar[str]
+    sql_file: ClassVar[str]
+
+    def needs(self) -> list[str]:
+        return []
+
+    def prepare(self, con: duckdb.DuckDBPyConnection, run: str) -> None:
+        """Register the tables the SQL joins (a compute pass may run here)."""
+
+    def params(self) -> dict[str, Any]:
+        return {}
+
+
+class Status(Step):
+    name: ClassVar[str] = "status"
+    sql_file: ClassVar[str] = "select_status"
+
+    def needs(self) -> list[str]:
+        return ["status"]
+
+
+class Basic(Step):
+    """DataComp's basic filter. Sizes are the downloaded image's (original_width/height)."""
+
+    name: ClassVar[str] = "basic"
+    sql_file: ClassVar[str] = "select_basic"
+    language: str | None = Field("en", description="caption_lang to require (ISO 639-1); null: any language")
+    min_lang_score: float = Field(0.0, ge=0, le=1, description="minimum caption_lang_score")
+    min_words: int = Field(3, ge=0, description="at least this many words (DataComp: more than 2)")
+    min_chars: int = Field(6, ge=0, description="at least this many characters (DataComp: more than 5)")
+    min_side: int = Field(200, ge=0, description="shorter side of the downloaded image, pixels")
+    max_aspect: float = Field(3.0, ge=1, description="longer side / shorter side")
+
+    def needs(self) -> list[str]:
+        text = ["caption_lang", "caption_lang_score"] if self.language is not None else []
+        return [*text, "caption_words", "caption_chars", "original_width", "original_height"]
+
+    def params(self) -> dict[str, Any]:
+        return {"check_lang": self.language is not None, "lang": self.language or "",
+                "min_lang_score": self.min_lang_score, "min_words": self.min_words, "min_chars": self.min_chars,
+                "min_side": self.min_side, "max_aspect": self.max_aspect}
+
+
+class ClipScore(Step):
+    """Exactly one of min_score (absolute cosine) and top_fraction (share of the pool kept)."""
+
+    name: ClassVar[str] = "clip_score"
+    min_score: float | None = Field(None, ge=-1, le=1, description="keep clip_score >= this (LAION: 0.28)")
+    top_fraction: float | None = Field(None, gt=0, le=1, description="keep the top fraction (DataComp: 0.3)")
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> ClipScore:
+        if (self.min_score is None) == (self.top_fraction is None):
+            raise ValueError("give exactly one of min_score and top_fraction")
+        return self
+
+    @property
+    def sql_file(self) -> str:  # type: ignore[override]
+        return "select_clip_threshold" if self.min_score is not None else "select_clip_top_fraction"
+
+    def needs(self) -> list[str]:
+        return ["clip_score"]
+
+    def params(self) -> dict[str, Any]:
+        return {"min_score": self.min_score} if self.min_score is not None else {"fraction": self.top_fraction}
+
+
+class ExactDedup(Step):
+    name: ClassVar[str] = "exact_dedup"
+    sql_file: ClassVar[str] = "select_exact_dedup"
+
+    def needs(self) -> list[str]:
+        return ["sha256"]
+
+
+class NearDedup(Step):
+    name: ClassVar[str] = "near_dedup"
+    sql_file: ClassVar[str] = "select_near_dedup"
+    max_hamming: int = Field(4, ge=0, le=12, description="pHash bits that may differ (of 64)")
+
+    def needs(self) -> list[str]:
+        return ["phash"]
+
+    def prepare(self, con: duckdb.DuckDBPyConnection, run: str) -> None:
+        con.register("near_masks", near_masks(self.max_hamming))
+        execute_script(con, "select_near_dedup_edges", max_hamming=self.max_hamming)
+        rounds = 0
+        while True:
+            rounds += 1
+            execute_script(con, "select_near_dedup_propagate")
+            changed = con.sql("SELECT count(*) FROM near_labels_next AS n JOIN near_labels AS l USING (node) "
+                              "WHERE n.label <> l.label").fetchall()[0][0]
+            con.execute("DROP TABLE near_labels; ALTER TABLE near_labels_next RENAME TO near_labels")
+            if changed == 0:
+                break
+        log.info("near_dedup: components after %d propagation rounds", rounds)
+
+
+def near_masks(max_hamming: int) -> pa.Table:
+    """The C(k+2, 2) masks of multi-index hashing: 64 bits in k+2 near-equal blocks, two blocks per mask."""
+    blocks = max_hamming + 2
+    bounds = [round(64 * i / blocks) for i in range(blocks + 1)]
+    block_masks = [((1 << (bounds[i + 1] - bounds[i])) - 1) << bounds[i] for i in range(blocks)]
+    masks = [block_masks[i] | block_masks[j] for i in range(blocks) for j in range(i + 1, blocks)]
+    return pa.table({"band": pa.array(range(len(masks)), pa.int32()), "mask": pa.array(masks, pa.uint64())})
+
+
+class Boilerplate(Step):
+    name: ClassVar[str] = "boilerplate"
+    sql_file: ClassVar[str] = "select_boilerplate"
+    max_images: int = Field(10, ge=1, description="an alt-text shared by more distinct images is dropped (ALIGN)")
+    patterns: list[str] | None = Field(None, description="generic alt-texts (RE2, whole caption, lower case); "
+                                                         "null: the built-in list, []: none")
+
+    @model_validator(mode="after")
+    def _patterns_compile(self) -> Boilerplate:
+        for pattern in self.patterns or []:
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ValueError(f"patterns: {pattern!r} is not a regular expression ({err})") from None
+        return self
+
+    def needs(self) -> list[str]:
+        return ["caption", "sha256"]
+
+    def params(self) -> dict[str, Any]:
+        patterns = DEFAULT_BOILERPLATE_PATTERNS if self.patterns is None else self.patterns
+        return {"max_images": self.max_images, "use_patterns": bool(patterns),
+                "pattern": "|".join(f"(?:{p})" for p in patterns) or "x"}
+
+
+class SemDedup(Step):
+    name: ClassVar[str] = "semdedup"
+    sql_file: ClassVar[str] = "select_semdedup"
+    eps: float = Field(0.05, gt=0, lt=1, description="drop points with cosine > 1 - eps to a kept point")
+    n_clusters: int | None = Field(None, gt=0, description="k-means clusters (default: from the pool size)")
+    seed: int = 0
+
+    def prepare(self, con: duckdb.DuckDBPyConnection, run: str) -> None:
+        from pipelines.semdedup import semdedup
+
+        path = semdedup(run, eps=self.eps, n_clusters=self.n_clusters, seed=self.seed)
+        scan(con, RunPaths(run), [path]).create_view("semdedup")
+
+
+class MetaclipBalance(Step):
+    """MetaCLIP balancing over the pool: entry counts are the pool's, so earlier filters shape them."""
+
+    name: ClassVar[str] = "metaclip_balance"
+    sql_file: ClassVar[str] = "select_metaclip"
+    t: float = Field(gt=0, description="entry cap: each entry keeps about t captions (MetaCLIP 400M: 20000)")
+    seed: int = 0
+    source: Literal["auto", "match", "annotations"] = "auto"
+
+    def prepare(self, con: duckdb.DuckDBPyConnection, run: str) -> None:
+        from pipelines.match import metadata_path
+        from pipelines.metaclip import find_matches
+
+        paths = RunPaths(run)
+        matches = find_matches(run, self.source)
+        scan(con, paths, matches.files).select("key, metaclip_entries").create_view("all_matches")
+        con.execute("CREATE OR REPLACE TEMP TABLE matches AS SELECT m.key, m.metaclip_entries "
+                    "FROM all_matches AS m SEMI JOIN pool USING (key)")
+        scan(con, paths, [metadata_path(paths, matches.metadata_id)]).create_view("entries")
+        con.execute(f"CREATE OR REPLACE TEMP TABLE entry_counts AS {sql('metaclip_entry_counts')}")
+        con.execute(sql("metaclip_draw"))
+        con.execute(f"CREATE OR REPLACE TEMP TABLE metaclip_decisions AS {sql('metaclip_balance')}",
+                    {"t": self.t, "seed": self.seed})
+
+
+class Decontaminate(Step):
+    name: ClassVar[str] = "decontaminate"
+    sql_file: ClassVar[str] = "select_decontaminate"
+    eval_path: str = Field(description="folder (local or fsspec URL) of evaluation images, or a Parquet of them")
+    max_cosine: float | None = Field(0.95, ge=-1, le=1, description="image-embedding cosine at or above which "
+                                                                   "a pool image is contaminated; null: off")
+    max_hamming: int | None = Field(4, ge=0, le=32, description="pHash distance at or below which; null: off")
+
+    @model_validator(mode="after")
+    def _one_test(self) -> Decontaminate:
+        if self.max_cosine is None and self.max_hamming is None:
+            raise ValueError("give max_cosine, max_hamming or both")
+        return self
+
+    def prepare(self, con: duckdb.DuckDBPyConnection, run: str) -> None:
+        from pipelines.decontam import decontaminate
+
+        path = decontaminate(run, self.eval_path, max_cosine=self.max_cosine, max_hamming=self.max_hamming)
+        scan(con, RunPaths(run), [path]).create_view("contaminated")
+
+
+STEPS: dict[str, type[Step]] = {s.name: s for s in (Basic, ClipScore, ExactDedup, NearDedup, Boilerplate, SemDedup,
+                                                   MetaclipBalance, Decontaminate)}
+
+
+# ---------------------------------------------------------------- recipes
+
+class Recipe:
+    """A validated recipe: a description and its steps in order."""
+
+    def __init__(self, steps: list[Step], description: str = "", source: str = "<dict>"):
+        self.steps, self.description, self.source = steps, description, source
+
+    def to_dict(self) -> dict:
+        return {"description": self.description,
+                "steps": [{"step": s.name, **s.model_dump(mode="json")} for s in self.steps]}
+
+
+def _field_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "value"
+    got = f" (got {first['input']!r})" if first["type"] not in ("missing", "extra_forbidden", "value_error") else ""
+    message = first["msg"].removeprefix("Value error, ")
+    return f"{where}: {message}{got}" if first["type"] != "value_error" else message
+
+
+def parse_recipe(data: Any, source: str = "<dict>") -> Recipe:
+    """Validate a recipe mapping; a problem raises ConfigError naming the step and the field."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {source}: expected a mapping with 'steps', got {type(data).__name__}")
+    unknown = sorted(set(data) - {"description", "steps"})
+    if unknown:
+        raise ConfigError(f"recipe {source}: unknown field(s) {unknown} (fields: description, steps)")
+    raw_steps = data.get("steps")
+    if not isinstance(raw_steps, list) or not raw_steps:
+        raise ConfigError(f"recipe {source}: 'steps' must be a non-empty list")
+    steps = []
+    for number, raw in enumerate(raw_steps, start=1):
+        if not isinstance(raw, dict) or "step" not in raw:
+            raise ConfigError(f"recipe {source}: step {number}: expected a mapping with a 'step' name, got {raw!r}")
+        params = {k: v for k, v in raw.items() if k != "step"}
+        kind = STEPS.get(raw["step"])
+        if kind is None:
+            raise ConfigError(f"recipe {source}: step {number}: unknown step {raw['step']!r} "
+                              f"(steps: {', '.join(STEPS)})")
+        try:
+            steps.append(kind.model_validate(params))
+        except ValidationError as err:
+            raise ConfigError(f"recipe {source}: step {number} ({kind.name}): {_field_error(err)}") from None
+    return Recipe(steps, str(data.get("description") or ""), source)
+
+
+def load_recipe(recipe: str | Path) -> Recipe:
+    """A recipe from a YAML path, or the name of one shipped in pipelines/recipes/."""
+    path = Path(recipe)
+    if not path.exists() and (RECIPES / f"{recipe}.yaml").exists():
+        path = RECIPES / f"{recipe}.yaml"
+    if not path.exists():
+        shipped = ", ".join(sorted(p.stem for p in RECIPES.glob("*.yaml")))
+        raise ConfigError(f"recipe {recipe}: no such file or shipped recipe (shipped: {shipped})")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"recipe {path}: not valid YAML: {str(err).splitlines()[0]}") from None
+    return parse_recipe(data, str(path))
+
+
+# ---------------------------------------------------------------- running a recipe
+
+def execute_script(con: duckdb.DuckDBPyConnection, name: str, **params) -> None:
+    """Run every statement of pipelines/sql/NAME.sql, each with the parameters it names."""
+    for statement in _statements(sql(name)):
+        used = {k: v for k, v in params.items() if re.search(rf"\${k}\b", statement)}
+        con.execute(statement, used or None)
+
+
+def _statements(text: str) -> list[str]:
+    body = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
+    return [s.strip() for s in body.split(";") if s.strip()]
+
+
+def _drops_query(step: Step) -> tuple[str, dict]:
+    statements = _statements(sql(step.sql_file))
+    if len(statements) != 1:
+        raise RuntimeError(f"{step.sql_file}.sql: a step's drops are one query, found {len(statements)} statements")
+    params = step.params()
+    used = {k: v for k, v in params.items() if re.search(rf"\${k}\b", statements[0])}
+    return statements[0], used
+
+
+def _check_run(run: str, paths: RunPaths) -> list[str]:
+    files = paths.list("annotations", ".parquet")
+    if not files:
+        raise ConfigError(f"{run}: no annotations (run `tailor annotate` into it first)")
+    if paths.exists(paths.plan):
+        shards = paths.read_json(paths.plan)["shards"]
+        done = sum(paths.exists(paths.done(s["id"])) for s in shards)
+        if done < len(shards):
+            raise ConfigError(f"{run}: the run is not finished ({done}/{len(shards)} shards); "
+                              "rerun annotate to finish it, then select")
+    return files
+
+
+def _check_name(name: str) -> None:
+    if not name or "/" in name or name.startswith(".") or not re.fullmatch(r"[\w.=+-]+", name):
+        raise ConfigError(f"name: {name!r} is not a valid subset name (letters, digits, . _ - = +)")
+
+
+def _load_pool(con: duckdb.DuckDBPyConnection, paths: RunPaths, files: list[str], steps: list[Step],
+               run: str) -> int:
+    annotations = scan(con, paths, files)
+    have = set(annotations.columns)
+    for number, step in enumerate(steps):
+        missing = [c for c in step.needs() if c not in have]
+        if missing:
+            hint = " (annotate with text.language_id on)" if any(c.startswith("caption_") for c in missing) else ""
+            raise ConfigError(f"recipe step {number} ({step.name}): needs column(s) {missing}, which "
+                              f"{run}/annotations lacks{hint}")
+    columns = ", ".join(f"CAST({c} AS {t}) AS {c}" if c in have else f"CAST(NULL AS {t}) AS {c}"
+                        for c, t in POOL_COLUMNS.items())
+    annotations.select(columns).create("pool")
+    rows, keys = con.sql("SELECT count(*), count(DISTINCT key) FROM pool").fetchall()[0]
+    if rows != keys:
+        raise ConfigError(f"{run}/annotations: {rows} rows but {keys} distinct keys; keys must be unique")
+    con.execute("CREATE TEMP TABLE decided (key VARCHAR, reason VARCHAR, detail VARCHAR, step INTEGER)")
+    con.execute("CREATE TEMP TABLE all_keys AS SELECT key FROM pool")
+    return rows
+
+
+def select(run: str, recipe: Recipe, name: str, threads: int | None = None, overwrite: bool = False) -> dict:
+    """Apply a recipe to a finished run and write RUN/subsets/NAME/; returns the stats."""
+    _check_name(name)
+    paths = RunPaths(run)
+    folder = f"subsets/{name}"
+    if paths.exists(paths.join(folder)):
+        if not overwrite:
+            raise ConfigError(f"{run}/{folder} exists; pick another --name or pass --overwrite")
+        paths.remove(paths.join(folder))
+    files = _check_run(run, paths)
+    started = time.time()
+    steps: list[Step] = [Status(), *recipe.steps]
+    per_step = []
+    with connect(threads) as con:
+        rows = _load_pool(con, paths, files, steps, run)
+        log.info("select: %d rows loaded in %.1f s", rows, time.time() - started)
+        for number, step in enumerate(steps):
+            began = time.time()
+            rows_in = con.sql("SELECT count(*) FROM pool").fetchall()[0][0]
+            step.prepare(con, run)
+            query, params = _drops_query(step)
+            con.execute(f"CREATE OR REPLACE TEMP TABLE step_drops AS {query}", params or None)
+            con.execute(f"INSERT INTO decided SELECT key, reason, detail, {number} FROM step_drops")
+            con.execute("DELETE FROM pool USING step_drops WHERE pool.key = step_drops.key")
+            reasons = dict(con.sql("SELECT reason, count(*) FROM step_drops GROUP BY ALL ORDER BY reason").fetchall())
+            dropped = sum(reasons.values())
+            per_step.append({"step": number, "name": step.name, "params": step.model_dump(mode="json"),
+                             "rows_in": rows_in, "dropped": dropped, "rows_out": rows_in - dropped,
+                             "by_reason": reasons, "seconds": round(time.time() - began, 3)})
+            log.info("select step %d (%s): %d in, %d dropped", number, step.name, rows_in, dropped)
+        names = pa.table({"step": pa.array(range(len(steps)), pa.int32()),
+                          "step_name": pa.array([s.name for s in steps], pa.string())})
+        con.register("step_names", names)
+        decisions = to_arrow(con.sql(
+            "SELECT a.key, d.key IS NULL AS kept, coalesce(d.reason, 'kept') AS reason, n.step_name AS step, "
+            "d.detail FROM all_keys AS a LEFT JOIN decided AS d USING (key) LEFT JOIN step_names AS n USING (step) "
+            "ORDER BY a.key"))
+        manifest = to_arrow(con.sql("SELECT key FROM pool ORDER BY key"))
+    kept = manifest.num_rows
+    stats = {
+        "run": run, "subset": name, "recipe_source": recipe.source, "description": recipe.description,
+        "made_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "annotations_config_hash": paths.read_json(paths.summary).get("config_hash")
+        if paths.exists(paths.summary) else None,
+        "rows": rows, "kept": kept, "dropped": rows - kept,
+        "by_reason": _total_reasons(per_step), "steps": per_step,
+        "seconds": round(time.time() - started, 3),
+    }
+    paths.write_parquet(manifest, paths.join(folder, "manifest.parquet"))
+    paths.write_parquet(decisions, paths.join(folder, "decisions.parquet"))
+    paths.write_text(f"# resolved recipe of subset {name!r} of {run} ({stats['made_at']})\n"
+                     + yaml.safe_dump(recipe.to_dict(), sort_keys=False), paths.join(folder, "recipe.yaml"))
+    paths.write_json(stats, paths.join(folder, "stats.json"))  # last: the subset is complete
+    return stats
+
+
+def _total_reasons(per_step: list[dict]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for step in per_step:
+        for reason, n in step["by_reason"].items():
+            total[reason] = total.get(reason, 0) + n
+    return dict(sorted(total.items()))
