@@ -8,6 +8,8 @@ SQL text lives in pipelines/sql/NAME.sql; user values are always bound as named 
 
 from __future__ import annotations
 
+import os
+import uuid
 from functools import cache
 from pathlib import Path
 
@@ -32,7 +34,10 @@ def connect(threads: int | None = None, memory_limit: str | None = None) -> duck
     if memory_limit:
         config["memory_limit"] = memory_limit
     con = duckdb.connect(config=config)
-    con.execute("SET enable_progress_bar = false")  # library code: no bars on the caller's terminal
+    try:
+        con.execute("SET enable_progress_bar = false")  # library code: no bars on the caller's terminal
+    except duckdb.InvalidInputException:
+        pass  # in Jupyter without ipywidgets DuckDB refuses the setting; there bars are off already
     return con
 
 
@@ -67,3 +72,20 @@ def run_sql(con: duckdb.DuckDBPyConnection, name: str, **params) -> pa.Table:
 
 def to_arrow(rel: duckdb.DuckDBPyRelation) -> pa.Table:
     return rel.to_arrow_table() if hasattr(rel, "to_arrow_table") else rel.arrow()  # duckdb < 1.4: arrow()
+
+
+def write_query(con: duckdb.DuckDBPyConnection, paths: RunPaths, query: str, path: str) -> None:
+    """Write a query's result as one Parquet file, atomically: DuckDB's parallel writer for a local run,
+    Arrow through the run's filesystem otherwise."""
+    if not paths.is_local:
+        paths.write_parquet(to_arrow(con.sql(query)), path)
+        return
+    parent = path.rsplit("/", 1)[0]
+    paths.fs.makedirs(parent, exist_ok=True)
+    tmp = f"{parent}/.tmp-{uuid.uuid4().hex}.parquet"
+    try:
+        con.execute(f"COPY ({query}) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

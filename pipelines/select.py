@@ -44,7 +44,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from operators.options import Options
 from pipelines.config import ConfigError
-from pipelines.duck import connect, scan, sql, to_arrow
+from pipelines.duck import connect, scan, sql, write_query
 from pipelines.storage import RunPaths
 
 log = logging.getLogger(__name__)
@@ -196,7 +196,7 @@ class Boilerplate(Step):
         return self
 
     def needs(self) -> list[str]:
-        return ["caption", "sha256"]
+        return ["caption"]
 
     def params(self) -> dict[str, Any]:
         patterns = DEFAULT_BOILERPLATE_PATTERNS if self.patterns is None else self.patterns
@@ -381,8 +381,10 @@ def _load_pool(con: duckdb.DuckDBPyConnection, paths: RunPaths, files: list[str]
             hint = " (annotate with text.language_id on)" if any(c.startswith("caption_") for c in missing) else ""
             raise ConfigError(f"recipe step {number} ({step.name}): needs column(s) {missing}, which "
                               f"{run}/annotations lacks{hint}")
+    # only what the steps read: at a billion rows the captions alone are tens of GB
+    wanted = {"key", "status", "error", "clip_score"} | {c for step in steps for c in step.needs()}
     columns = ", ".join(f"CAST({c} AS {t}) AS {c}" if c in have else f"CAST(NULL AS {t}) AS {c}"
-                        for c, t in POOL_COLUMNS.items())
+                        for c, t in POOL_COLUMNS.items() if c in wanted)
     annotations.select(columns).create("pool")
     rows, keys = con.sql("SELECT count(*), count(DISTINCT key) FROM pool").fetchall()[0]
     if rows != keys:
@@ -425,12 +427,11 @@ def select(run: str, recipe: Recipe, name: str, threads: int | None = None, over
         names = pa.table({"step": pa.array(range(len(steps)), pa.int32()),
                           "step_name": pa.array([s.name for s in steps], pa.string())})
         con.register("step_names", names)
-        decisions = to_arrow(con.sql(
-            "SELECT a.key, d.key IS NULL AS kept, coalesce(d.reason, 'kept') AS reason, n.step_name AS step, "
-            "d.detail FROM all_keys AS a LEFT JOIN decided AS d USING (key) LEFT JOIN step_names AS n USING (step) "
-            "ORDER BY a.key"))
-        manifest = to_arrow(con.sql("SELECT key FROM pool ORDER BY key"))
-    kept = manifest.num_rows
+        kept = con.sql("SELECT count(*) FROM pool").fetchall()[0][0]
+        write_query(con, paths, "SELECT key FROM pool ORDER BY key", paths.join(folder, "manifest.parquet"))
+        write_query(con, paths, "SELECT a.key, d.key IS NULL AS kept, coalesce(d.reason, 'kept') AS reason, "
+                    "n.step_name AS step, d.detail FROM all_keys AS a LEFT JOIN decided AS d USING (key) "
+                    "LEFT JOIN step_names AS n USING (step) ORDER BY a.key", paths.join(folder, "decisions.parquet"))
     stats = {
         "run": run, "subset": name, "recipe_source": recipe.source, "description": recipe.description,
         "made_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -440,8 +441,6 @@ def select(run: str, recipe: Recipe, name: str, threads: int | None = None, over
         "by_reason": _total_reasons(per_step), "steps": per_step,
         "seconds": round(time.time() - started, 3),
     }
-    paths.write_parquet(manifest, paths.join(folder, "manifest.parquet"))
-    paths.write_parquet(decisions, paths.join(folder, "decisions.parquet"))
     paths.write_text(f"# resolved recipe of subset {name!r} of {run} ({stats['made_at']})\n"
                      + yaml.safe_dump(recipe.to_dict(), sort_keys=False), paths.join(folder, "recipe.yaml"))
     paths.write_json(stats, paths.join(folder, "stats.json"))  # last: the subset is complete

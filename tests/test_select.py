@@ -1,0 +1,315 @@
+"""select: recipes of SQL steps give the subsets the demo web's ground truth says they should."""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from pipelines.config import ConfigError
+from pipelines.select import RECIPES, load_recipe, near_masks, parse_recipe, select
+
+
+def recipe(*steps: dict):
+    return parse_recipe({"steps": list(steps)})
+
+
+def decisions(run, name) -> dict[str, dict]:
+    return {r["key"]: r for r in pq.read_table(run / "subsets" / name / "decisions.parquet").to_pylist()}
+
+
+def fake_run(folder, **columns) -> str:
+    """A run folder holding only annotations (every row ok unless `status` is given)."""
+    n = len(next(iter(columns.values())))
+    table = {"key": [f"{i:015d}" for i in range(n)], "status": ["ok"] * n} | columns
+    (folder / "annotations").mkdir(parents=True)
+    pq.write_table(pa.table(table), folder / "annotations" / "00000.parquet")
+    return str(folder)
+
+
+# ---------------------------------------------------------------- the demo web's ground truth
+
+@pytest.fixture(scope="module")
+def truth_rows(demo_run):
+    _, run, web = demo_run
+    truth = {r["demo_id"]: r for r in pq.read_table(web / "truth.parquet").to_pylist()}
+    rows = pq.read_table(run / "annotations").to_pylist()
+    return run, rows, truth
+
+
+@pytest.mark.slow
+def test_exact_and_near_duplicates_match_the_injected_ones(truth_rows):
+    run, rows, truth = truth_rows
+    select(str(run), recipe({"step": "exact_dedup"}, {"step": "near_dedup", "max_hamming": 4}), "dedup")
+    decided = decisions(run, "dedup")
+    ok = [r for r in rows if r["status"] == "ok"]
+    group = {r["key"]: truth[r["demo_id"]]["dup_group"] or r["demo_id"] for r in ok}
+
+    # exact: of every set of byte-identical copies exactly one survives the exact step (recall 1.0)
+    by_sha = collections.defaultdict(list)
+    for r in ok:
+        by_sha[r["sha256"]].append(r["key"])
+    injected_exact = [r for r in ok if truth[r["demo_id"]]["dup_kind"] == "exact"]
+    assert injected_exact
+    for copies in by_sha.values():
+        assert sum(decided[k]["reason"] != "exact_duplicate" for k in copies) == 1
+    for r in injected_exact:
+        assert any(decided[k]["reason"] == "exact_duplicate" for k in by_sha[r["sha256"]])
+
+    # near: distinct images of one injected group that should go, against what the near step dropped
+    distinct = collections.defaultdict(set)
+    for r in ok:
+        if decided[r["key"]]["reason"] != "exact_duplicate":
+            distinct[group[r["key"]]].add(r["key"])
+    expected = sum(len(keys) - 1 for keys in distinct.values())
+    near = [d for d in decided.values() if d["reason"] == "near_duplicate"]
+    right = [d for d in near if group[d["key"]] == group[d["detail"]]]
+    precision, recall = len(right) / len(near), len(right) / expected
+    print(f"near duplicates: {len(near)} dropped, {len(right)} right, {expected} injected; "
+          f"precision {precision:.3f} recall {recall:.3f}")
+    assert expected >= 10
+    assert precision >= 0.99 and recall >= 0.95
+
+
+@pytest.mark.slow
+def test_boilerplate_captions_are_dropped(truth_rows):
+    run, rows, truth = truth_rows
+    select(str(run), recipe({"step": "boilerplate"}), "boilerplate")
+    decided = decisions(run, "boilerplate")
+    ok = [r for r in rows if r["status"] == "ok"]
+    boiler = [r for r in ok if truth[r["demo_id"]]["boilerplate"]]
+    assert boiler
+    assert all(decided[r["key"]]["reason"].startswith("caption_") for r in boiler)
+    others = [r for r in ok if not truth[r["demo_id"]]["boilerplate"]]
+    false = [r["caption"] for r in others if decided[r["key"]]["reason"] != "kept"]
+    print(f"boilerplate: {len(boiler)} dropped; {len(false)} other captions dropped as shared: {false[:5]}")
+    assert all(decided[r["key"]]["reason"] == "caption_shared" for r in others if decided[r["key"]]["reason"] != "kept")
+
+
+@pytest.mark.slow
+def test_clip_score_step_keeps_matched_and_drops_mismatched_pairs(truth_rows):
+    run, rows, truth = truth_rows
+    demo = load_recipe("demo")
+    threshold = next(s for s in demo.steps if s.name == "clip_score")
+    select(str(run), recipe({"step": "clip_score", **threshold.model_dump()}), "clip")
+    decided = decisions(run, "clip")
+    ok = [r for r in rows if r["status"] == "ok" and not truth[r["demo_id"]]["boilerplate"]]
+    matched = [decided[r["key"]]["kept"] for r in ok if not truth[r["demo_id"]]["mismatch"]]
+    mismatched = [not decided[r["key"]]["kept"] for r in ok if truth[r["demo_id"]]["mismatch"]]
+    print(f"clip_score {threshold.min_score}: kept {np.mean(matched):.3f} of matched, "
+          f"dropped {np.mean(mismatched):.3f} of mismatched")
+    assert np.mean(matched) >= 0.95 and np.mean(mismatched) >= 0.90
+
+
+@pytest.mark.slow
+def test_demo_recipe_accounts_for_every_row_and_reruns_identically(truth_rows):
+    run, rows, _ = truth_rows
+    stats = select(str(run), load_recipe("demo"), "demo", threads=1)
+    decided = decisions(run, "demo")
+    assert sorted(decided) == sorted(r["key"] for r in rows)
+    manifest = pq.read_table(run / "subsets" / "demo" / "manifest.parquet").column("key").to_pylist()
+    assert manifest == sorted(k for k, d in decided.items() if d["kept"])
+    assert stats["kept"] == len(manifest) and stats["rows"] == len(rows)
+    assert sum(s["dropped"] for s in stats["steps"]) == len(rows) - len(manifest)
+    for step in stats["steps"]:
+        assert step["rows_out"] == step["rows_in"] - step["dropped"]
+    assert all(d["kept"] == (d["reason"] == "kept") for d in decided.values())
+    # failed rows carry their status as the reason
+    statuses = collections.Counter(r["status"] for r in rows if r["status"] != "ok")
+    assert {f"status_{s}": n for s, n in statuses.items()} == stats["steps"][0]["by_reason"]
+
+    # the resolved recipe.yaml is a recipe: running it (with other threads) gives the same subset
+    resolved = run / "subsets" / "demo" / "recipe.yaml"
+    again = select(str(run), load_recipe(resolved), "demo-again", threads=2)
+    assert again["kept"] == stats["kept"]
+    assert pq.read_table(run / "subsets" / "demo-again" / "decisions.parquet").equals(
+        pq.read_table(run / "subsets" / "demo" / "decisions.parquet"))
+    with pytest.raises(ConfigError, match="exists"):
+        select(str(run), load_recipe("demo"), "demo")
+
+
+@pytest.mark.slow
+def test_cli_select_prints_steps_and_refuses_a_bad_recipe(truth_rows, tmp_path):
+    run, _, _ = truth_rows
+    done = subprocess.run([sys.executable, "-m", "pipelines.cli", "select", str(run), "--recipe", "datacomp-basic",
+                           "--name", "cli-basic"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "basic" in done.stdout and "kept" in done.stdout
+    stats = json.loads((run / "subsets" / "cli-basic" / "stats.json").read_text())
+    assert stats["steps"][1]["name"] == "basic" and stats["steps"][1]["rows_in"] > 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"steps": [{"step": "clip_score", "min_score": "high"}]}))
+    done = subprocess.run([sys.executable, "-m", "pipelines.cli", "select", str(run), "--recipe", str(bad),
+                           "--name", "bad"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "step 1 (clip_score): min_score" in done.stderr
+
+
+# ---------------------------------------------------------------- steps against independent references
+
+def test_near_dedup_finds_every_pair_within_the_distance_like_all_pairs(tmp_path):
+    rng = np.random.default_rng(3)
+    bases = rng.integers(0, 2**63, size=300, dtype=np.uint64) * np.uint64(2) + rng.integers(0, 2, 300, np.uint64)
+    hashes = list(bases)
+    for base in bases[:120]:  # plant neighbours 1-6 bits away, some chained
+        for _ in range(int(rng.integers(1, 4))):
+            flips = rng.choice(64, size=int(rng.integers(1, 7)), replace=False)
+            hashes.append(base ^ np.uint64(sum(1 << int(b) for b in flips)))
+    hashes += hashes[:5]  # identical hashes
+    n = len(hashes)
+    run = fake_run(tmp_path / "run", phash=pa.array(hashes, pa.uint64()),
+                   clip_score=pa.array(rng.uniform(0, 1, n), pa.float64()))
+    for k in (0, 2, 4, 6):
+        select(run, recipe({"step": "near_dedup", "max_hamming": k}), f"k{k}", overwrite=True)
+        decided = decisions(tmp_path / "run", f"k{k}")
+        # reference: all pairs, union-find, keep the best (score, key) of each component
+        parent = list(range(n))
+
+        def find(i):
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return i
+
+        for i, j in itertools.combinations(range(n), 2):
+            if bin(int(hashes[i]) ^ int(hashes[j])).count("1") <= k:
+                parent[find(i)] = find(j)
+        scores = pq.read_table(tmp_path / "run" / "annotations").column("clip_score").to_pylist()
+        keys = [f"{i:015d}" for i in range(n)]
+        best = {}
+        for i in range(n):
+            root = find(i)
+            if root not in best or (-scores[i], keys[i]) < (-scores[best[root]], keys[best[root]]):
+                best[root] = i
+        kept = {keys[i] for i in best.values()}
+        assert {k_ for k_, d in decided.items() if d["kept"]} == kept, f"max_hamming={k}"
+
+
+def test_multi_index_masks_cover_every_pair_of_blocks():
+    for k in range(0, 9):
+        masks = near_masks(k).column("mask").to_pylist()
+        assert len(masks) == (k + 2) * (k + 1) // 2
+        # any k flipped bits leave at least one mask untouched (the pigeonhole the SQL relies on)
+        rng = np.random.default_rng(k)
+        for _ in range(200):
+            flipped = sum(1 << int(b) for b in rng.choice(64, size=k, replace=False)) if k else 0
+            assert any(m & flipped == 0 for m in masks)
+
+
+def test_top_fraction_threshold_is_datacomps(tmp_path):
+    rng = np.random.default_rng(0)
+    scores = np.round(rng.uniform(-0.1, 0.5, 1000), 3)  # ties included
+    scores_with_missing = list(scores) + [None] * 7
+    run = fake_run(tmp_path / "run", clip_score=pa.array(scores_with_missing, pa.float64()))
+    for fraction in (0.3, 0.05, 1.0):
+        select(run, recipe({"step": "clip_score", "top_fraction": fraction}), "top", overwrite=True)
+        decided = decisions(tmp_path / "run", "top")
+        threshold = -np.sort(-scores)[min(int(len(scores) * fraction), len(scores) - 1)]
+        expected = {f"{i:015d}" for i, s in enumerate(scores) if s >= threshold}
+        assert {k for k, d in decided.items() if d["kept"]} == expected
+        assert sum(d["reason"] == "no_clip_score" for d in decided.values()) == 7
+
+
+def test_basic_filter_applies_datacomps_conditions_in_order(tmp_path):
+    run = fake_run(
+        tmp_path / "run",
+        caption=["a red dog on grass", "une photo de chien", "two words", "a b c", "a dog on a bed", "wide one here",
+                 "a cat on a mat", None],
+        caption_lang=["en", "fr", "en", "en", "en", "en", "en", None],
+        caption_lang_score=[0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.2, None],
+        caption_words=[5, 4, 2, 3, 5, 3, 4, 0],
+        caption_chars=[18, 18, 9, 5, 14, 13, 14, 0],
+        original_width=[400, 400, 400, 400, 150, 1000, 400, 400],
+        original_height=[300, 300, 300, 300, 800, 300, 300, 300],
+    )
+    select(run, recipe({"step": "basic"}), "basic")
+    reasons = [d["reason"] for _, d in sorted(decisions(tmp_path / "run", "basic").items())]
+    assert reasons == ["kept", "caption_language", "caption_too_few_words", "caption_too_short", "image_too_small",
+                       "image_aspect_ratio", "kept", "caption_language"]
+    select(run, recipe({"step": "basic", "min_lang_score": 0.5}), "confident")
+    assert decisions(tmp_path / "run", "confident")["000000000000006"]["reason"] == "caption_language"
+
+
+def test_exact_dedup_keeps_the_best_scored_then_smallest_key(tmp_path):
+    run = fake_run(tmp_path / "run", sha256=["a", "a", "a", "b", "b", "c"],
+                   clip_score=pa.array([0.1, 0.3, 0.3, None, 0.2, None], pa.float64()))
+    select(run, recipe({"step": "exact_dedup"}), "x")
+    kept = sorted(k for k, d in decisions(tmp_path / "run", "x").items() if d["kept"])
+    assert kept == ["000000000000001", "000000000000004", "000000000000005"]
+
+
+def test_metaclip_step_equals_metaclip_balance_over_the_same_pool(tmp_path):
+    from pipelines.metaclip import balance
+
+    rng = np.random.default_rng(1)
+    n = 400
+    entries = [sorted({int(e) for e in rng.zipf(1.5, int(rng.integers(0, 4))) if e < 50}) for _ in range(n)]
+    run = fake_run(tmp_path / "run", metaclip_entries=pa.array(entries, pa.list_(pa.int32())),
+                   metadata_id=["m1"] * n)
+    (tmp_path / "run" / "metadata").mkdir()
+    pq.write_table(pa.table({"entry_id": pa.array(range(50), pa.int32()), "entry": [f"e{i}" for i in range(50)]}),
+                   tmp_path / "run" / "metadata" / "m1.parquet")
+    select(run, recipe({"step": "metaclip_balance", "t": 10, "seed": 3}), "mc")
+    decided = decisions(tmp_path / "run", "mc")
+    reference = {r["key"]: r for r in balance(run, t=10, seed=3).to_pylist()}
+    assert {k for k, d in decided.items() if d["kept"]} == {k for k, r in reference.items() if r["kept"]}
+    assert {d["reason"] for d in decided.values()} <= {"kept", "metaclip_balanced_out", "metaclip_no_match"}
+
+
+# ---------------------------------------------------------------- bad recipes and hostile values
+
+def test_injection_attempts_are_rejected_or_bound_as_plain_values(tmp_path):
+    with pytest.raises(ConfigError, match=r"step 1 \(clip_score\): min_score: .*DROP TABLE"):
+        parse_recipe({"steps": [{"step": "clip_score", "min_score": "0.3; DROP TABLE annotations"}]})
+    run = fake_run(tmp_path / "run", caption=["a dog on a bed"] * 3, caption_lang=["en"] * 3,
+                   caption_lang_score=[0.9] * 3, caption_words=[5] * 3, caption_chars=[14] * 3,
+                   original_width=[300] * 3, original_height=[300] * 3)
+    hostile = "en'; DROP TABLE pool; --"
+    stats = select(run, recipe({"step": "basic", "language": hostile}), "hostile")
+    assert stats["by_reason"] == {"caption_language": 3}  # compared as a string, matched nothing
+    assert pq.read_table(tmp_path / "run" / "annotations").num_rows == 3
+    stats = select(run, recipe({"step": "basic", "language": "en"}), "plain")
+    assert stats["kept"] == 3
+
+
+@pytest.mark.parametrize("steps, message", [
+    ([{"step": "dedupe"}], "step 1: unknown step 'dedupe'"),
+    ([{"step": "exact_dedup"}, {"step": "near_dedup", "max_hamming": "four"}], "step 2 (near_dedup): max_hamming"),
+    ([{"step": "clip_score"}], "step 1 (clip_score): give exactly one of min_score and top_fraction"),
+    ([{"step": "clip_score", "min_score": 0.2, "top_fraction": 0.3}], "exactly one"),
+    ([{"step": "boilerplate", "max_imges": 3}], "step 1 (boilerplate): max_imges: Extra inputs"),
+    ([{"step": "boilerplate", "patterns": ["(unclosed"]}], "is not a regular expression"),
+    ([{"step": "metaclip_balance"}], "step 1 (metaclip_balance): t: Field required"),
+    ([{"min_score": 0.3}], "expected a mapping with a 'step' name"),
+    ([], "non-empty list"),
+])
+def test_bad_recipes_get_one_line_naming_the_step_and_field(steps, message):
+    with pytest.raises(ConfigError) as err:
+        parse_recipe({"steps": steps})
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_step_needing_a_column_the_run_lacks_is_refused_before_running(tmp_path):
+    run = fake_run(tmp_path / "run", caption=["a dog"], original_width=[300], original_height=[300])
+    with pytest.raises(ConfigError, match=r"step 1 \(basic\): needs column\(s\) \['caption_lang'"):
+        select(run, recipe({"step": "basic"}), "x")
+    with pytest.raises(ConfigError, match=r"step 2 \(near_dedup\): needs column\(s\) \['phash'\]"):
+        select(run, recipe({"step": "boilerplate", "max_images": 3}, {"step": "near_dedup"}), "x")
+    assert not (tmp_path / "run" / "subsets" / "x" / "stats.json").exists()
+    with pytest.raises(ConfigError, match="not a valid subset name"):
+        select(run, recipe({"step": "exact_dedup"}), "../escape")
+
+
+def test_shipped_recipes_parse():
+    names = sorted(p.stem for p in RECIPES.glob("*.yaml"))
+    assert {"laion-style", "datacomp-basic", "datacomp-clip-top30", "metaclip-balanced", "demo"} <= set(names)
+    for name in names:
+        assert load_recipe(name).steps
