@@ -1,0 +1,376 @@
+"""Concept-frequency audit of a run: text, image and matched counts per concept, the long tail,
+what a subset removed from it, and (given per-concept accuracies) the log-linear analysis.
+
+    audit_run(run, AuditOptions(concepts="coco80"), subset=None, accuracy=None) writes RUN/audit/NAME/:
+        _audit.json             settings (concept list id, tagger, model) and the summary
+        concepts.parquet        concept_id, concept, synonyms
+        variants.parquet        variant_id, concept_id, variant (every name and synonym)
+        tags/SHARD.parquet      per annotation row: key, status, text_concepts, text_concepts_bag,
+                                text_variants, image_concepts, image_top, image_top_score
+        counts.parquet          sql/audit_counts.sql: text/image/matched counts, rank, tail, top synonym
+        subsets/SUBSET.parquet  sql/audit_subset_delta.sql: the same for the subset's rows, and the delta
+        loglinear.parquet       sql/audit_loglinear.sql: bins of ln(frequency), mean accuracy per bin
+        report/index.html, report/*.png   (pipelines/audit_report.py)
+
+Tagging is one pass over the run's shards: each shard's captions are lemmatized and matched
+(operators/concepts.py ConceptMatcher) and its stored image embeddings are scored against the
+concept text embeddings (ImageConceptTagger; the text tower runs once, in the driver). Small runs
+are tagged in this process; large ones (or `engine="ray"`) with a Ray Data actor pool, one shard
+per work item. Tags are kept and reused while the concept list, tagger and model are unchanged,
+so a second audit (another subset, another accuracy file) is SQL only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from datetime import UTC, datetime
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pydantic import Field
+
+from operators.concepts import DEFAULT_TEMPLATES, IDS, ConceptMatcher, Concepts, ImageConceptTagger, make_tagger
+from operators.options import Options
+from pipelines.concepts import concept_list_name, load_concepts
+from pipelines.config import ConfigError
+from pipelines.duck import connect, run_sql, scan, to_arrow
+from pipelines.storage import RunPaths
+
+log = logging.getLogger(__name__)
+
+TAGS_SCHEMA = pa.schema([("key", pa.string()), ("status", pa.string()), ("text_concepts", IDS),
+                         ("text_concepts_bag", IDS), ("text_variants", IDS), ("image_concepts", IDS),
+                         ("image_top", pa.int32()), ("image_top_score", pa.float32())])
+# Zero-shot thresholds that suit a model, used when none is given. The paper's 0.7 is a RAM++
+# probability; a CLIP softmax over many concepts rarely reaches it unless the model is strong.
+# The demo CLIP (1.5M parameters, top-1 about 30% over the 136 demo concepts) gets 0.1.
+DEFAULT_THRESHOLD = {"softmax": 0.7, "cosine": 0.3}
+MODEL_THRESHOLD = {("builtin:demo-clip", "softmax"): 0.1}
+LOCAL_MAX_ROWS = 200_000  # engine="auto": below this many rows tagging runs in this process
+
+
+class AuditOptions(Options):
+    concepts: str = Field("coco80", description="built-in list (imagenet1k, coco80, demo) or a file path/URL")
+    lang: str = Field("en", description="simplemma language of captions and concept names")
+    nested: bool = Field(True, description="words of a longer concept's phrase do not count for a shorter one")
+    tagger: Literal["softmax", "cosine"] = "softmax"
+    image_threshold: float | None = Field(None, description="tag threshold; default per tagger and model")
+    temperature: float = Field(100.0, gt=0, description="softmax logit scale (CLIP's is 100)")
+    templates: list[str] = Field(list(DEFAULT_TEMPLATES), min_length=1, description="prompts with one {}")
+    frequency: Literal["text", "image", "matched"] = Field("text", description="the count that ranks concepts")
+    tail_fraction: float = Field(0.2, ge=0, le=1, description="the bottom share of concepts that is the tail")
+    tail_floor: int = Field(0, ge=0, description="concepts with frequency below this are tail too")
+    bins: int = Field(12, gt=0, description="bins of the log-linear analysis")
+    engine: Literal["auto", "local", "ray"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def threshold_for(self, model: str) -> float:
+        if self.image_threshold is not None:
+            return self.image_threshold
+        return MODEL_THRESHOLD.get((model, self.tagger), DEFAULT_THRESHOLD[self.tagger])
+
+
+def audit_dir(paths: RunPaths, name: str) -> str:
+    return paths.join("audit", name)
+
+
+# ---------------------------------------------------------------- tagging
+
+class ShardTagger:
+    """Tags one annotated shard: annotations (key, caption, status) + embeddings (key, image_emb)."""
+
+    def __init__(self, concepts: Concepts, options: AuditOptions, concept_emb: np.ndarray | None, model: str | None,
+                 run: str, out: str):
+        self.paths = RunPaths(run)
+        self.out = out
+        self.matcher = ConceptMatcher(concepts, options.lang, options.nested)
+        self.image = None
+        if concept_emb is not None and model is not None:
+            tagger = make_tagger(options.tagger, options.threshold_for(model), options.temperature)
+            self.image = ImageConceptTagger(concept_emb, tagger)
+
+    def tag(self, shard: str) -> pa.Table:
+        with self.paths.fs.open(self.paths.output("annotations", shard), "rb") as f:
+            table = pq.read_table(f, columns=["key", "caption", "status"])
+        table = self.matcher(table)
+        emb_path = self.paths.output("embeddings", shard)
+        if self.image is not None and self.paths.exists(emb_path):
+            with self.paths.fs.open(emb_path, "rb") as f:
+                emb = pq.read_table(f, columns=["key", "image_emb"])
+            index = pc.index_in(table.column("key"), value_set=emb.column("key"))
+            table = self.image(table.append_column("image_emb", emb.column("image_emb").take(index)))
+        else:
+            n = table.num_rows
+            table = table.append_column("image_concepts", pa.nulls(n, IDS)).append_column(
+                "image_top", pa.nulls(n, pa.int32())).append_column("image_top_score", pa.nulls(n, pa.float32()))
+        return table.select(TAGS_SCHEMA.names).cast(TAGS_SCHEMA)
+
+    def write(self, shard: str) -> int:
+        table = self.tag(shard)
+        self.paths.write_parquet(table, f"{self.out}/tags/{shard}.parquet")
+        return table.num_rows
+
+    def __call__(self, items: pa.Table) -> pa.Table:  # Ray Data: one shard per row
+        shards = items.column("shard").to_pylist()
+        rows = [self.write(shard) for shard in shards]
+        return pa.table({"shard": pa.array(shards, pa.string()), "rows": pa.array(rows, pa.int64())})
+
+
+def _shards(paths: RunPaths) -> dict[str, int]:
+    shards = {}
+    for marker in paths.list("_done", ".json"):
+        info = paths.read_json(marker)
+        shards[info["shard"]] = info["rows"]
+    return shards
+
+
+def _run_model(paths: RunPaths) -> str | None:
+    """The embed model of the run (RUN/config.yaml's embed.model), or None without embeddings."""
+    import yaml
+
+    if not paths.exists(paths.config) or not paths.list("embeddings", ".parquet"):
+        return None
+    with paths.fs.open(paths.config, "r") as f:
+        raw = yaml.safe_load(f)
+    embed = (raw or {}).get("embed")
+    if not embed:
+        return None
+    return embed.get("model")
+
+
+def concept_embeddings(concepts: Concepts, model: str, options: AuditOptions) -> np.ndarray:
+    from operators.concepts import ConceptTextEncoder
+    from pipelines.models import resolve_model
+
+    encoder = ConceptTextEncoder(resolve_model(model), options.device)
+    return encoder.concepts(concepts, options.templates)
+
+
+def tag_run(run: str, options: AuditOptions, progress: bool = False) -> dict:
+    """Write RUN/audit/NAME/tags/ (reused when the settings are unchanged); return the settings."""
+    run = str(run) if "://" in str(run) else os.path.abspath(run)
+    paths = RunPaths(run)
+    shards = _shards(paths)
+    if not shards:
+        raise ConfigError(f"{run}: no annotated shards to audit (no RUN/_done/*.json); run `tailor annotate` first")
+    concepts = load_concepts(options.concepts)
+    name = concept_list_name(options.concepts)
+    out = audit_dir(paths, name)
+    model = _run_model(paths)
+    settings = {
+        "concepts": options.concepts, "concepts_id": concepts.id, "n_concepts": len(concepts),
+        "lang": options.lang, "nested": options.nested, "model": model, "tagger": options.tagger,
+        "image_threshold": options.threshold_for(model) if model else None,
+        "temperature": options.temperature if options.tagger == "softmax" else None,
+        "templates": options.templates,
+    }
+    info_path = f"{out}/_audit.json"
+    previous = paths.read_json(info_path).get("settings") if paths.exists(info_path) else None
+    if previous != settings:
+        paths.remove(f"{out}/tags")
+    paths.write_json({"settings": settings, "summary": None}, info_path)
+    paths.write_parquet(pa.table({
+        "concept_id": pa.array(range(len(concepts)), pa.int32()),
+        "concept": pa.array(concepts.names, pa.string()),
+        "synonyms": pa.array([list(s) for s in concepts.synonyms], pa.list_(pa.string()))}),
+        f"{out}/concepts.parquet")
+    variants = concepts.variants()
+    paths.write_parquet(pa.table({
+        "variant_id": pa.array(range(len(variants)), pa.int32()),
+        "concept_id": pa.array([k for k, _ in variants], pa.int32()),
+        "variant": pa.array([t for _, t in variants], pa.string())}), f"{out}/variants.parquet")
+
+    pending = sorted(s for s in shards if not paths.exists(f"{out}/tags/{s}.parquet"))
+    if pending:
+        concept_emb = concept_embeddings(concepts, model, options) if model else None
+        engine = options.engine
+        if engine == "auto":
+            engine = "ray" if sum(shards[s] for s in pending) > LOCAL_MAX_ROWS else "local"
+        kwargs = {"concepts": concepts, "options": options, "concept_emb": concept_emb, "model": model,
+                  "run": run, "out": out}
+        done = _tag_ray(pending, kwargs, progress) if engine == "ray" else _tag_local(pending, kwargs)
+        for shard, rows in done.items():
+            if rows != shards[shard]:
+                paths.remove(f"{out}/tags/{shard}.parquet")
+                raise RuntimeError(f"shard {shard}: tagged {rows} rows, annotations have {shards[shard]}")
+    settings["name"] = name
+    settings["tagged_now"] = len(pending)
+    return settings
+
+
+def _tag_local(pending: list[str], kwargs: dict) -> dict[str, int]:
+    tagger = ShardTagger(**kwargs)
+    return {shard: tagger.write(shard) for shard in pending}
+
+
+def _tag_ray(pending: list[str], kwargs: dict, progress: bool) -> dict[str, int]:
+    import ray
+
+    from pipelines.annotate import init_ray
+
+    init_ray(None)
+    ray.data.DataContext.get_current().enable_progress_bars = progress
+    actors = max(1, min(len(pending), int(ray.cluster_resources().get("CPU", 1))))
+    ds = ray.data.from_items([{"shard": s} for s in pending], override_num_blocks=len(pending))
+    ds = ds.map_batches(ShardTagger, batch_size=1, batch_format="pyarrow", num_cpus=1, fn_constructor_kwargs=kwargs,
+                        compute=ray.data.ActorPoolStrategy(size=actors))
+    done: dict[str, int] = {}
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        done.update(zip(batch.column("shard").to_pylist(), batch.column("rows").to_pylist(), strict=True))
+    return done
+
+
+# ---------------------------------------------------------------- statistics (SQL)
+
+def _register(con, paths: RunPaths, name: str, subset: str | None = None) -> None:
+    out = audit_dir(paths, name)
+    tags = scan(con, paths, paths.list(f"audit/{name}/tags", ".parquet"))
+    if subset is not None:
+        manifest = paths.join("subsets", subset, "manifest.parquet")
+        if not paths.exists(manifest):
+            raise ConfigError(f"--subset {subset}: {manifest} does not exist")
+        scan(con, paths, [manifest]).select("key").create_view("subset_keys")
+        tags = tags.filter("key IN (SELECT key FROM subset_keys)")
+    tags.create_view("tags", replace=True)
+    scan(con, paths, [f"{out}/concepts.parquet"]).create_view("concepts", replace=True)
+    scan(con, paths, [f"{out}/variants.parquet"]).create_view("variants", replace=True)
+
+
+def concept_counts(run: str, name: str, options: AuditOptions, subset: str | None = None) -> pa.Table:
+    """sql/audit_counts.sql over the run's tags (or a subset's rows only)."""
+    paths = RunPaths(run)
+    con = connect()
+    _register(con, paths, name, subset)
+    return run_sql(con, "audit_counts", frequency=options.frequency, tail_fraction=options.tail_fraction,
+                   tail_floor=options.tail_floor)
+
+
+def misalignment(run: str, name: str, subset: str | None = None) -> dict:
+    paths = RunPaths(run)
+    con = connect()
+    _register(con, paths, name, subset)
+    return run_sql(con, "audit_misalignment").to_pylist()[0]
+
+
+def subset_delta(full: pa.Table, sub: pa.Table) -> pa.Table:
+    con = connect()
+    con.register("full_counts", full)
+    con.register("subset_counts", sub)
+    return run_sql(con, "audit_subset_delta")
+
+
+def read_accuracy(path: str) -> pa.Table:
+    """A per-concept accuracy file (CSV/TSV/Parquet/JSON lines): columns `concept` and `accuracy`."""
+    import fsspec
+    import pyarrow.csv as pcsv
+    import pyarrow.json as pjson
+
+    try:
+        with fsspec.open(path, "rb") as f:
+            if path.endswith(".parquet"):
+                table = pq.read_table(f)
+            elif path.endswith((".json", ".jsonl")):
+                table = pjson.read_json(f)
+            else:
+                delimiter = "\t" if path.endswith(".tsv") else ","
+                table = pcsv.read_csv(f, parse_options=pcsv.ParseOptions(delimiter=delimiter))
+    except (FileNotFoundError, pa.ArrowInvalid) as err:
+        raise ConfigError(f"--accuracy: cannot read {path}: {err}") from err
+    missing = {"concept", "accuracy"} - set(table.column_names)
+    if missing:
+        raise ConfigError(f"--accuracy: {path} lacks column(s) {', '.join(sorted(missing))} (needs concept, accuracy)")
+    return table.select(["concept", "accuracy"]).cast(pa.schema([("concept", pa.string()),
+                                                                 ("accuracy", pa.float64())]))
+
+
+def log_linear(counts: pa.Table, accuracy: pa.Table, bins: int = 12) -> tuple[pa.Table, dict, pa.Table]:
+    """(bins table, fit {bins_used, pearson_r, slope, intercept}, the joined points)."""
+    con = connect()
+    con.register("counts", counts)
+    con.register("accuracy", accuracy)
+    points = con.sql("SELECT c.concept_id, c.concept, c.frequency, a.accuracy FROM counts AS c "
+                     "JOIN accuracy AS a USING (concept) ORDER BY c.concept_id")
+    points.create_view("points")
+    table = run_sql(con, "audit_loglinear", bins=bins)
+    con.register("bins", table)
+    fit = run_sql(con, "audit_loglinear_fit").to_pylist()[0]
+    return table, fit, to_arrow(points)
+
+
+# ---------------------------------------------------------------- the whole audit
+
+def audit_run(run: str, options: AuditOptions | None = None, subset: str | None = None,
+              accuracy: str | None = None, report: bool = True, progress: bool = False) -> dict:
+    """Tag (or reuse tags), count, compare with a subset, fit accuracies; write tables and the report."""
+    started = time.time()
+    options = options or AuditOptions()
+    run = str(run) if "://" in str(run) else os.path.abspath(run)
+    paths = RunPaths(run)
+    settings = tag_run(run, options, progress)
+    tagged_at = time.time()
+    name = settings["name"]
+    out = audit_dir(paths, name)
+    counts = concept_counts(run, name, options)
+    paths.write_parquet(counts, f"{out}/counts.parquet")
+    rows = counts.to_pylist()
+    summary: dict = {
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "concepts": len(rows),
+        "frequency": options.frequency,
+        "tail": {"fraction": options.tail_fraction, "floor": options.tail_floor,
+                 "concepts": sum(r["tail"] for r in rows),
+                 "share_of_mentions": _tail_share(rows)},
+        "concepts_never_in_text": sum(r["text_count"] == 0 for r in rows),
+        "concepts_never_in_images": sum(r["image_count"] == 0 for r in rows) if settings["model"] else None,
+        "misalignment": misalignment(run, name) if settings["model"] else None,
+        "head": [{k: r[k] for k in ("concept", "text_count", "image_count", "matched_count", "frequency")}
+                 for r in sorted(rows, key=lambda r: (r["rank"], r["concept_id"]))[:10]],
+    }
+    delta = None
+    if subset is not None:
+        sub = concept_counts(run, name, options, subset)
+        delta = subset_delta(counts, sub)
+        paths.write_parquet(delta, f"{out}/subsets/{subset}.parquet")
+        d = delta.to_pylist()
+        summary["subset"] = {
+            "name": subset,
+            "tail_concepts_lost": [r["concept"] for r in d if r["tail"] and r["lost"]],
+            "concepts_lost": sum(r["lost"] for r in d),
+            "tail_retained": _ratio(sum(r["subset_frequency"] for r in d if r["tail"]),
+                                    sum(r["frequency"] for r in d if r["tail"])),
+            "head_retained": _ratio(sum(r["subset_frequency"] for r in d if not r["tail"]),
+                                    sum(r["frequency"] for r in d if not r["tail"])),
+            "misalignment": misalignment(run, name, subset) if settings["model"] else None,
+        }
+    fit = bins = points = None
+    if accuracy is not None:
+        bins, fit, points = log_linear(counts, read_accuracy(accuracy), options.bins)
+        paths.write_parquet(bins, f"{out}/loglinear.parquet")
+        summary["loglinear"] = {**fit, "concepts_with_accuracy": points.num_rows,
+                                "bin_left_edges": bins.column("left_edge").to_pylist(),
+                                "bin_means": bins.column("mean_accuracy").to_pylist()}
+    summary["wall_time_s"] = round(time.time() - started, 2)
+    summary["tagging_s"] = round(tagged_at - started, 2)
+    if report:
+        from pipelines.audit_report import write_report
+
+        summary["report"] = write_report(paths, out, settings, summary, counts, delta, bins, points, fit)
+    paths.write_json({"settings": {k: v for k, v in settings.items() if k not in ("name", "tagged_now")},
+                      "summary": summary}, f"{out}/_audit.json")
+    summary["out"] = out
+    summary["settings"] = settings
+    return summary
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return round(a / b, 4) if b else None
+
+
+def _tail_share(rows: list[dict]) -> float | None:
+    total = sum(r["frequency"] for r in rows)
+    return round(sum(r["frequency"] for r in rows if r["tail"]) / total, 4) if total else None

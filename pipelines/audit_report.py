@@ -1,0 +1,159 @@
+"""The concept audit as a page: RUN/audit/NAME/report/index.html with PNG plots beside it.
+
+    rank_frequency.png   text, image and matched counts against rank, log-log (zero counts left out)
+    coverage_delta.png   per concept, frequency in the run against frequency in the subset (with --subset)
+    loglinear.png        accuracy against ln(frequency): concepts, bin means, the fitted line (with --accuracy)
+
+The tables (tail concepts, subset delta, log-linear bins) are HTML tables on the page. Plots are
+also usable on their own from a notebook: each `plot_*` function returns a matplotlib Figure.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import math
+
+import pyarrow as pa
+
+from pipelines.storage import RunPaths
+
+
+def _figure(width: float = 7.0, height: float = 4.5):
+    """A Figure without pyplot: no backend or global state (a notebook displays it, the CLI saves it)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=110)
+    return fig, fig.add_subplot()
+
+
+def plot_rank_frequency(counts: pa.Table):
+    fig, ax = _figure()
+    for column, style in (("text_count", "-"), ("image_count", "--"), ("matched_count", ":")):
+        values = sorted((v for v in counts.column(column).to_pylist() if v > 0), reverse=True)
+        if values:
+            ax.loglog(range(1, len(values) + 1), values, style, marker=".", label=column.replace("_count", ""))
+    ax.set_xlabel("rank")
+    ax.set_ylabel("rows")
+    ax.set_title("concept frequency by rank (log-log)")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_coverage_delta(delta: pa.Table):
+    fig, ax = _figure()
+    rows = delta.to_pylist()
+    for tail, colour, label in ((False, "tab:blue", "head"), (True, "tab:red", "tail")):
+        pts = [(r["frequency"] + 1, r["subset_frequency"] + 1) for r in rows if r["tail"] == tail]
+        if pts:
+            ax.scatter(*zip(*pts, strict=True), s=12, c=colour, label=label, alpha=0.7)
+    top = max([r["frequency"] + 1 for r in rows] + [2])
+    ax.plot([1, top], [1, top], color="grey", lw=0.8, label="kept all")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("frequency in the run + 1")
+    ax.set_ylabel("frequency in the subset + 1")
+    ax.set_title("coverage per concept: run vs subset")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_loglinear(bins: pa.Table, points: pa.Table, fit: dict):
+    fig, ax = _figure()
+    xs = [math.log(max(f, 1)) for f in points.column("frequency").to_pylist()]
+    ax.scatter(xs, points.column("accuracy").to_pylist(), s=8, alpha=0.35, label="concepts")
+    b = [(r["left_edge"], r["mean_accuracy"]) for r in bins.to_pylist() if r["mean_accuracy"] is not None]
+    if b:
+        ax.plot(*zip(*b, strict=True), "o-", color="tab:red", label="bin mean (at left edge)")
+    if fit.get("slope") is not None and b:
+        lo, hi = b[0][0], b[-1][0]
+        ax.plot([lo, hi], [fit["intercept"] + fit["slope"] * lo, fit["intercept"] + fit["slope"] * hi], "k--",
+                lw=1, label=f"fit, r = {fit['pearson_r']:.3f}")
+    ax.set_xlabel("ln(frequency)  (zero counted as 1)")
+    ax.set_ylabel("accuracy")
+    ax.set_title("accuracy vs log frequency")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def _save(paths: RunPaths, fig, path: str) -> None:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+
+    def write(target: str) -> None:
+        with paths.fs.open(target, "wb") as f:
+            f.write(buffer.getvalue())
+
+    paths._atomic(path, write)
+
+
+def _table(rows: list[dict], columns: list[str], limit: int | None = None) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = []
+    for r in rows[:limit]:
+        cells = []
+        for c in columns:
+            v = r.get(c)
+            v = f"{v:.3f}" if isinstance(v, float) else ("" if v is None else str(v))
+            cells.append(f"<td>{html.escape(v)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    more = f"<p>… {len(rows) - limit} more rows in the Parquet table.</p>" if limit and len(rows) > limit else ""
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>{more}"
+
+
+def write_report(paths: RunPaths, out: str, settings: dict, summary: dict, counts: pa.Table,
+                 delta: pa.Table | None, bins: pa.Table | None, points: pa.Table | None,
+                 fit: dict | None) -> str:
+    """Write OUT/report/index.html and its PNGs; return the page's path."""
+    folder = f"{out}/report"
+    pngs = {"rank_frequency.png": plot_rank_frequency(counts)}
+    if delta is not None:
+        pngs["coverage_delta.png"] = plot_coverage_delta(delta)
+    if bins is not None and points is not None and fit is not None:
+        pngs["loglinear.png"] = plot_loglinear(bins, points, fit)
+    for name, fig in pngs.items():
+        _save(paths, fig, f"{folder}/{name}")
+
+    rows = counts.to_pylist()
+    count_cols = ["concept", "text_count", "image_count", "matched_count", "frequency", "rank", "top_synonym"]
+    tail = sorted((r for r in rows if r["tail"]), key=lambda r: (r["frequency"], r["concept_id"]))
+    head = sorted(rows, key=lambda r: (r["rank"], r["concept_id"]))
+    mis = summary.get("misalignment")
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>tailor concept audit</title>",
+        "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}img{max-width:100%}</style></head><body>",
+        f"<h1>Concept audit: {html.escape(str(settings['concepts']))}</h1>",
+        f"<p>{summary['concepts']} concepts; ranked by {html.escape(summary['frequency'])} frequency; "
+        f"image tagger {html.escape(str(settings['tagger']))} (threshold {settings['image_threshold']}) on "
+        f"{html.escape(str(settings['model']))}. Tail: {summary['tail']['concepts']} concepts (bottom "
+        f"{summary['tail']['fraction']:.0%} or below {summary['tail']['floor']}), "
+        f"{summary['tail']['share_of_mentions']} of all mentions.</p>",
+    ]
+    if mis:
+        parts.append(f"<p>Misalignment: {mis['misaligned']} of {mis['images_tagged']} tagged images "
+                     f"({mis['misalignment_rate']:.1%}) have a caption naming none of their concepts.</p>")
+    parts += ["<h2>Rank-frequency</h2><img src='rank_frequency.png'>",
+              "<h2>Head</h2>", _table(head, count_cols, 20),
+              "<h2>Tail</h2>", _table(tail, count_cols, 200)]
+    if delta is not None:
+        sub = summary["subset"]
+        parts += [f"<h2>Subset {html.escape(sub['name'])}: coverage delta</h2>",
+                  f"<p>Tail mentions retained {sub['tail_retained']}, head {sub['head_retained']}; concepts lost "
+                  f"{sub['concepts_lost']} (tail: {html.escape(', '.join(sub['tail_concepts_lost']) or 'none')}).</p>",
+                  "<img src='coverage_delta.png'>",
+                  _table(sorted(delta.to_pylist(), key=lambda r: (r["retained"] is None, r["retained"] or 0)),
+                         ["concept", "frequency", "subset_frequency", "retained", "tail", "subset_tail", "lost"], 60)]
+    if bins is not None and fit is not None:
+        parts += ["<h2>Log-linear analysis</h2>",
+                  f"<p>Pearson r between bin left edges and bin mean accuracy: {fit['pearson_r']} over "
+                  f"{fit['bins_used']} non-empty bins; slope {fit['slope']} per unit ln(frequency).</p>",
+                  "<img src='loglinear.png'>",
+                  _table(bins.to_pylist(), ["bin", "left_edge", "right_edge", "n", "mean_accuracy"])]
+    parts.append("</body></html>")
+    page = f"{folder}/index.html"
+    paths.write_text("\n".join(parts), page)
+    return page
