@@ -148,7 +148,8 @@ def bench_near(rows: int, peer_rows: int, k: int) -> dict:
             entry["faiss_range_search_s"] = round(time.perf_counter() - began, 2)
             entry["ratio_faiss_over_ours"] = round(entry["faiss_range_search_s"] / ours, 2)
             entry["pairs_faiss"] = len(pairs)
-            ok_rows = con.sql(f"SELECT count(*) FROM '{run}/annotations/*.parquet' WHERE status = 'ok'").fetchall()[0][0]
+            ok_rows = con.sql(f"SELECT count(*) FROM '{run}/annotations/*.parquet' WHERE status = 'ok'")
+            ok_rows = ok_rows.fetchall()[0][0]
             expected = ok_rows - components(hashes, pairs)
             assert expected == entry["dropped"], (expected, entry["dropped"])  # the same groups as all pairs
         out[f"n{n}"] = entry
