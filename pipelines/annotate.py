@@ -14,6 +14,7 @@ duplicating a row.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import time
@@ -43,6 +44,7 @@ from pipelines.sources import (
     plan_table_file,
 )
 from pipelines.storage import RunPaths
+from pipelines.throughput import stage_throughput
 
 log = logging.getLogger(__name__)
 
@@ -259,14 +261,19 @@ def _add_embed_stages(ds: ray.data.Dataset, config: AnnotateConfig) -> ray.data.
         AutoConfig.from_pretrained(model_path)  # fail here, in one line, not in every actor
     except Exception as err:
         raise ConfigError(f"config error: embed.model: cannot load {options.model!r}: {err}".splitlines()[0]) from None
-    gpus = ray.cluster_resources().get("GPU", 0) if options.device != "cpu" else 0
-    use_gpu = options.device == "cuda" or (options.device == "auto" and gpus >= 1)
+    resources = embed_actor_resources(options, ray.cluster_resources().get("GPU", 0))
     ds = ds.map_batches(preprocess_batch, batch_size=options.batch_size, batch_format="pyarrow",
                         fn_kwargs={"model_path": model_path}, num_cpus=config.ray.decode_cpus)
     return ds.map_batches(ClipEmbedder, batch_size=options.batch_size, batch_format="pyarrow",
                           fn_constructor_kwargs={"model_path": model_path, "options": options},
-                          compute=ray.data.ActorPoolStrategy(size=options.num_actors), num_gpus=1 if use_gpu else 0,
-                          num_cpus=options.cpus_per_actor if not use_gpu else 0.5)
+                          compute=ray.data.ActorPoolStrategy(size=options.num_actors), **resources)
+
+
+def embed_actor_resources(options, cluster_gpus: float) -> dict:
+    """What each model actor asks Ray for: one whole GPU where the cluster has GPUs (device auto or cuda),
+    else `cpus_per_actor` CPUs. infra/ manifests size their GPU groups by this (tests/test_infra.py)."""
+    use_gpu = options.device == "cuda" or (options.device == "auto" and cluster_gpus >= 1)
+    return {"num_gpus": 1, "num_cpus": 0.5} if use_gpu else {"num_gpus": 0, "num_cpus": options.cpus_per_actor}
 
 
 def _run_pending(pending: list[Shard], config: AnnotateConfig, paths: RunPaths) -> str:
@@ -284,8 +291,15 @@ def _run_pending(pending: list[Shard], config: AnnotateConfig, paths: RunPaths) 
             if written[shard] == expected[shard]:
                 commits.append(commit_shard.remote(paths, shard, parts.pop(shard), expected[shard], kinds))
     log.info("all parts written; waiting for %d shard commits", len(commits))
-    for marker in ray.get(commits):
-        log.info("committed shard %s (%d rows)", marker["shard"], marker["rows"])
+    failed = []
+    for ref in commits:  # every commit is awaited, so a failed one is reported once, not also as "unhandled"
+        try:
+            marker = ray.get(ref)
+            log.info("committed shard %s (%d rows)", marker["shard"], marker["rows"])
+        except ray.exceptions.RayError as err:
+            failed.append(err)
+    if failed:
+        raise failed[0]
     missing = sorted(set(expected) - {m for m in written if written[m] == expected[m]})
     if missing:
         raise RuntimeError(f"shards not completed: {missing[:10]} (rows written {[written[m] for m in missing[:10]]})")
@@ -319,11 +333,37 @@ def summarize(shards: list[Shard], paths: RunPaths, config: AnnotateConfig, star
     }
 
 
+class StorageError(ConfigError):
+    """The run's storage failed (a folder that cannot be written, S3 refusing): one line, printed by the CLI
+    (exit 2), no traceback."""
+
+
+@contextlib.contextmanager
+def storage_errors(output: str):
+    """An OSError from the run folder, raised here or in any Ray task (PermissionError from a read-only
+    folder or a 403 from S3, a full disk), becomes one line naming the output. Nothing half-written looks
+    complete: a shard counts as done only once its marker exists, and run.json is written last."""
+    try:
+        yield
+    except Exception as err:
+        cause, seen = err, set()
+        while cause is not None and id(cause) not in seen:  # the OSError itself, not Ray's wrapper of it
+            if isinstance(cause, OSError) and not isinstance(cause, ray.exceptions.RayError):
+                break
+            seen.add(id(cause))
+            cause = getattr(cause, "cause", None) or cause.__cause__ or cause.__context__
+        if not isinstance(cause, OSError):
+            raise
+        text = " ".join(f"{type(cause).__name__}: {cause}".split())
+        raise StorageError(f"storage error: {text} (run folder {output})") from None
+
+
 def annotate(config: AnnotateConfig, overwrite: bool = False, progress: bool = True) -> dict:
     """Run (or resume) annotation into config.output and return the run summary."""
     started = time.time()
     paths = RunPaths(config.output)
-    _prepare_folder(config, paths, overwrite)
+    with storage_errors(config.output):
+        _prepare_folder(config, paths, overwrite)
     init_ray(config.ray.address)
     log.info("ray ready after %.1f s", time.time() - started)
     context = ray.data.DataContext.get_current()
@@ -340,10 +380,13 @@ def annotate(config: AnnotateConfig, overwrite: bool = False, progress: bool = T
         for kind in OUTPUT_KINDS:
             paths.remove(paths.output(kind, shard.id))
     log.info("%d shards, %d already done, %d to do", len(shards), len(shards) - len(pending), len(pending))
+    stats = ""
     if pending:
-        stats = _run_pending(pending, config, paths)
+        with storage_errors(config.output):
+            stats = _run_pending(pending, config, paths)
         paths.write_text(stats, paths.join("logs", "ray_data_stats.txt"))
         paths.remove(paths.join("_staging"))
     summary = summarize(shards, paths, config, started, sum(s.rows for s in pending), len(shards) - len(pending))
+    summary["stage_throughput"] = stage_throughput(stats)  # this run's stages (empty when nothing was left to do)
     paths.write_json(summary, paths.summary)
     return summary

@@ -26,6 +26,12 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+# S3 answers bursts of 503 SlowDown / 500 InternalError on busy prefixes; botocore retries them with backoff,
+# but its default (legacy mode, 5 attempts) gives up within seconds, which a run of hours will hit. Set here,
+# in every process that touches a run (driver and Ray workers), before any S3 client exists; the user's wins.
+os.environ.setdefault("AWS_RETRY_MODE", "standard")
+os.environ.setdefault("AWS_MAX_ATTEMPTS", "10")
+
 
 class RunPaths:
     """Paths of one run folder, and atomic writes into it. Pickles as its URL alone."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import subprocess
 import sys
@@ -26,7 +27,7 @@ def s3_server():
     server.stop()
 
 
-def test_annotate_reads_and_writes_s3(demo_web, s3_server, tmp_path):
+def test_annotate_reads_and_writes_s3(demo_web, s3_server, tmp_path, monkeypatch):
     import s3fs
 
     _, web = demo_web
@@ -49,3 +50,20 @@ def test_annotate_reads_and_writes_s3(demo_web, s3_server, tmp_path):
     truth = {r["demo_id"]: r["expected_status"] for r in pq.read_table(web / "truth.parquet").to_pylist()}
     assert all(truth[r["demo_id"]] == r["status"] for r in first.to_pylist())
     assert not fs.exists("tailor-test/runs/demo/_staging")
+
+    # DuckDB reads the run's tables from S3 through the run's fsspec filesystem (no httpfs extension)
+    from pipelines import duck
+    from pipelines.storage import RunPaths
+
+    for name, value in s3_server.items():
+        monkeypatch.setenv(name, value)
+    s3fs.S3FileSystem.clear_instance_cache()  # an instance cached for another endpoint must not be reused
+    paths = RunPaths("s3://tailor-test/runs/demo")
+    files = paths.list("annotations", ".parquet")
+    assert len(files) == 4
+    con = duck.connect(threads=1)
+    by_status = dict(duck.scan(con, paths, files).aggregate("status, count(*)", "status").fetchall())
+    expected = collections.Counter(truth.values())
+    assert by_status == dict(expected) and sum(by_status.values()) == 400
+    images = duck.scan(con, paths, paths.list("images", ".parquet"))
+    assert images.aggregate("count(*)").fetchall() == [(expected["ok"],)]
