@@ -172,6 +172,65 @@ def _select(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit(args: argparse.Namespace) -> int:
+    from pipelines.audit import AuditOptions, audit_run
+
+    fields = {"concepts": args.concepts, "tagger": args.tagger, "image_threshold": args.image_threshold,
+              "temperature": args.temperature, "templates": args.template, "frequency": args.frequency,
+              "tail_fraction": args.tail_fraction, "tail_floor": args.tail_floor, "nested": not args.bag,
+              "engine": args.engine}
+    options = AuditOptions(**{k: v for k, v in fields.items() if v is not None})
+    s = audit_run(args.run, options, subset=args.subset, accuracy=args.accuracy, progress=not args.no_progress)
+    print(f"{s['concepts']} concepts ({s['settings']['concepts']}), ranked by {s['frequency']} frequency; "
+          f"tail {s['tail']['concepts']} concepts holding {s['tail']['share_of_mentions']} of mentions; "
+          f"never in captions: {s['concepts_never_in_text']}")
+    print(f"{'head concept':<24}{'text':>8}{'image':>8}{'matched':>9}")
+    for row in s["head"]:
+        print(f"{row['concept']:<24}{row['text_count']:>8}{row['image_count']:>8}{row['matched_count']:>9}")
+    if s["misalignment"]:
+        m = s["misalignment"]
+        print(f"misalignment: {m['misaligned']}/{m['images_tagged']} tagged images ({m['misalignment_rate']:.1%}) "
+              "have a caption naming none of their concepts")
+    if "subset" in s:
+        sub = s["subset"]
+        print(f"subset {sub['name']}: tail mentions retained {sub['tail_retained']}, head {sub['head_retained']}; "
+              f"tail concepts lost: {', '.join(sub['tail_concepts_lost']) or 'none'}")
+    if "loglinear" in s:
+        fit = s["loglinear"]
+        print(f"log-linear: Pearson r {fit['pearson_r']} over {fit['bins_used']} bins, slope {fit['slope']}")
+    print(f"tables in {s['out']}/ (counts.parquet, tags/); report: {s.get('report')}")
+    return 0
+
+
+def _semdedup(args: argparse.Namespace) -> int:
+    import json
+
+    import fsspec
+
+    from pipelines.semdedup import semdedup
+
+    path = semdedup(args.run, eps=args.eps, n_clusters=args.clusters, seed=args.seed,
+                    max_cluster_size=args.max_cluster_size, overwrite=args.overwrite)
+    with fsspec.open(path.removesuffix(".parquet") + ".json", "r") as f:
+        c = json.load(f)["counts"]
+    print(f"semdedup (eps {args.eps}): {c['duplicates']} duplicates of {c['points']} points in {c['clusters']} "
+          f"clusters (largest {c['largest_cluster']}, split {c['split_clusters']}); table: {path}")
+    return 0
+
+
+def _decontaminate(args: argparse.Namespace) -> int:
+    import fsspec
+    import pyarrow.parquet as pq
+
+    from pipelines.decontam import decontaminate
+
+    path = decontaminate(args.run, args.eval, max_cosine=None if args.max_cosine < 0 else args.max_cosine,
+                         max_hamming=None if args.max_hamming < 0 else args.max_hamming, overwrite=args.overwrite)
+    with fsspec.open(path, "rb") as f:
+        print(f"{pq.read_metadata(f).num_rows} contaminated pool rows; table: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tailor", description="Curate web-scale image-text datasets.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -242,6 +301,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="DuckDB threads (results do not depend on it)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing subset of that name")
     p.set_defaults(func=_select)
+
+    p = sub.add_parser("audit", help="concept frequencies in captions, images and both; the long tail")
+    p.add_argument("run")
+    p.add_argument("--concepts", required=True,
+                   help="imagenet1k, coco80, demo, or a file (one concept per line, or YAML concept: [synonyms])")
+    p.add_argument("--subset", help="also count RUN/subsets/NAME and report what it removed from the tail")
+    p.add_argument("--accuracy", help="CSV/TSV/Parquet/JSONL with columns concept, accuracy: log-linear analysis")
+    p.add_argument("--frequency", choices=["text", "image", "matched"], help="count that ranks (default text)")
+    p.add_argument("--tail-fraction", type=float, help="bottom share of concepts that is the tail (default 0.2)")
+    p.add_argument("--tail-floor", type=int, help="concepts below this frequency are tail too (default 0)")
+    p.add_argument("--tagger", choices=["softmax", "cosine"], help="image tagger (default softmax)")
+    p.add_argument("--image-threshold", type=float, help="image tag threshold (default: per tagger and model)")
+    p.add_argument("--temperature", type=float, help="softmax logit scale (default 100)")
+    p.add_argument("--template", action="append", help="prompt template with one {} (repeatable)")
+    p.add_argument("--bag", action="store_true", help="pure bag-of-lemmas text rule (no nested-phrase rule)")
+    p.add_argument("--engine", choices=["auto", "local", "ray"], help="where tagging runs (default auto)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_audit)
+
+    p = sub.add_parser("semdedup", help="SemDeDup over the image embeddings: RUN/dedup/semdedup.parquet")
+    p.add_argument("run")
+    p.add_argument("--eps", type=float, default=0.05, help="duplicate when cosine to a kept point > 1 - eps")
+    p.add_argument("--clusters", type=int, help="k-means clusters (default about sqrt(points))")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-cluster-size", type=int, default=20_000, help="larger clusters are split")
+    p.add_argument("--overwrite", action="store_true", help="recompute even when the settings are unchanged")
+    p.set_defaults(func=_semdedup)
+
+    p = sub.add_parser("decontaminate", help="pool rows near an evaluation image set: RUN/dedup/decontam-*.parquet")
+    p.add_argument("run")
+    p.add_argument("--eval", required=True, help="folder of images (local or fsspec URL) or a Parquet with images")
+    p.add_argument("--max-cosine", type=float, default=0.95, help="flag at cosine >= this (negative: off)")
+    p.add_argument("--max-hamming", type=int, default=4, help="flag at pHash distance <= this (negative: off)")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_decontaminate)
 
     web = sub.add_parser("demo-web", help="the generated demo web").add_subparsers(dest="action", required=True)
     p = web.add_parser("build", help="generate pages, images and ground truth")

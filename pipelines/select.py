@@ -76,6 +76,11 @@ class Step(Options):
     sql_file: ClassVar[str]
 
     def needs(self) -> list[str]:
+        """Columns the step cannot run without."""
+        return []
+
+    def uses(self) -> list[str]:
+        """Columns the step reads when the run has them (NULL otherwise)."""
         return []
 
     def prepare(self, con: duckdb.DuckDBPyConnection, run: str) -> None:
@@ -197,6 +202,9 @@ class Boilerplate(Step):
 
     def needs(self) -> list[str]:
         return ["caption"]
+
+    def uses(self) -> list[str]:
+        return ["sha256"]  # distinct images share a caption; without hashes every row counts as one
 
     def params(self) -> dict[str, Any]:
         patterns = DEFAULT_BOILERPLATE_PATTERNS if self.patterns is None else self.patterns
@@ -382,7 +390,7 @@ def _load_pool(con: duckdb.DuckDBPyConnection, paths: RunPaths, files: list[str]
             raise ConfigError(f"recipe step {number} ({step.name}): needs column(s) {missing}, which "
                               f"{run}/annotations lacks{hint}")
     # only what the steps read: at a billion rows the captions alone are tens of GB
-    wanted = {"key", "status", "error", "clip_score"} | {c for step in steps for c in step.needs()}
+    wanted = {"key", "status", "error", "clip_score"} | {c for step in steps for c in step.needs() + step.uses()}
     columns = ", ".join(f"CAST({c} AS {t}) AS {c}" if c in have else f"CAST(NULL AS {t}) AS {c}"
                         for c, t in POOL_COLUMNS.items() if c in wanted)
     annotations.select(columns).create("pool")

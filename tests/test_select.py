@@ -173,7 +173,7 @@ def test_near_dedup_finds_every_pair_within_the_distance_like_all_pairs(tmp_path
         # reference: all pairs, union-find, keep the best (score, key) of each component
         parent = list(range(n))
 
-        def find(i):
+        def find(i, parent=parent):
             while parent[i] != i:
                 parent[i] = parent[parent[i]]
                 i = parent[i]
@@ -313,3 +313,72 @@ def test_shipped_recipes_parse():
     assert {"laion-style", "datacomp-basic", "datacomp-clip-top30", "metaclip-balanced", "demo"} <= set(names)
     for name in names:
         assert load_recipe(name).steps
+
+
+@pytest.mark.slow
+def test_select_reads_and_writes_a_run_on_s3(tmp_path, monkeypatch):
+    """DuckDB reads the run's Parquet on S3 through the run's fsspec filesystem (no httpfs extension)."""
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                            "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://{host}:{port}"}.items():
+            monkeypatch.setenv(name, value)
+        rng = np.random.default_rng(0)
+        n = 500
+        local = fake_run(tmp_path / "run", sha256=[f"h{i % 420}" for i in range(n)],
+                         clip_score=pa.array(rng.uniform(0, 0.5, n), pa.float64()),
+                         phash=pa.array(rng.integers(0, 2**63, n, dtype=np.uint64), pa.uint64()))
+        s3fs.S3FileSystem.clear_instance_cache()
+        fs = s3fs.S3FileSystem(endpoint_url=f"http://{host}:{port}")
+        fs.mkdir("select-test")
+        fs.put(str(tmp_path / "run" / "annotations" / "00000.parquet"), "select-test/run/annotations/00000.parquet")
+        steps = recipe({"step": "clip_score", "top_fraction": 0.5}, {"step": "exact_dedup"}, {"step": "near_dedup"})
+        stats = select("s3://select-test/run", steps, "s3-subset")
+        select(local, steps, "local-subset")
+        fs.invalidate_cache()
+        with fs.open("select-test/run/subsets/s3-subset/decisions.parquet", "rb") as f:
+            remote = pq.read_table(f)
+        local_table = pq.read_table(tmp_path / "run" / "subsets" / "local-subset" / "decisions.parquet")
+        assert remote.to_pylist() == local_table.to_pylist()
+        assert fs.exists("select-test/run/subsets/s3-subset/stats.json") and stats["kept"] > 0
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_semdedup_and_decontaminate_steps_drop_what_their_tables_name(truth_rows, tmp_path):
+    run, rows, truth = truth_rows
+    ok = [r for r in rows if r["status"] == "ok"]
+    # SemDeDup at a tiny eps: byte-identical copies embed identically, so of each set one survives
+    select(str(run), recipe({"step": "semdedup", "eps": 0.0005}), "semdedup")
+    decided = decisions(run, "semdedup")
+    by_sha = collections.defaultdict(list)
+    for r in ok:
+        by_sha[r["sha256"]].append(r["key"])
+    for copies in by_sha.values():
+        assert sum(decided[k]["kept"] for k in copies) <= 1
+        assert any(decided[k]["kept"] for k in copies) or all(
+            decided[k]["reason"] == "semantic_duplicate" and decided[decided[k]["detail"]]["kept"] for k in copies)
+    dropped = [d for d in decided.values() if d["reason"] == "semantic_duplicate"]
+    assert len(dropped) >= sum(len(c) - 1 for c in by_sha.values())
+    assert all(decided[d["detail"]]["kept"] for d in dropped)  # folded into a row that stays
+
+    # decontamination by pHash: evaluation images that are (resized) copies of pool images
+    images = {r["key"]: r["image"] for r in pq.read_table(run / "images").to_pylist()}
+    originals = sorted(r["key"] for r in ok if truth[r["demo_id"]]["dup_kind"] == "original")[:6]
+    eval_dir = tmp_path / "eval"
+    eval_dir.mkdir()
+    for key in originals:
+        (eval_dir / f"{key}.jpg").write_bytes(images[key])
+    select(str(run), recipe({"step": "decontaminate", "eval_path": str(eval_dir), "max_cosine": None,
+                             "max_hamming": 4}), "decontaminated")
+    decided = decisions(run, "decontaminated")
+    group = {r["key"]: truth[r["demo_id"]]["dup_group"] for r in ok}
+    contaminated = {k for k, d in decided.items() if d["reason"] == "contaminated"}
+    assert set(originals) <= contaminated
+    assert {group[k] for k in contaminated} == {group[k] for k in originals}
