@@ -345,6 +345,8 @@ def storage_errors(output: str):
     complete: a shard counts as done only once its marker exists, and run.json is written last."""
     try:
         yield
+    except ConfigError:
+        raise  # already one line (a bad model name is not a storage problem, whatever it wraps)
     except Exception as err:
         cause, seen = err, set()
         while cause is not None and id(cause) not in seen:  # the OSError itself, not Ray's wrapper of it
