@@ -1,6 +1,6 @@
 """Drawing and encoding of demo-web images.
 
-An image is a soft pastel gradient with 1-3 instances of each concept's shape in
+An image is a smooth random pastel field with 1-3 instances of each concept's shape in
 the concept's colour. Everything is a pure function of a numpy Generator, so a
 worker can re-render any item (e.g. the original of a near duplicate) exactly.
 """
@@ -103,7 +103,8 @@ def shape_mask(shape: str, size: int, angle: float) -> Image.Image:
     elif shape == "ring":
         draw.ellipse(full, fill=255)
         inset = size * 0.28
-        draw.ellipse((inset, inset, size - 1 - inset, size - 1 - inset), fill=0)
+        if size - 1 - 2 * inset >= 0:  # a ring a pixel or two wide (tiny images) is a dot
+            draw.ellipse((inset, inset, size - 1 - inset, size - 1 - inset), fill=0)
     elif shape == "crescent":
         draw.ellipse(full, fill=255)
         shift = size * (0.3 if angle > 0 else -0.3)
@@ -113,29 +114,22 @@ def shape_mask(shape: str, size: int, angle: float) -> Image.Image:
     return mask
 
 
-def _pastel(rng: np.random.Generator) -> np.ndarray:
-    return rng.uniform(185, 250, size=3)
+FIELD_CELLS = 8  # control points of the background along the longer side
 
 
 def background(width: int, height: int, rng: np.random.Generator) -> Image.Image:
-    """Smooth two-colour gradient: no noise, so PNGs stay small."""
-    start, end = _pastel(rng), _pastel(rng)
-    angle = rng.uniform(0, 2 * math.pi)
-    xs = np.linspace(0.0, 1.0, width, dtype=np.float32) * np.float32(math.cos(angle))
-    ys = np.linspace(0.0, 1.0, height, dtype=np.float32) * np.float32(math.sin(angle))
-    level = xs[None, :] + ys[:, None]
-    low, high = float(level.min()), float(level.max())
-    level -= np.float32(low)
-    level *= np.float32(255.0 / max(high - low, 1e-6))
-    # Per-channel lookup tables over an 8-bit level map: far cheaper than
-    # blending full float RGB arrays.
-    levels = Image.fromarray(level.astype(np.uint8), "L")
-    ramp = np.linspace(0.0, 1.0, 256)
-    bands = [
-        levels.point([int(round(s + (e - s) * r)) for r in ramp])
-        for s, e in zip(start.tolist(), end.tolist(), strict=True)
-    ]
-    return Image.merge("RGB", bands)
+    """A smooth random pastel field: a few control colours per side, bicubically interpolated.
+
+    Like the low-frequency content of a photo, it differs from image to image, so perceptual hashes
+    of different pages differ as they do on the web (a flat gradient behind one small shape made
+    unrelated images hash alike). It stays smooth, so PNGs stay small.
+    """
+    if width >= height:
+        cells = (FIELD_CELLS, max(2, round(FIELD_CELLS * height / width)))
+    else:
+        cells = (max(2, round(FIELD_CELLS * width / height)), FIELD_CELLS)
+    field = rng.uniform(185, 250, size=(cells[1], cells[0], 3)).astype(np.uint8)
+    return Image.fromarray(field, "RGB").resize((width, height), Image.Resampling.BICUBIC)
 
 
 def _place_instances(
@@ -161,7 +155,7 @@ def render_image(
     rng: np.random.Generator,
     transparent: bool = False,
 ) -> Image.Image:
-    """Draw the concepts on a pastel gradient (or a transparent canvas)."""
+    """Draw the concepts on a pastel field (or a transparent canvas)."""
     bg = background(width, height, rng)
     canvas = Image.new("RGBA", (width, height), (0, 0, 0, 0)) if transparent else bg
     for concept in concepts:

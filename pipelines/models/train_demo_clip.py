@@ -7,6 +7,12 @@ minutes on 2 cores. The output is an ordinary Hugging Face checkpoint folder (co
 model.safetensors, tokenizer.json, preprocessor_config.json) that loads with
 `AutoModel.from_pretrained` like any CLIP, so the demo exercises the real loading path.
 
+The committed weights: 1200 steps from scratch (batch 160, seed 1234) on the earlier renderer (flat
+gradients, commit 1f44cd4), then, after the renderer moved to random pastel fields, continued with
+`--init`: 400 steps (lr 6e-4, seed 2026), 600 steps (batch 256, lr 4e-4, seed 2027) and 600 steps
+(batch 256, lr 3e-4, seed 2028). Each run is deterministic; a from-scratch run on the current renderer
+(`--steps 2400`) is the simpler way to rebuild them and has not been run yet.
+
 Training pairs are drawn fresh from the demo world's renderer and caption generator, with
 concepts sampled uniformly (not Zipf) so tail concepts are learnt too; image sizes and aspect
 ratios vary as on the demo web and go through the same image processor as at inference.
@@ -90,15 +96,21 @@ def image_processor() -> CLIPImageProcessor:
     return CLIPImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, do_center_crop=False)
 
 
-def train(out: Path, steps: int, batch_size: int, seed: int, threads: int) -> dict:
+def train(out: Path, steps: int, batch_size: int, seed: int, threads: int, init: Path | None = None,
+          lr: float = 2e-3) -> dict:
+    """Train from scratch, or (`init`) go on training a saved demo CLIP, e.g. after the renderer changed."""
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
     rng = np.random.default_rng(seed)
-    tokenizer = build_tokenizer(rng, vocab_size=2048)
-    model = build_model(tokenizer)
+    if init is None:
+        tokenizer = build_tokenizer(rng, vocab_size=2048)
+        model = build_model(tokenizer)
+    else:
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(init)
+        model = CLIPModel.from_pretrained(init)
     processor = image_processor()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     warmup = max(1, steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
@@ -124,7 +136,8 @@ def train(out: Path, steps: int, batch_size: int, seed: int, threads: int) -> di
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     processor.save_pretrained(out)
-    return {"steps": steps, "batch_size": batch_size, "final_loss": float(np.mean(losses[-50:])),
+    return {"steps": steps, "batch_size": batch_size, "init": str(init) if init else None, "lr": lr,
+            "final_loss": float(np.mean(losses[-50:])),
             "seconds": round(time.time() - started, 1)}
 
 
@@ -135,9 +148,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=160)
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--init", type=Path, help="go on training this saved demo CLIP instead of starting afresh")
+    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (cosine schedule, 5%% warm-up)")
     args = parser.parse_args()
     logging.basicConfig(format="%(asctime)s %(message)s")
-    print(train(args.out, args.steps, args.batch_size, args.seed, args.threads))
+    print(train(args.out, args.steps, args.batch_size, args.seed, args.threads, args.init, args.lr))
 
 
 if __name__ == "__main__":
