@@ -121,14 +121,6 @@ class ShardTagger:
         return pa.table({"shard": pa.array(shards, pa.string()), "rows": pa.array(rows, pa.int64())})
 
 
-def _shards(paths: RunPaths) -> dict[str, int]:
-    shards = {}
-    for marker in paths.list("_done", ".json"):
-        info = paths.read_json(marker)
-        shards[info["shard"]] = info["rows"]
-    return shards
-
-
 def _run_model(paths: RunPaths) -> str | None:
     """The embed model of the run (RUN/config.yaml's embed.model), or None without embeddings."""
     import yaml
@@ -155,7 +147,7 @@ def tag_run(run: str, options: AuditOptions, progress: bool = False) -> dict:
     """Write RUN/audit/NAME/tags/ (reused when the settings are unchanged); return the settings."""
     run = str(run) if "://" in str(run) else os.path.abspath(run)
     paths = RunPaths(run)
-    shards = _shards(paths)
+    shards = paths.committed_shards()
     if not shards:
         raise ConfigError(f"{run}: no annotated shards to audit (no RUN/_done/*.json); run `tailor annotate` first")
     concepts = load_concepts(options.concepts)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +25,13 @@ from operators.text import TextOptions
 
 class ConfigError(ValueError):
     """A configuration problem, phrased as one line naming the field."""
+
+
+def subset_folder(name: str) -> str:
+    """RUN-relative folder of subset NAME (subsets/NAME), once NAME is a plain folder name."""
+    if not name or name.startswith(".") or not re.fullmatch(r"[\w.=+-]+", name):
+        raise ConfigError(f"name: {name!r} is not a valid subset name (letters, digits, . _ - = +)")
+    return f"subsets/{name}"
 
 
 class InputConfig(Options):

@@ -126,15 +126,6 @@ class ShardMatcher:
                          "seconds": pa.array(seconds, pa.float64())})
 
 
-def annotated_shards(paths: RunPaths) -> dict[str, int]:
-    """Committed annotation shards (those with a _done marker) and their row counts."""
-    shards = {}
-    for marker in paths.list("_done", ".json"):
-        info = paths.read_json(marker)
-        shards[info["shard"]] = info["rows"]
-    return shards
-
-
 def match_run(run: str, options: MatchOptions | None = None, actors: int | None = None,
               overwrite: bool = False, progress: bool = True) -> dict:
     """Match every committed annotation shard of `run` (resuming); write counts; return the summary."""
@@ -147,7 +138,7 @@ def match_run(run: str, options: MatchOptions | None = None, actors: int | None 
     options = options or MatchOptions()
     run = str(run) if "://" in str(run) else os.path.abspath(run)  # as the actors will see it
     paths = RunPaths(run)
-    shards = annotated_shards(paths)
+    shards = paths.committed_shards()
     if not shards:
         raise ConfigError(f"{run}: no annotated shards to match (no RUN/_done/*.json); run `tailor annotate` first")
     metadata = load_metadata(options.metadata)

@@ -67,7 +67,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from pipelines.config import ConfigError
+from pipelines.config import ConfigError, subset_folder
 from pipelines.storage import RunPaths
 
 log = logging.getLogger(__name__)
@@ -226,9 +226,7 @@ def parquet_copy(samples: pa.Table, caption_source: str, json_columns: list[str]
 
 def subset_manifest(paths: RunPaths, name: str) -> str:
     """RUN/subsets/NAME/manifest.parquet, or a one-line error listing the subsets there are."""
-    if not name or "/" in name or name.startswith("."):
-        raise MaterializeError(f"name: {name!r} is not a valid subset name")
-    manifest = paths.join("subsets", name, "manifest.parquet")
+    manifest = paths.join(subset_folder(name), "manifest.parquet")
     if paths.exists(manifest):
         return manifest
     have = [p.rsplit("/", 1)[-1] for p in paths.list("subsets")

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.config import ConfigError
+from pipelines.config import ConfigError, subset_folder
 from pipelines.duck import connect, run_sql, scan, sql
 from pipelines.match import metadata_path
 from pipelines.storage import RunPaths
@@ -150,8 +150,7 @@ def _balance(con: duckdb.DuckDBPyConnection, run: str, t: float, seed: int, grou
 def balance_subset(run: str, name: str, t: float, seed: int, group_by: str | None = None,
                    source: Source = "auto", threads: int | None = None, plot: bool = True) -> dict:
     """Balance and write RUN/subsets/NAME/ (manifest, decisions, entry_stats, stats.json, plot)."""
-    if not name or "/" in name or name.startswith("."):
-        raise ConfigError(f"name: {name!r} is not a valid subset name")
+    folder = subset_folder(name)
     paths = RunPaths(run)
     matches = find_matches(run, source)
     with connect(threads) as con:
@@ -164,7 +163,6 @@ def balance_subset(run: str, name: str, t: float, seed: int, group_by: str | Non
         "made_at": datetime.now(UTC).isoformat(timespec="seconds"),
         **balance_stats(per_entry, decisions, t),
     }
-    folder = f"subsets/{name}"
     paths.write_parquet(decisions.filter(decisions.column("kept")).select(["key"]),
                         paths.join(folder, "manifest.parquet"))
     paths.write_parquet(decisions, paths.join(folder, "decisions.parquet"))

@@ -43,7 +43,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from operators.options import Options
-from pipelines.config import ConfigError
+from pipelines.config import ConfigError, subset_folder
 from pipelines.duck import connect, scan, sql, write_query
 from pipelines.storage import RunPaths
 
@@ -374,11 +374,6 @@ def _check_run(run: str, paths: RunPaths) -> list[str]:
     return files
 
 
-def _check_name(name: str) -> None:
-    if not name or "/" in name or name.startswith(".") or not re.fullmatch(r"[\w.=+-]+", name):
-        raise ConfigError(f"name: {name!r} is not a valid subset name (letters, digits, . _ - = +)")
-
-
 def _load_pool(con: duckdb.DuckDBPyConnection, paths: RunPaths, files: list[str], steps: list[Step],
                run: str) -> int:
     annotations = scan(con, paths, files)
@@ -404,9 +399,8 @@ def _load_pool(con: duckdb.DuckDBPyConnection, paths: RunPaths, files: list[str]
 
 def select(run: str, recipe: Recipe, name: str, threads: int | None = None, overwrite: bool = False) -> dict:
     """Apply a recipe to a finished run and write RUN/subsets/NAME/; returns the stats."""
-    _check_name(name)
+    folder = subset_folder(name)
     paths = RunPaths(run)
-    folder = f"subsets/{name}"
     if paths.exists(paths.join(folder)):
         if not overwrite:
             raise ConfigError(f"{run}/{folder} exists; pick another --name or pass --overwrite")

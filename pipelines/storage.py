@@ -133,6 +133,14 @@ class RunPaths:
                 done += 1
         return statuses, failed_at, done
 
+    def committed_shards(self) -> dict[str, int]:
+        """Committed annotation shards (those with a _done marker) and their row counts."""
+        shards = {}
+        for marker in self.list("_done", ".json"):
+            info = self.read_json(marker)
+            shards[info["shard"]] = info["rows"]
+        return shards
+
     def read_json(self, path: str) -> dict:
         with self.fs.open(path, "r") as f:
             return json.load(f)
