@@ -14,7 +14,7 @@ can hold), which helps short texts; the score lets a recipe ask for confidence.
 
 from __future__ import annotations
 
-from functools import cached_property
+from functools import cache
 
 import pyarrow as pa
 from pydantic import Field
@@ -29,32 +29,40 @@ class TextOptions(Options):
         None, description="restrict language ID to these ISO 639-1 codes (default: all 97 of py3langid)")
 
 
+@cache
+def language_identifier(languages: tuple[str, ...] | None):
+    """py3langid's model, loaded once per process (about 0.3 s: far more than classifying a batch)."""
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+    identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+    if languages:
+        unknown = sorted(set(languages) - set(identifier.nb_classes))
+        if unknown:
+            raise ValueError(f"text.languages: unknown to py3langid: {unknown}")
+        identifier.set_languages(list(languages))
+    return identifier
+
+
 class CaptionText:
     """Batch in, batch out: adds caption_lang, caption_lang_score, caption_words, caption_chars."""
 
     def __init__(self, options: TextOptions | None = None):
         self.options = options or TextOptions()
 
-    @cached_property
+    @property
     def identifier(self):
-        from py3langid.langid import MODEL_FILE, LanguageIdentifier
-
-        identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
-        if self.options.languages:
-            unknown = sorted(set(self.options.languages) - set(identifier.nb_classes))
-            if unknown:
-                raise ValueError(f"text.languages: unknown to py3langid: {unknown}")
-            identifier.set_languages(self.options.languages)
-        return identifier
+        languages = self.options.languages
+        return language_identifier(tuple(languages) if languages else None)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         langs, scores, words, chars = [], [], [], []
+        identifier = self.identifier if self.options.language_id else None
         for caption in batch.column("caption").to_pylist():
             text = (caption or "").strip()
             words.append(len(text.split()))
             chars.append(len(text))
-            if self.options.language_id and text:
-                lang, score = self.identifier.classify(text)
+            if identifier is not None and text:
+                lang, score = identifier.classify(text)
                 langs.append(lang)
                 scores.append(round(float(score), 4))
             else:
