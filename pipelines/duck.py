@@ -84,7 +84,8 @@ def write_query(con: duckdb.DuckDBPyConnection, paths: RunPaths, query: str, pat
     paths.fs.makedirs(parent, exist_ok=True)
     tmp = f"{parent}/.tmp-{uuid.uuid4().hex}.parquet"
     try:
-        con.execute(f"COPY ({query}) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)")
+        target = tmp.replace("'", "''")  # a quote in the run's path is part of the path, not SQL
+        con.execute(f"COPY ({query}) TO '{target}' (FORMAT parquet, COMPRESSION zstd)")
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

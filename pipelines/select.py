@@ -56,7 +56,7 @@ POOL_COLUMNS: dict[str, str] = {
     "key": "VARCHAR", "status": "VARCHAR", "error": "VARCHAR", "caption": "VARCHAR",
     "caption_lang": "VARCHAR", "caption_lang_score": "DOUBLE", "caption_words": "INTEGER",
     "caption_chars": "INTEGER", "original_width": "INTEGER", "original_height": "INTEGER",
-    "width": "INTEGER", "height": "INTEGER", "sha256": "VARCHAR", "phash": "UBIGINT", "clip_score": "DOUBLE",
+    "sha256": "VARCHAR", "phash": "UBIGINT", "clip_score": "DOUBLE",
 }
 
 # Generic alt-texts (RE2, matched whole against the lower-cased caption): camera and file names,
@@ -343,8 +343,12 @@ def load_recipe(recipe: str | Path) -> Recipe:
 def execute_script(con: duckdb.DuckDBPyConnection, name: str, **params) -> None:
     """Run every statement of pipelines/sql/NAME.sql, each with the parameters it names."""
     for statement in _statements(sql(name)):
-        used = {k: v for k, v in params.items() if re.search(rf"\${k}\b", statement)}
-        con.execute(statement, used or None)
+        con.execute(statement, _named_in(statement, params) or None)
+
+
+def _named_in(statement: str, params: dict) -> dict:
+    """The parameters a statement names ($name): DuckDB refuses values for parameters it does not hold."""
+    return {k: v for k, v in params.items() if re.search(rf"\${k}\b", statement)}
 
 
 def _statements(text: str) -> list[str]:
@@ -356,9 +360,7 @@ def _drops_query(step: Step) -> tuple[str, dict]:
     statements = _statements(sql(step.sql_file))
     if len(statements) != 1:
         raise RuntimeError(f"{step.sql_file}.sql: a step's drops are one query, found {len(statements)} statements")
-    params = step.params()
-    used = {k: v for k, v in params.items() if re.search(rf"\${k}\b", statements[0])}
-    return statements[0], used
+    return statements[0], _named_in(statements[0], step.params())
 
 
 def _check_run(run: str, paths: RunPaths) -> list[str]:
