@@ -150,10 +150,13 @@ def _materialize(args: argparse.Namespace) -> int:
 
     s = materialize(args.run, args.name, args.out, samples_per_shard=args.samples_per_shard,
                     parquet=not args.no_parquet, overwrite=args.overwrite, progress=not args.no_progress,
-                    skip_missing=args.skip_missing)
+                    skip_missing=args.skip_missing, captions=args.captions, mix=args.mix, mix_seed=args.mix_seed)
     skipped = f", skipped {s['skipped']['keys']} keys without an image" if s["skipped"]["keys"] else ""
     print(f"wrote {s['samples']} samples in {s['shards']} shards ({s['bytes'] / 1e6:.1f} MB) to {s['out']} "
           f"in {s['wall_time_s']} s ({s['samples_per_s']} samples/s){skipped}")
+    if s["captions"]:
+        print(f"captions: {s['recaptioned_samples']} of {s['samples']} samples carry the new caption from set "
+              f"{s['captions']['captions']} (p {s['captions']['p']}, seed {s['captions']['seed']})")
     print(f"OpenCLIP: --train-data '{s['train_data']}' --train-num-samples {s['train_num_samples']}")
     return 0
 
@@ -199,6 +202,34 @@ def _audit(args: argparse.Namespace) -> int:
         fit = s["loglinear"]
         print(f"log-linear: Pearson r {fit['pearson_r']} over {fit['bins_used']} bins, slope {fit['slope']}")
     print(f"tables in {s['out']}/ (counts.parquet, tags/); report: {s.get('report')}")
+    return 0
+
+
+def _recaption(args: argparse.Namespace) -> int:
+    from pipelines.config import load_config
+    from pipelines.recaption import RecaptionConfig, recaption
+
+    overrides = list(args.set or [])
+    if args.concepts:
+        overrides.append(f"concepts={args.concepts}")
+    config = load_config(args.config, overrides, model=RecaptionConfig)
+    s = recaption(args.run, args.subset, config, name=args.name, progress=not args.no_progress)
+    statuses = ", ".join(f"{k} {v}" for k, v in s["statuses"].items())
+    print(f"captions set {s['name']} ({s['model']}, prompt {s['prompt_id']}): {s['captioned_now']} captioned now, "
+          f"{s['already_captioned']} before; statuses: {statuses}; {s['captions_per_s']} captions/s")
+    sc = s["scores"]
+    if sc["rows_scored"]:
+        print(f"CLIP score over {sc['rows_scored']} rows: mean {sc['original_mean']:.3f} -> {sc['new_mean']:.3f}, "
+              f"median {sc['original_median']:.3f} -> {sc['new_median']:.3f}; "
+              f"{sc['share_improved']:.1%} of rows improved")
+    if "concepts" in s:
+        c = s["concepts"]
+        print(f"concepts ({c['list']}): named {c['concepts_named_before']} -> {c['concepts_named_after']}; "
+              f"mentions the image confirms {c['matched_before']} -> {c['matched_after']}; "
+              f"L1 distance of caption counts to image tags {c['l1_to_image_before']} -> {c['l1_to_image_after']}")
+    if s["not_in_run"]:
+        print(f"warning: {s['not_in_run']} keys of the subset are not in the run and were not captioned")
+    print(f"captions: {s['out']}/parts/  summary: {s['out']}/_summary.json")
     return 0
 
 
@@ -289,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a previous materialize output in OUT")
     p.add_argument("--skip-missing", action="store_true",
                    help="leave out (and count) subset keys without a stored image instead of failing")
+    p.add_argument("--captions", help="caption set of RUN (tailor recaption) to mix into KEY.txt")
+    p.add_argument("--mix", type=float, default=0.8, help="share of samples given the new caption (default 0.8)")
+    p.add_argument("--mix-seed", type=int, default=0, help="seed of the per-key choice")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_materialize)
 
@@ -319,6 +353,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=["auto", "local", "ray"], help="where tagging runs (default auto)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_audit)
+
+    p = sub.add_parser("recaption", help="new captions for a subset from a vision-language model; rescored, audited")
+    p.add_argument("run")
+    p.add_argument("--subset", required=True, help="subset name (RUN/subsets/NAME/manifest.parquet)")
+    p.add_argument("--config", help="recaption YAML (captions: model, prompt, prompts, generation, batch_size, ...)")
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                   help="override a config field, e.g. captions.prompt=altogether (repeatable)")
+    p.add_argument("--name", help="caption set name (RUN/captions/NAME; default SUBSET.PROMPT)")
+    p.add_argument("--concepts", help="concept list to audit original vs new captions (demo, coco80, ...)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_recaption)
 
     p = sub.add_parser("semdedup", help="SemDeDup over the image embeddings: RUN/dedup/semdedup.parquet")
     p.add_argument("run")

@@ -101,8 +101,9 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                base: dict[str, Any] | None = None) -> AnnotateConfig:
-    """Load a YAML config, apply `field.path=value` overrides, validate."""
+                base: dict[str, Any] | None = None, model: type[Options] | None = None) -> Any:
+    """Load a YAML config, apply `field.path=value` overrides, validate (as an AnnotateConfig unless `model`
+    names another config class)."""
     data: dict[str, Any] = dict(base or {})
     if path is not None:
         try:
@@ -120,6 +121,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         field, value = parse_override(item)
         _set_dotted(data, field, value)
     try:
-        return AnnotateConfig.model_validate(data)
+        return (model or AnnotateConfig).model_validate(data)
     except ValidationError as err:
         raise ConfigError(_format_error(err)) from None

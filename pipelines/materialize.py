@@ -44,8 +44,10 @@ more than once in the manifest is written once and counted in the summary.
 Tar entries carry a fixed mtime, uid/gid 0, no user names and mode 0644, so the same run and subset
 give byte-identical tars. OUT may be any fsspec URL (s3://...).
 
-caption_source names the annotation column that becomes KEY.txt ("caption" by default): the hook where
-caption mixing (original vs. regenerated captions) plugs in.
+caption_source names the annotation column that becomes KEY.txt ("caption" by default). With a caption set
+(`tailor recaption`), KEY.txt is the new caption with probability `mix` (Recap-CLIP: 0.8), the draw fixed per
+key by `mix_seed` so a rerun writes the same tars; KEY.json's caption_origin says which text it got, and the
+Parquet copy keeps the original as original_caption.
 """
 
 from __future__ import annotations
@@ -192,13 +194,30 @@ def read_samples(run: RunPaths, keys: pa.Array, sources: list[str], caption_sour
     return annotations.append_column("image", images.column("image"))
 
 
+def with_mixed_captions(run: RunPaths, samples: pa.Table, caption_source: str, mix: dict) -> pa.Table:
+    """Add `mixed_caption` (the new caption of caption set mix["captions"] with probability mix["p"], fixed
+    per key by mix["seed"]; else the original) and `caption_origin` (recaption | original)."""
+    from operators.caption import mix_captions
+    from pipelines.recaption import read_captions
+
+    new = read_captions(run, mix["captions"], samples.column("key").combine_chunks())
+    keys = samples.column("key").to_pylist()
+    captions, origin = mix_captions(keys, samples.column(caption_source).to_pylist(), [new.get(k) for k in keys],
+                                    mix["p"], mix["seed"])
+    return samples.append_column("mixed_caption", pa.array(captions, pa.string())).append_column(
+        "caption_origin", pa.array(origin, pa.string()))
+
+
 def write_shard(run_url: str, out_url: str, index: int, width: int, keys: pa.Array, sources: list[str],
-                caption_source: str, default_format: str, parquet: bool) -> dict:
+                caption_source: str, default_format: str, parquet: bool, mix: dict | None = None) -> dict:
     """Write OUT/{index}.tar (and OUT/parquet/{index}.parquet) holding exactly `keys`."""
     started = time.time()
     run, out = RunPaths(run_url), RunPaths(out_url)
     samples = read_samples(run, keys, sources, caption_source)
-    json_columns = scalar_columns(samples.drop_columns(["image"]).schema)
+    if mix is not None:
+        samples = with_mixed_captions(run, samples, caption_source, mix)
+        caption_source = "mixed_caption"
+    json_columns = scalar_columns(samples.drop_columns(["image", "mixed_caption"] if mix else ["image"]).schema)
     name = f"{index:0{width}d}"
     with _atomic_open(out, out.join(f"{name}.tar")) as f:
         formats = write_tar(f, samples, caption_source, json_columns, default_format)
@@ -206,8 +225,12 @@ def write_shard(run_url: str, out_url: str, index: int, width: int, keys: pa.Arr
     if parquet:
         out.write_parquet(parquet_copy(samples, caption_source, json_columns, formats),
                           out.join("parquet", f"{name}.parquet"), row_group_size=256)
+    recaptioned = 0
+    if mix is not None:
+        recaptioned = int(pc.sum(pc.equal(samples.column("caption_origin"), "recaption")).as_py() or 0)
     return {"name": f"{name}.tar", "samples": samples.num_rows, "first_key": keys[0].as_py(),
-            "last_key": keys[-1].as_py(), "bytes": size, "seconds": round(time.time() - started, 3)}
+            "last_key": keys[-1].as_py(), "bytes": size, "seconds": round(time.time() - started, 3),
+            "recaptioned": recaptioned}
 
 
 def parquet_copy(samples: pa.Table, caption_source: str, json_columns: list[str], formats: list[str]) -> pa.Table:
@@ -320,7 +343,8 @@ def _absolute(url: str) -> str:
 
 
 def _write_shards(con, run: str, out: str, total: int, samples_per_shard: int, caption_source: str,
-                  default_format: str, parquet: bool, window: int | None, progress: bool, name: str) -> list[dict]:
+                  default_format: str, parquet: bool, window: int | None, progress: bool, name: str,
+                  mix: dict | None) -> list[dict]:
     """One Ray task per output shard, a bounded window in flight; the shards' index entries."""
     import ray
 
@@ -349,7 +373,7 @@ def _write_shards(con, run: str, out: str, total: int, samples_per_shard: int, c
             keys = batch.column("key").combine_chunks().cast(pa.string())
             sources = sorted(pc.unique(batch.column("shard")).to_pylist())
             in_flight.append(task.remote(run, out, index, width, keys, sources, caption_source, default_format,
-                                         parquet))
+                                         parquet, mix))
             if len(in_flight) >= window:
                 ready, in_flight = ray.wait(in_flight, num_returns=1)
                 collect(ready)
@@ -370,12 +394,15 @@ def _write_shards(con, run: str, out: str, total: int, samples_per_shard: int, c
 
 def materialize(run: str, name: str, out: str, samples_per_shard: int = 10000, parquet: bool = True,
                 overwrite: bool = False, progress: bool = True, skip_missing: bool = False,
-                caption_source: str = "caption", window: int | None = None) -> dict:
+                caption_source: str = "caption", window: int | None = None, captions: str | None = None,
+                mix: float = 0.8, mix_seed: int = 0) -> dict:
     """Write subset NAME of RUN as WebDataset tar shards (and a Parquet copy) into OUT; return the summary.
 
     skip_missing: leave out (and count) subset keys without a stored image instead of failing.
     caption_source: the annotation column written as KEY.txt (the caption-mixing hook).
     window: output shards in flight at once (default: twice the cluster's CPUs).
+    captions: a caption set of RUN (tailor recaption): KEY.txt is its caption with probability `mix`, fixed per
+        key by `mix_seed`, else the caption_source text; KEY.json says which (caption_origin).
     """
     from pipelines.duck import connect
 
@@ -385,6 +412,14 @@ def materialize(run: str, name: str, out: str, samples_per_shard: int = 10000, p
     run, out = _absolute(run), _absolute(out).rstrip("/")
     paths, out_paths = RunPaths(run), RunPaths(out)
     manifest = subset_manifest(paths, name)
+    mix_spec = None
+    if captions is not None:
+        from pipelines.recaption import caption_set_parts
+
+        if not 0.0 <= mix <= 1.0:
+            raise MaterializeError(f"mix: the share of new captions must be within [0, 1] (got {mix})")
+        caption_set_parts(paths, captions)
+        mix_spec = {"captions": captions, "p": mix, "seed": mix_seed}
     previous = _check_out(out_paths, overwrite)  # before planning: a refusal should be quick
     with connect() as con:
         facts = plan(con, paths, manifest, skip_missing, caption_source)
@@ -393,7 +428,7 @@ def materialize(run: str, name: str, out: str, samples_per_shard: int = 10000, p
             raise MaterializeError(f"name: subset {name!r} of {run} has no samples with a stored image")
         _clear_out(out_paths, previous)
         shards = _write_shards(con, run, out, total, samples_per_shard, caption_source, _stored_format(paths),
-                               parquet, window, progress, name)
+                               parquet, window, progress, name, mix_spec)
     written = sum(s["samples"] for s in shards)
 
     wall = time.time() - started
@@ -406,6 +441,8 @@ def materialize(run: str, name: str, out: str, samples_per_shard: int = 10000, p
         "samples": written,
         "samples_per_shard": samples_per_shard,
         "caption_source": caption_source,
+        "captions": mix_spec,
+        "recaptioned_samples": sum(s["recaptioned"] for s in shards),
         "train_data": pattern,
         "train_num_samples": written,
         "parquet": f"{out}/parquet" if parquet else None,
@@ -413,7 +450,8 @@ def materialize(run: str, name: str, out: str, samples_per_shard: int = 10000, p
     }
     out_paths.write_json(index, out_paths.join(INDEX))
     summary = {
-        **{k: index[k] for k in ("run", "subset", "samples", "train_data", "train_num_samples")},
+        **{k: index[k] for k in ("run", "subset", "samples", "train_data", "train_num_samples", "captions",
+                                 "recaptioned_samples")},
         "out": out,
         "shards": len(shards),
         "bytes": sum(s["bytes"] for s in shards),

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-BUILTIN = {"demo-clip": Path(__file__).resolve().parent / "demo-clip"}
+BUILTIN = {name: Path(__file__).resolve().parent / name for name in ("demo-clip", "demo-captioner")}
 
 
 def resolve_model(name: str) -> str:
-    """`builtin:demo-clip` -> its folder; anything else (a Hugging Face name or a path) unchanged."""
+    """`builtin:demo-clip` (or demo-captioner) -> its folder; anything else (a Hugging Face name or a path) unchanged."""
     if name.startswith("builtin:"):
         key = name.split(":", 1)[1]
         if key not in BUILTIN:
