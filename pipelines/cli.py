@@ -233,6 +233,34 @@ def _recaption(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from pipelines.config import load_config
+    from pipelines.evaluate import evaluate
+    from pipelines.proxy import ProxyConfig
+
+    config = load_config(args.config, list(args.set or []), model=ProxyConfig)
+    subsets = [s.strip() for s in args.subsets.split(",") if s.strip()]
+    s = evaluate(args.run, subsets, args.eval, config, concepts=args.concepts, name=args.name,
+                 progress=not args.no_progress)
+    print(f"proxy CLIP, {config.samples_seen} samples seen per run, seeds {config.seeds}; "
+          f"{s['eval_images']} evaluation images, {s['eval_classes']} classes ({s['tail_concepts_in_eval']} tail)")
+    print(f"{'subset':<20}{'samples':>9}{'overall':>10}{'head':>8}{'tail':>8}{'log-linear r':>14}")
+    for name, r in s["subsets"].items():
+        fmt = lambda v: f"{v:.3f}" if v is not None else "-"  # noqa: E731
+        print(f"{name:<20}{r['samples']:>9}{fmt(r['overall_accuracy']):>10}{fmt(r['head_accuracy']):>8}"
+              f"{fmt(r['tail_accuracy']):>8}{fmt(r['loglinear'].get('pearson_r')):>14}")
+    print(f"training {s['samples_per_s']} samples/s; tables and plots: {s['out']}/")
+    return 0
+
+
+def _demo_web_eval_set(args: argparse.Namespace) -> int:
+    from pipelines.demo_web.evalset import build_eval_set
+
+    s = build_eval_set(args.out, per_concept=args.per_concept, seed=args.seed)
+    print(f"wrote {s['images']} images of {s['concepts']} concepts to {s['out']}/CONCEPT/ (seed {s['seed']})")
+    return 0
+
+
 def _semdedup(args: argparse.Namespace) -> int:
     import json
 
@@ -365,6 +393,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_recaption)
 
+    p = sub.add_parser("evaluate", help="train the same proxy CLIP on each subset; zero-shot accuracy per concept")
+    p.add_argument("run")
+    p.add_argument("--subsets", required=True, help="comma-separated subset names (RUN/subsets/NAME)")
+    p.add_argument("--eval", required=True, help="ImageFolder (LABEL/IMAGE) or Parquet (image, label)")
+    p.add_argument("--config", help="proxy YAML (image_size, width, samples_seen, batch_size, seeds, ...)")
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a proxy field (repeatable)")
+    p.add_argument("--concepts", default="demo", help="concept list for frequencies and the tail (default demo)")
+    p.add_argument("--name", default="default", help="RUN/evaluate/NAME")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_evaluate)
+
     p = sub.add_parser("semdedup", help="SemDeDup over the image embeddings: RUN/dedup/semdedup.parquet")
     p.add_argument("run")
     p.add_argument("--eps", type=float, default=0.05, help="duplicate when cosine to a kept point > 1 - eps")
@@ -390,6 +429,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-size", type=int, default=64)
     p.add_argument("--max-size", type=int, default=1600)
     p.set_defaults(func=_demo_web_build)
+    p = web.add_parser("eval-set", help="a balanced, labelled evaluation set (ImageFolder) from a fresh seed")
+    p.add_argument("out")
+    p.add_argument("--per-concept", type=int, default=10)
+    p.add_argument("--seed", type=int, default=100)
+    p.set_defaults(func=_demo_web_eval_set)
     p = web.add_parser("serve", help="serve a built demo web on 127.0.0.1 and write OUT/urls.parquet")
     p.add_argument("out")
     p.add_argument("--host", default="127.0.0.1")

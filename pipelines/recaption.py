@@ -79,15 +79,22 @@ def _check_engine(options: CaptionOptions) -> str:
 
 
 def _check_model(options: CaptionOptions) -> str:
+    """The model's local path; its config and processor load, and it can be given the prompt (else one line)."""
     from transformers import AutoConfig
 
+    from operators.caption import check_prompt, load_processor
     from pipelines.models import resolve_model
 
     try:
         path = resolve_model(options.model)
         AutoConfig.from_pretrained(path)
+        _, _, takes_text, chat = load_processor(path)
     except Exception as err:
         raise ConfigError(f"captions.model: cannot load {options.model!r}: {err}".splitlines()[0]) from None
+    try:
+        check_prompt(options.prompt_spec(), options.prompt, options.model, takes_text, chat)
+    except ValueError as err:
+        raise ConfigError(f"captions.prompt: {err}") from None
     return path
 
 
@@ -181,17 +188,31 @@ class RescoreStage:
         self.encoder = ConceptTextEncoder(model_path) if model_path else None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        """clip_score of each caption; where a row has several candidates, the best-scoring one becomes its
+        caption (candidates keeps them all, best first)."""
         n = batch.num_rows
         scores = np.full(n, np.nan, dtype=np.float32)
         captions = batch.column("caption").to_pylist()
+        candidates = batch.column("candidates").to_pylist()
         emb = batch.column("image_emb")
         rows = [i for i in range(n) if captions[i] and emb[i].is_valid]
         if self.encoder is not None and rows:
-            text = self.encoder.encode([captions[i] for i in rows])
+            texts = [candidates[i] or [captions[i]] for i in rows]
+            flat = self.encoder.encode([t for options in texts for t in options])
             image = np.asarray([emb[i].as_py() for i in rows], dtype=np.float32)
             image /= np.maximum(np.linalg.norm(image, axis=1, keepdims=True), 1e-12)
-            scores[rows] = np.sum(text * image, axis=1)
+            at = 0
+            for j, i in enumerate(rows):
+                cos = flat[at:at + len(texts[j])] @ image[j]
+                at += len(texts[j])
+                order = np.argsort(-cos, kind="stable")
+                captions[i], scores[i] = texts[j][order[0]], cos[order[0]]
+                if candidates[i]:
+                    candidates[i] = [texts[j][o] for o in order]
         batch = batch.drop_columns(["image_emb"])
+        batch = batch.set_column(batch.schema.get_field_index("caption"), "caption", pa.array(captions, pa.string()))
+        batch = batch.set_column(batch.schema.get_field_index("candidates"), "candidates",
+                                 pa.array(candidates, pa.list_(pa.string())))
         return batch.append_column("clip_score", pa.array(scores, pa.float32(), mask=np.isnan(scores)))
 
 

@@ -30,6 +30,8 @@ from transformers import (
     GPT2Config,
     GPT2LMHeadModel,
     PreTrainedTokenizerFast,
+    SwinConfig,
+    SwinModel,
     VisionEncoderDecoderModel,
 )
 
@@ -42,6 +44,11 @@ log = logging.getLogger(__name__)
 
 OUT = Path(__file__).resolve().parent / "demo-captioner"
 MAX_TOKENS = 16
+SWIN_SIZE = 96
+
+
+def processor_for(kind: str):
+    return image_processor() if kind == "clip" else image_processor(SWIN_SIZE)
 
 
 def target_caption(concepts: list[str]) -> str:
@@ -64,9 +71,19 @@ def sample_image(rng: np.random.Generator) -> tuple[object, list[str]]:
     return image, concepts
 
 
-def build_model(tokenizer: PreTrainedTokenizerFast, clip: Path) -> VisionEncoderDecoderModel:
-    encoder = CLIPVisionModel.from_pretrained(clip)
-    assert isinstance(encoder.config, CLIPVisionConfig)
+def build_encoder(kind: str, clip: Path):
+    """`clip`: the demo CLIP's vision tower (48 px ViT); `swin`: a small Swin at SWIN_SIZE px, from scratch
+    (patches of 4 px merged stage by stage, so the shapes' outlines survive)."""
+    if kind == "clip":
+        encoder = CLIPVisionModel.from_pretrained(clip)
+        assert isinstance(encoder.config, CLIPVisionConfig)
+        return encoder
+    return SwinModel(SwinConfig(image_size=SWIN_SIZE, patch_size=4, embed_dim=32, depths=[2, 2, 2],
+                                num_heads=[2, 4, 8], window_size=6, mlp_ratio=2.0))
+
+
+def build_model(tokenizer: PreTrainedTokenizerFast, clip: Path, encoder_kind: str = "clip") -> VisionEncoderDecoderModel:
+    encoder = build_encoder(encoder_kind, clip)
     decoder = GPT2LMHeadModel(GPT2Config(
         vocab_size=len(tokenizer), n_positions=MAX_TOKENS + 4, n_embd=128, n_layer=2, n_head=4,
         add_cross_attention=True, is_decoder=True,
@@ -91,10 +108,9 @@ def labels_for(tokenizer: PreTrainedTokenizerFast, texts: list[str]) -> torch.Te
 
 
 def concept_accuracy(model: VisionEncoderDecoderModel, tokenizer: PreTrainedTokenizerFast, n: int,
-                     seed: int) -> float:
+                     seed: int, processor) -> float:
     """Share of fresh renders whose generated caption names exactly the image's concepts."""
     rng = np.random.default_rng(seed)
-    processor = image_processor()
     hits = 0
     model.eval()
     with torch.no_grad():
@@ -108,14 +124,14 @@ def concept_accuracy(model: VisionEncoderDecoderModel, tokenizer: PreTrainedToke
 
 
 def train(out: Path, steps: int, batch_size: int, seed: int, threads: int, lr: float, clip: Path,
-          init: Path | None = None) -> dict:
+          init: Path | None = None, encoder: str = "clip") -> dict:
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
     rng = np.random.default_rng(seed)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(clip if init is None else init)
-    model = build_model(tokenizer, clip) if init is None else VisionEncoderDecoderModel.from_pretrained(init)
-    processor = image_processor()
+    model = build_model(tokenizer, clip, encoder) if init is None else VisionEncoderDecoderModel.from_pretrained(init)
+    processor = processor_for(encoder)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     warmup = max(1, steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -136,12 +152,13 @@ def train(out: Path, steps: int, batch_size: int, seed: int, threads: int, lr: f
         losses.append(loss.item())
         if step % 50 == 0 or step == steps - 1:
             log.warning("step %d/%d loss %.3f (%.0f s)", step, steps, np.mean(losses[-50:]), time.time() - started)
-    accuracy = concept_accuracy(model, tokenizer, 1024, seed + 1)
+    accuracy = concept_accuracy(model, tokenizer, 1024, seed + 1, processor)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     processor.save_pretrained(out)
     return {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "init": str(init) if init else None,
+            "encoder": encoder,
             "final_loss": float(np.mean(losses[-50:])), "concept_accuracy_1024_fresh": accuracy,
             "seconds": round(time.time() - started, 1)}
 
@@ -151,6 +168,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--clip", type=Path, default=DEMO_CLIP, help="demo CLIP whose vision tower starts the encoder")
     parser.add_argument("--init", type=Path, help="go on training this saved demo captioner")
+    parser.add_argument("--encoder", choices=["clip", "swin"], default="swin",
+                        help="image encoder: the demo CLIP's 48 px vision tower, or a 96 px Swin from scratch")
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=4321)
@@ -158,7 +177,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine schedule, 5%% warm-up)")
     args = parser.parse_args()
     logging.basicConfig(format="%(asctime)s %(message)s")
-    print(train(args.out, args.steps, args.batch_size, args.seed, args.threads, args.lr, args.clip, args.init))
+    print(train(args.out, args.steps, args.batch_size, args.seed, args.threads, args.lr, args.clip, args.init,
+                args.encoder))
 
 
 if __name__ == "__main__":

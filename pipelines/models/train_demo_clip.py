@@ -90,10 +90,10 @@ def build_model(tokenizer: PreTrainedTokenizerFast) -> CLIPModel:
     return CLIPModel(config)
 
 
-def image_processor() -> CLIPImageProcessor:
+def image_processor(size: int = IMAGE_SIZE) -> CLIPImageProcessor:
     # the whole image squashed to a square, not a centre crop: demo pages have aspect ratios up to 3,
     # and a crop would cut away the very shapes the caption names
-    return CLIPImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, do_center_crop=False)
+    return CLIPImageProcessor(size={"height": size, "width": size}, do_center_crop=False)
 
 
 def train(out: Path, steps: int, batch_size: int, seed: int, threads: int, init: Path | None = None,

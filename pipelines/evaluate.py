@@ -1,0 +1,242 @@
+"""Does the curation help? The same proxy CLIP trained on each subset, zero-shot accuracy per concept.
+
+    evaluate(run, ["raw", "clip", "balanced"], eval_set, ProxyConfig(...), concepts="demo") writes
+    RUN/evaluate/NAME/:
+
+    shards/SUBSET/        the subset materialized as WebDataset tars (what the proxy reads, as a trainer would)
+    per_concept.parquet   subset, concept_id, concept, eval_images, accuracy (mean over seeds), frequency (text
+                          mentions in the subset), pool_frequency, tail (bottom tail_fraction of the pool)
+    runs.parquet          subset, seed, samples, steps, samples_seen, final_loss, train_seconds, samples_per_s,
+                          accuracy, head_accuracy, tail_accuracy
+    summary.json          per subset: samples, overall / head / tail accuracy (mean and spread over seeds),
+                          the log-linear fit of accuracy on ln(frequency) (the audit's analysis); the settings
+    comparison.png, accuracy_vs_frequency.png
+
+Evaluation sets: a folder in ImageFolder layout (LABEL/IMAGE; "_" in a folder name reads as a space) or a
+Parquet with columns image (bytes) and label. Every label must name a concept of the concept list (or one of
+its synonyms): per-concept accuracy is reported beside the concept's frequency. The demo web generator makes
+one (`tailor demo-web eval-set`). Images of any size are squashed to the proxy's input, like training images.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import time
+from datetime import UTC, datetime
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from pipelines.config import ConfigError, subset_folder
+from pipelines.proxy import ProxyConfig
+from pipelines.storage import RunPaths
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+MIN_EVAL_SIDE = 8
+
+
+# ---------------------------------------------------------------- evaluation set
+
+def load_eval_set(path: str, concepts) -> tuple[list[bytes], np.ndarray]:
+    """(image bytes, concept id per image) of an ImageFolder tree or a Parquet of (image, label)."""
+    import fsspec
+    import pyarrow.parquet as pq
+
+    fs, root = fsspec.core.url_to_fs(path)
+    if not fs.exists(root):
+        raise ConfigError(f"--eval: {path} does not exist")
+    if fs.isdir(root):
+        images, labels = [], []
+        for folder in sorted(p for p in fs.ls(root, detail=False) if fs.isdir(p)):
+            label = folder.rstrip("/").rsplit("/", 1)[-1].replace("_", " ")
+            for file in sorted(fs.ls(folder, detail=False)):
+                if file.lower().endswith(IMAGE_SUFFIXES):
+                    with fs.open(file, "rb") as f:
+                        images.append(f.read())
+                    labels.append(label)
+        where = [f"{label}/{i}" for i, label in enumerate(labels)]
+    else:
+        with fs.open(root, "rb") as f:
+            table = pq.read_table(f)
+        missing = {"image", "label"} - set(table.column_names)
+        if missing:
+            raise ConfigError(f"--eval: {path} lacks column(s) {', '.join(sorted(missing))} (needs image, label)")
+        images, labels = table.column("image").to_pylist(), table.column("label").to_pylist()
+        where = [f"row {i}" for i in range(len(images))]
+    if not images:
+        raise ConfigError(f"--eval: {path} holds no images (ImageFolder: LABEL/*.jpg|png|webp; or a Parquet)")
+    ids = _label_ids(labels, concepts, path)
+    for image, at in zip(images, where, strict=True):
+        _check_image(image, at, path)
+    return images, ids
+
+
+def _label_ids(labels: list[str | None], concepts, path: str) -> np.ndarray:
+    lookup = {name.lower(): k for k, name in concepts.variants()}
+    unknown = sorted({str(label) for label in labels if label is None or str(label).strip().lower() not in lookup})
+    if unknown:
+        shown = ", ".join(repr(u) for u in unknown[:5])
+        raise ConfigError(f"--eval: {len(unknown)} labels of {path} are not in the concept list ({shown}"
+                          f"{', ...' if len(unknown) > 5 else ''}); name each class as a concept or a synonym")
+    return np.array([lookup[str(label).strip().lower()] for label in labels], dtype=np.int64)
+
+
+def _check_image(data: bytes | None, at: str, path: str) -> None:
+    try:
+        with Image.open(io.BytesIO(data or b"")) as image:
+            image.load()
+            width, height = image.size
+    except Exception as err:  # noqa: BLE001 - any unreadable evaluation image is a config error
+        raise ConfigError(f"--eval: image {at} of {path} cannot be decoded: {err}") from None
+    if min(width, height) < MIN_EVAL_SIDE:
+        raise ConfigError(f"--eval: image {at} of {path} is {width}x{height}; evaluation images need at least "
+                          f"{MIN_EVAL_SIDE} px a side")
+
+
+# ---------------------------------------------------------------- one proxy (a Ray task)
+
+def train_and_score(shards: list[str], eval_images, eval_ids: np.ndarray, classnames: list[str],
+                    config: ProxyConfig, seed: int) -> dict:
+    from pipelines.proxy import read_shards, train, zero_shot
+
+    _, images, captions = read_shards(shards)
+    model, tokenizer, info = train(images, captions, config, seed)
+    predicted = zero_shot(model, tokenizer, eval_images, classnames, config)
+    correct = np.zeros(len(classnames), dtype=np.int64)
+    np.add.at(correct, eval_ids, predicted == eval_ids)
+    return {**info, "samples": len(images), "correct": correct.tolist()}
+
+
+# ---------------------------------------------------------------- the whole evaluation
+
+def _check_subsets(paths: RunPaths, subsets: list[str]) -> None:
+    import pyarrow.parquet as pq
+
+    from pipelines.materialize import subset_manifest
+
+    if not subsets:
+        raise ConfigError("--subsets: name at least one subset")
+    if len(set(subsets)) != len(subsets):
+        raise ConfigError(f"--subsets: a subset is listed twice ({', '.join(subsets)})")
+    for name in subsets:
+        manifest = subset_manifest(paths, name)
+        with paths.fs.open(manifest, "rb") as f:
+            if pq.read_metadata(f).num_rows == 0:
+                raise ConfigError(f"--subsets: subset {name!r} is empty: nothing to train on")
+
+
+def _frequencies(run: str, subsets: list[str], concepts_name: str) -> tuple[dict, list[dict]]:
+    """Text mentions per concept in each subset, and the pool's counts (its tail flag defines the tail)."""
+    from pipelines.audit import AuditOptions, concept_counts, tag_run
+
+    options = AuditOptions(concepts=concepts_name)
+    name = tag_run(run, options)["name"]
+    pool = concept_counts(run, name, options).to_pylist()
+    per_subset = {s: {r["concept_id"]: r["text_count"] for r in concept_counts(run, name, options, s).to_pylist()}
+                  for s in subsets}
+    return per_subset, pool
+
+
+def evaluate(run: str, subsets: list[str], eval_set: str, config: ProxyConfig | None = None,
+             concepts: str = "demo", name: str = "default", progress: bool = False) -> dict:
+    import ray
+
+    from pipelines.annotate import init_ray
+    from pipelines.concepts import load_concepts
+    from pipelines.materialize import materialize
+
+    started = time.time()
+    config = config or ProxyConfig()
+    run = str(run) if "://" in str(run) else os.path.abspath(run)
+    paths = RunPaths(run)
+    out = paths.join("evaluate", subset_folder(name).split("/", 1)[1])
+    _check_subsets(paths, subsets)
+    concept_list = load_concepts(concepts)
+    eval_images, eval_ids = load_eval_set(eval_set, concept_list)
+    classes = sorted(set(eval_ids.tolist()))
+    classnames = [concept_list.names[k] for k in classes]
+    class_index = {k: i for i, k in enumerate(classes)}
+    eval_class = np.array([class_index[k] for k in eval_ids.tolist()], dtype=np.int64)
+    frequency, pool = _frequencies(run, subsets, concepts)
+    tail = {r["concept_id"] for r in pool if r["tail"]}
+
+    shards = {}
+    for subset in subsets:
+        m = materialize(run, subset, f"{out}/shards/{subset}", samples_per_shard=2000, parquet=False,
+                        overwrite=True, progress=progress, skip_missing=True)  # keys of failed rows: no image
+        shards[subset] = [f"{out}/shards/{subset}/{s['name']}" for s in RunPaths(m["out"]).read_json(
+            RunPaths(m["out"]).join("index.json"))["shards"]]
+
+    init_ray(None)
+    use_gpu = config.device != "cpu" and ray.cluster_resources().get("GPU", 0) >= 1
+    task = ray.remote(train_and_score).options(num_cpus=config.threads, num_gpus=1 if use_gpu else 0)
+    images_ref, ids_ref = ray.put(eval_images), ray.put(eval_class)
+    refs = {(s, seed): task.remote(shards[s], images_ref, ids_ref, classnames, config, seed)
+            for s in subsets for seed in config.seeds}
+    results = {key: ray.get(ref) for key, ref in refs.items()}
+
+    n_eval = np.bincount(eval_class, minlength=len(classes))
+    runs, per_concept, summary_subsets = [], [], {}
+    for subset in subsets:
+        acc_by_seed = []
+        for seed in config.seeds:
+            r = results[(subset, seed)]
+            acc = np.asarray(r["correct"]) / np.maximum(n_eval, 1)
+            acc_by_seed.append(acc)
+            runs.append({"subset": subset, **{k: r[k] for k in ("seed", "samples", "steps", "samples_seen",
+                                                               "final_loss", "train_seconds", "samples_per_s")},
+                         **_accuracies(acc, classes, tail)})
+        mean = np.mean(acc_by_seed, axis=0)
+        for i, k in enumerate(classes):
+            per_concept.append({"subset": subset, "concept_id": k, "concept": concept_list.names[k],
+                                "eval_images": int(n_eval[i]), "accuracy": float(mean[i]),
+                                "frequency": int(frequency[subset].get(k, 0)),
+                                "pool_frequency": int(next(r["text_count"] for r in pool if r["concept_id"] == k)),
+                                "tail": k in tail})
+        seeds = [_accuracies(a, classes, tail) for a in acc_by_seed]
+        summary_subsets[subset] = {"samples": results[(subset, config.seeds[0])]["samples"],
+                                   "loglinear": _loglinear(subset, per_concept)}
+        for part in ("overall", "head", "tail"):
+            values = [s[f"{part}_accuracy"] for s in seeds if s[f"{part}_accuracy"] is not None]
+            summary_subsets[subset][f"{part}_accuracy"] = round(float(np.mean(values)), 4) if values else None
+            summary_subsets[subset][f"{part}_accuracy_std"] = round(float(np.std(values)), 4) if values else None
+    paths.write_parquet(pa.Table.from_pylist(per_concept), f"{out}/per_concept.parquet")
+    paths.write_parquet(pa.Table.from_pylist(runs), f"{out}/runs.parquet")
+    summary = {
+        "run": run, "name": name, "out": out, "eval_set": eval_set, "eval_images": len(eval_images),
+        "eval_classes": len(classes), "concepts": concepts, "tail_concepts_in_eval": len(set(classes) & tail),
+        "proxy": config.model_dump(), "subsets": summary_subsets,
+        "samples_per_s": round(float(np.mean([r["samples_per_s"] for r in runs if r["samples_per_s"]])), 1),
+        "wall_time_s": round(time.time() - started, 2),
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    from pipelines.evaluate_report import write_plots
+
+    summary["plots"] = write_plots(paths, out, summary, per_concept)
+    paths.write_json(summary, f"{out}/summary.json")
+    return summary
+
+
+def _accuracies(acc: np.ndarray, classes: list[int], tail: set[int]) -> dict:
+    is_tail = np.array([k in tail for k in classes])
+    return {"overall_accuracy": float(acc.mean()),
+            "head_accuracy": float(acc[~is_tail].mean()) if (~is_tail).any() else None,
+            "tail_accuracy": float(acc[is_tail].mean()) if is_tail.any() else None}
+
+
+def _loglinear(subset: str, per_concept: list[dict]) -> dict:
+    """The audit's log-linear analysis (12 bins of ln(frequency), Pearson r of bin edges and means)."""
+    from pipelines.audit import log_linear
+
+    rows = [r for r in per_concept if r["subset"] == subset]
+    counts = pa.table({"concept_id": [r["concept_id"] for r in rows], "concept": [r["concept"] for r in rows],
+                       "frequency": [r["frequency"] for r in rows]})
+    accuracy = pa.table({"concept": [r["concept"] for r in rows],
+                         "accuracy": pa.array([r["accuracy"] for r in rows], pa.float64())})
+    _, fit, _ = log_linear(counts, accuracy)
+    return fit

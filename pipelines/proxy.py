@@ -1,0 +1,186 @@
+"""A proxy CLIP trained on a subset's WebDataset shards, and its zero-shot accuracy per concept.
+
+DataComp's premise at the scale of one machine: fix the model, the budget (samples seen, batch size, steps,
+schedule) and the seed; vary only the data. The model is a transformers CLIPModel built from ProxyConfig
+(the demo CLIP's shape by default) with a fixed tokenizer (the demo CLIP's byte-level BPE by default, or any
+Hugging Face tokenizer), trained from scratch with the symmetric contrastive loss on the samples a real
+trainer would read: the subset's materialized tars (KEY.jpg/.png/.webp + KEY.txt), through `webdataset`.
+
+Plain torch in one process per (subset, seed), run as a Ray task by pipelines/evaluate.py: a proxy is small,
+DDP would only add nondeterminism, and independent jobs spread over a cluster's GPUs (or a laptop's cores)
+as tasks. Deterministic on CPU for a given seed and thread count (torch deterministic algorithms, seeded
+sampling); on a GPU node the task gets one GPU and uses it.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import time
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+from PIL import Image
+from pydantic import Field
+
+from operators.options import Options
+
+log = logging.getLogger(__name__)
+
+
+class ProxyConfig(Options):
+    image_size: int = Field(48, ge=16, description="input side in pixels (images are squashed, not cropped)")
+    patch_size: int = Field(8, ge=2)
+    width: int = Field(128, ge=16, description="hidden size of both towers")
+    vision_layers: int = Field(3, ge=1)
+    text_layers: int = Field(3, ge=1)
+    heads: int = Field(4, ge=1)
+    projection_dim: int = Field(128, ge=8)
+    context: int = Field(32, ge=8, description="caption tokens")
+    tokenizer: str = Field("builtin:demo-clip", description="tokenizer to load (builtin:NAME, a path or a hub name)")
+    samples_seen: int = Field(40_000, gt=0, description="training budget, equal for every subset")
+    batch_size: int = Field(128, ge=2)
+    lr: float = Field(2e-3, gt=0, description="peak learning rate (cosine schedule, 5% warm-up)")
+    weight_decay: float = Field(0.05, ge=0)
+    seeds: list[int] = Field([0], min_length=1, description="one training run per seed; accuracies are averaged")
+    threads: int = Field(2, ge=1, description="torch threads (and CPUs a training task reserves)")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    templates: list[str] = Field(["a photo of a {}."], min_length=1, description="zero-shot prompt templates")
+
+    @property
+    def steps(self) -> int:
+        return max(1, self.samples_seen // self.batch_size)
+
+
+def read_shards(urls: Sequence[str]) -> tuple[list[str], list[bytes], list[str]]:
+    """(keys, image bytes, captions) of WebDataset tars, in shard order."""
+    import webdataset as wds
+
+    def raise_on_error(exn):
+        raise exn
+
+    keys, images, captions = [], [], []
+    for sample in wds.WebDataset(list(urls), shardshuffle=False, handler=raise_on_error, empty_check=False):
+        image = next((sample[ext] for ext in ("jpg", "jpeg", "png", "webp") if ext in sample), None)
+        if image is None:
+            raise ValueError(f"sample {sample['__key__']} in {sample.get('__url__')} has no image member")
+        keys.append(sample["__key__"])
+        images.append(image)
+        captions.append(sample.get("txt", b"").decode("utf-8"))
+    return keys, images, captions
+
+
+def pixel_tensor(images: Sequence[bytes | Image.Image], size: int):
+    """Squash to size x size, CLIP normalisation: a float32 (N, 3, size, size) tensor."""
+    import torch
+    from transformers import CLIPImageProcessor
+
+    processor = CLIPImageProcessor(size={"height": size, "width": size}, do_center_crop=False)
+    decoded = [im if isinstance(im, Image.Image) else Image.open(io.BytesIO(im)).convert("RGB") for im in images]
+    out = []
+    for start in range(0, len(decoded), 256):
+        out.append(torch.from_numpy(np.asarray(
+            processor(images=decoded[start:start + 256], return_tensors="np")["pixel_values"], dtype=np.float32)))
+    return torch.cat(out) if out else torch.zeros((0, 3, size, size))
+
+
+def build_model(config: ProxyConfig, tokenizer):
+    from transformers import CLIPConfig, CLIPModel
+
+    clip = CLIPConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=config.width, intermediate_size=4 * config.width,
+                         num_hidden_layers=config.text_layers, num_attention_heads=config.heads,
+                         max_position_embeddings=config.context, pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id),
+        vision_config=dict(image_size=config.image_size, patch_size=config.patch_size, hidden_size=config.width,
+                           intermediate_size=4 * config.width, num_hidden_layers=config.vision_layers,
+                           num_attention_heads=config.heads),
+        projection_dim=config.projection_dim)
+    return CLIPModel(clip)
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    from pipelines.models import resolve_model
+
+    return AutoTokenizer.from_pretrained(resolve_model(name))
+
+
+def _device(config: ProxyConfig) -> str:
+    import torch
+
+    if config.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return config.device
+
+
+def train(images: Sequence[bytes], captions: Sequence[str], config: ProxyConfig, seed: int):
+    """Train a proxy CLIP from scratch on (image, caption) pairs for config.samples_seen samples."""
+    import torch
+
+    torch.manual_seed(seed)
+    torch.set_num_threads(config.threads)
+    torch.use_deterministic_algorithms(True)
+    device = _device(config)
+    tokenizer = load_tokenizer(config.tokenizer)
+    pixels = pixel_tensor(images, config.image_size)
+    tokens = tokenizer(list(captions), padding="max_length", truncation=True, max_length=config.context,
+                       return_tensors="pt")
+    model = build_model(config, tokenizer).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps, warmup = config.steps, max(1, config.steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
+        1 + math.cos(math.pi * min(1.0, s / steps))))
+    rng = np.random.default_rng(seed)
+    n = len(images)
+    batch = min(config.batch_size, n)  # a subset smaller than a batch: every sample, every step
+    order, at = rng.permutation(n), 0
+    model.train()
+    started, losses = time.time(), []
+    for _ in range(steps):
+        if at + batch > n:
+            order, at = rng.permutation(n), 0
+        idx = torch.from_numpy(order[at:at + batch].copy())
+        at += batch
+        out = model(input_ids=tokens["input_ids"][idx].to(device), attention_mask=tokens["attention_mask"][idx].to(device),
+                    pixel_values=pixels[idx].to(device), return_loss=True)
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(out.loss.item())
+    seconds = time.time() - started
+    model.eval()
+    return model, tokenizer, {"steps": steps, "batch_size": batch, "samples_seen": steps * batch, "seed": seed,
+                              "final_loss": float(np.mean(losses[-20:])), "train_seconds": round(seconds, 2),
+                              "samples_per_s": round(steps * batch / seconds, 1) if seconds else None,
+                              "device": device}
+
+
+def zero_shot(model, tokenizer, images: Sequence[bytes], classnames: Sequence[str], config: ProxyConfig) -> np.ndarray:
+    """Predicted class index per image: argmax cosine against the mean embedding of the prompt templates."""
+    import torch
+
+    from operators.embed import _features
+
+    device = next(model.parameters()).device
+    prompts = [t.format(name) for name in classnames for t in config.templates]
+    tokens = tokenizer(prompts, padding="max_length", truncation=True, max_length=config.context,
+                       return_tensors="pt")
+    with torch.inference_mode():
+        text = _features(model.get_text_features(input_ids=tokens["input_ids"].to(device),
+                                                 attention_mask=tokens["attention_mask"].to(device)))
+        text = torch.nn.functional.normalize(text.float(), dim=-1)
+        text = text.reshape(len(classnames), len(config.templates), -1).mean(dim=1)
+        text = torch.nn.functional.normalize(text, dim=-1)
+        predictions = []
+        for start in range(0, len(images), 256):
+            pixels = pixel_tensor(images[start:start + 256], config.image_size).to(device)
+            image = torch.nn.functional.normalize(_features(model.get_image_features(pixel_values=pixels)).float(),
+                                                  dim=-1)
+            predictions.append((image @ text.T).argmax(dim=1).cpu().numpy())
+    return np.concatenate(predictions) if predictions else np.zeros(0, dtype=np.int64)
