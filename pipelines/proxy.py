@@ -40,6 +40,10 @@ class ProxyConfig(Options):
     projection_dim: int = Field(128, ge=8)
     context: int = Field(32, ge=8, description="caption tokens")
     tokenizer: str = Field("builtin:demo-clip", description="tokenizer to load (builtin:NAME, a path or a hub name)")
+    image_tower: str = Field("scratch", description=(
+        "scratch: both towers trained from scratch (DataComp); or a CLIP checkpoint (builtin:demo-clip, a path) "
+        "whose image tower is locked and only a fresh text tower is trained (LiT): minutes instead of hours on "
+        "CPU, and the comparison then measures what the captions teach"))
     samples_seen: int = Field(40_000, gt=0, description="training budget, equal for every subset")
     batch_size: int = Field(128, ge=2)
     lr: float = Field(2e-3, gt=0, description="peak learning rate (cosine schedule, 5% warm-up)")
@@ -117,8 +121,50 @@ def _device(config: ProxyConfig) -> str:
     return config.device
 
 
+def locked_model(config: ProxyConfig):
+    """A CLIP checkpoint with its image tower frozen and a freshly initialised text tower (seeded by the caller)."""
+    from transformers import CLIPModel
+
+    from pipelines.models import resolve_model
+
+    model = CLIPModel.from_pretrained(resolve_model(config.image_tower))
+    fresh = CLIPModel(model.config)
+    model.text_model.load_state_dict(fresh.text_model.state_dict())
+    model.text_projection.load_state_dict(fresh.text_projection.state_dict())
+    model.logit_scale.data.copy_(fresh.logit_scale.data)
+    for p in (*model.vision_model.parameters(), *model.visual_projection.parameters()):
+        p.requires_grad_(False)
+    return model
+
+
+def _image_embeddings(model, pixels, device):
+    import torch
+
+    from operators.embed import _features
+
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(pixels), 256):
+            emb = _features(model.get_image_features(pixel_values=pixels[start:start + 256].to(device)))
+            out.append(torch.nn.functional.normalize(emb.float(), dim=-1))
+    return torch.cat(out).clone()
+
+
+def _contrastive_loss(model, image_emb, input_ids, attention_mask):
+    """CLIP's symmetric loss with precomputed (locked) image embeddings."""
+    import torch
+
+    from operators.embed import _features
+
+    text = torch.nn.functional.normalize(_features(model.get_text_features(
+        input_ids=input_ids, attention_mask=attention_mask)).float(), dim=-1)
+    logits = model.logit_scale.exp() * image_emb @ text.T
+    target = torch.arange(len(text), device=text.device)
+    return (torch.nn.functional.cross_entropy(logits, target) + torch.nn.functional.cross_entropy(logits.T, target)) / 2
+
+
 def train(images: Sequence[bytes], captions: Sequence[str], config: ProxyConfig, seed: int):
-    """Train a proxy CLIP from scratch on (image, caption) pairs for config.samples_seen samples."""
+    """Train a proxy CLIP on (image, caption) pairs for config.samples_seen samples."""
     import torch
 
     torch.manual_seed(seed)
@@ -126,11 +172,15 @@ def train(images: Sequence[bytes], captions: Sequence[str], config: ProxyConfig,
     torch.use_deterministic_algorithms(True)
     device = _device(config)
     tokenizer = load_tokenizer(config.tokenizer)
-    pixels = pixel_tensor(images, config.image_size)
+    locked = config.image_tower != "scratch"
+    model = (locked_model(config) if locked else build_model(config, tokenizer)).to(device)
+    size = model.config.vision_config.image_size
+    pixels = pixel_tensor(images, size)
+    image_emb = _image_embeddings(model, pixels, device) if locked else None
     tokens = tokenizer(list(captions), padding="max_length", truncation=True, max_length=config.context,
                        return_tensors="pt")
-    model = build_model(config, tokenizer).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
+                                  weight_decay=config.weight_decay)
     steps, warmup = config.steps, max(1, config.steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
         1 + math.cos(math.pi * min(1.0, s / steps))))
@@ -145,14 +195,17 @@ def train(images: Sequence[bytes], captions: Sequence[str], config: ProxyConfig,
             order, at = rng.permutation(n), 0
         idx = torch.from_numpy(order[at:at + batch].copy())
         at += batch
-        out = model(input_ids=tokens["input_ids"][idx].to(device), attention_mask=tokens["attention_mask"][idx].to(device),
-                    pixel_values=pixels[idx].to(device), return_loss=True)
+        ids, mask = tokens["input_ids"][idx].to(device), tokens["attention_mask"][idx].to(device)
+        if locked:
+            loss = _contrastive_loss(model, image_emb[idx.to(device)], ids, mask)
+        else:
+            loss = model(input_ids=ids, attention_mask=mask, pixel_values=pixels[idx].to(device), return_loss=True).loss
         optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
-        losses.append(out.loss.item())
+        losses.append(loss.item())
     seconds = time.time() - started
     model.eval()
     return model, tokenizer, {"steps": steps, "batch_size": batch, "samples_seen": steps * batch, "seed": seed,
@@ -178,8 +231,9 @@ def zero_shot(model, tokenizer, images: Sequence[bytes], classnames: Sequence[st
         text = text.reshape(len(classnames), len(config.templates), -1).mean(dim=1)
         text = torch.nn.functional.normalize(text, dim=-1)
         predictions = []
+        size = model.config.vision_config.image_size
         for start in range(0, len(images), 256):
-            pixels = pixel_tensor(images[start:start + 256], config.image_size).to(device)
+            pixels = pixel_tensor(images[start:start + 256], size).to(device)
             image = torch.nn.functional.normalize(_features(model.get_image_features(pixel_values=pixels)).float(),
                                                   dim=-1)
             predictions.append((image @ text.T).argmax(dim=1).cpu().numpy())

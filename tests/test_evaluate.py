@@ -79,3 +79,47 @@ def test_bad_inputs_give_one_line_errors(pool, tmp_path):
                           "--eval", str(eval_set), "--set", "samples_seen=0"], capture_output=True, text=True,
                          timeout=120)
     assert bad.returncode == 2 and "samples_seen" in bad.stderr and "Traceback" not in bad.stderr
+
+
+LIT = ProxyConfig(image_tower="builtin:demo-clip", samples_seen=8000, seeds=[0, 1, 2])
+
+
+@pytest.fixture(scope="module")
+def directions(pool):
+    """Same proxy (locked demo-CLIP image tower, fresh text tower) and budget, only the data differs:
+    the raw pool, its CLIP-filtered subset, a MetaCLIP-balanced subset of that, and a random subset of the
+    CLIP-filtered one of the same size. Three seeds each; the margins are printed."""
+    import numpy as np
+
+    from operators.match import MatchOptions
+    from pipelines.match import match_run
+    from pipelines.select import parse_recipe, select
+
+    run, eval_set = pool
+    clip_step = {"step": "clip_score", "min_score": 0.3}
+    select(str(run), parse_recipe({"steps": [clip_step]}), "eval-clip", overwrite=True)
+    match_run(str(run), MatchOptions(metadata=str(Path("pipelines/concepts/demo.txt").resolve())), progress=False)
+    select(str(run), parse_recipe({"steps": [clip_step, {"step": "metaclip_balance", "t": 4, "seed": 0}]}),
+           "eval-balanced", overwrite=True)
+    balanced = pq.read_table(run / "subsets" / "eval-balanced" / "manifest.parquet").column("key").to_pylist()
+    clip = pq.read_table(run / "subsets" / "eval-clip" / "manifest.parquet").column("key").to_pylist()
+    rng = np.random.default_rng(0)
+    write_manifest(run, "eval-random", sorted(rng.choice(clip, size=len(balanced), replace=False).tolist()))
+    s = evaluate(str(run), ["eval-raw", "eval-clip", "eval-balanced", "eval-random"], str(eval_set), LIT,
+                 name="directions")["subsets"]
+    for name, r in s.items():
+        print(f"{name:<14} samples {r['samples']:>4}  overall {r['overall_accuracy']:.3f} ± "
+              f"{r['overall_accuracy_std']:.3f}  tail {r['tail_accuracy']:.3f} ± {r['tail_accuracy_std']:.3f}")
+    return s
+
+
+def test_a_clip_filtered_subset_beats_the_raw_pool_at_equal_samples_seen(directions):
+    """The mismatched pairs of the raw pool teach wrong names."""
+    assert directions["eval-clip"]["overall_accuracy"] > directions["eval-raw"]["overall_accuracy"]
+
+
+@pytest.mark.xfail(strict=True, reason="the 400-page test web holds almost no tail examples: tail accuracy is 0 for "
+                   "both subsets. On the 1,000-page demo web (t=8, 20k samples, 3 seeds) balanced beats random on "
+                   "the tail, 0.053 vs 0.023 (closing note of issue 9)")
+def test_a_balanced_subset_beats_a_random_one_of_the_same_size_on_the_tail(directions):
+    assert directions["eval-balanced"]["tail_accuracy"] > directions["eval-random"]["tail_accuracy"]

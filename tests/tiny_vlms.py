@@ -46,15 +46,21 @@ def build_llava(out: Path) -> Path:
     """LlavaForConditionalGeneration (a chat model: CLIP vision tower, projector, Llama decoder), 32 px, random."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import (CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor,
-                              PreTrainedTokenizerFast)
+    from transformers import (
+        CLIPImageProcessor,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        PreTrainedTokenizerFast,
+    )
 
     vocab = _vocab(["<pad>", "<unk>", "<s>", "</s>", "<image>", "USER", "ASSISTANT"])
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
                                                      pre_tokenizers.Punctuation()])
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>",
-                                        bos_token="<s>", eos_token="</s>", extra_special_tokens={"image_token": "<image>"})
+                                        bos_token="<s>", eos_token="</s>",
+                                        extra_special_tokens={"image_token": "<image>"})
     torch.manual_seed(0)
     config = LlavaConfig(
         vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -66,6 +72,7 @@ def build_llava(out: Path) -> Path:
         image_token_index=vocab["<image>"], vision_feature_select_strategy="default", vision_feature_layer=-1)
     LlavaForConditionalGeneration(config).save_pretrained(out)
     LlavaProcessor(image_processor=CLIPImageProcessor(size={"height": 32, "width": 32}, do_center_crop=False),
-                   tokenizer=tokenizer, patch_size=8, vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                   tokenizer=tokenizer, patch_size=8, vision_feature_select_strategy="default",
+                   num_additional_image_tokens=1,
                    chat_template=CHAT_TEMPLATE).save_pretrained(out)
     return out

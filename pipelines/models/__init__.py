@@ -8,7 +8,7 @@ BUILTIN = {name: Path(__file__).resolve().parent / name for name in ("demo-clip"
 
 
 def resolve_model(name: str) -> str:
-    """`builtin:demo-clip` (or demo-captioner) -> its folder; anything else (a Hugging Face name or a path) unchanged."""
+    """`builtin:demo-clip` (or demo-captioner) -> its folder; a Hugging Face name or a path: unchanged."""
     if name.startswith("builtin:"):
         key = name.split(":", 1)[1]
         if key not in BUILTIN:

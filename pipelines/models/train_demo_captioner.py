@@ -11,6 +11,12 @@ byte-level tokenizer) and is fine-tuned with the decoder on clean target caption
 or "a dog and a red ..." for two-concept images, concepts in the world's popularity order. Pairs are
 drawn fresh from the renderer with concepts sampled uniformly, so tail concepts are learnt too.
 Deterministic (fixed seeds, threads, deterministic torch algorithms), CPU-only.
+
+The committed weights are the defaults: `--encoder clip --steps 2000 --batch-size 128 --lr 1e-3 --seed 4321`
+(13 min on 2 cores). On 1,024 fresh renders the caption names exactly the image's concepts for 22.5%:
+the colour is always right, the shape about half the time (the 48 px input is the limit, as for the demo
+CLIP). Tried and not kept: a 96 px Swin from scratch (`--encoder swin`, 1,500 steps) reached 11.4%;
+500 more steps on the committed weights at lr 5e-4 did not lower the loss.
 """
 
 from __future__ import annotations
@@ -82,7 +88,8 @@ def build_encoder(kind: str, clip: Path):
                                 num_heads=[2, 4, 8], window_size=6, mlp_ratio=2.0))
 
 
-def build_model(tokenizer: PreTrainedTokenizerFast, clip: Path, encoder_kind: str = "clip") -> VisionEncoderDecoderModel:
+def build_model(tokenizer: PreTrainedTokenizerFast, clip: Path,
+                encoder_kind: str = "clip") -> VisionEncoderDecoderModel:
     encoder = build_encoder(encoder_kind, clip)
     decoder = GPT2LMHeadModel(GPT2Config(
         vocab_size=len(tokenizer), n_positions=MAX_TOKENS + 4, n_embd=128, n_layer=2, n_head=4,
@@ -168,9 +175,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--clip", type=Path, default=DEMO_CLIP, help="demo CLIP whose vision tower starts the encoder")
     parser.add_argument("--init", type=Path, help="go on training this saved demo captioner")
-    parser.add_argument("--encoder", choices=["clip", "swin"], default="swin",
+    parser.add_argument("--encoder", choices=["clip", "swin"], default="clip",
                         help="image encoder: the demo CLIP's 48 px vision tower, or a 96 px Swin from scratch")
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=4321)
     parser.add_argument("--threads", type=int, default=2)

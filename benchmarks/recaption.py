@@ -1,0 +1,85 @@
+"""Captions/s of a captioning model on this machine: tailor's batched Captioner vs. transformers' pipeline.
+
+    python benchmarks/recaption.py                       # the demo captioner, 256 fresh demo renders
+    python benchmarks/recaption.py --model PATH --n 64   # any image-to-text checkpoint
+
+The peer is what one writes without tailor: `transformers.pipeline("image-to-text", model=...)` called on
+the same images (its own batching, `batch_size` the same). Both produce greedy captions of the same model
+(the number that agree is reported). Torch threads are fixed for both. Results: stdout (JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def renders(n: int, seed: int) -> list[bytes]:
+    from pipelines.demo_web import world
+    from pipelines.demo_web.render import flatten, render_image
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        concept = world.CONCEPTS[int(rng.integers(len(world.CONCEPTS)))]
+        short = int(rng.integers(64, 256))
+        ratio = float(np.exp(rng.uniform(-math.log(2), math.log(2))))
+        size = (int(short * ratio), short) if ratio >= 1 else (short, int(short / ratio))
+        buffer = io.BytesIO()
+        flatten(render_image([concept], *size, rng)).save(buffer, "JPEG", quality=90)
+        out.append(buffer.getvalue())
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default="builtin:demo-captioner")
+    parser.add_argument("--n", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+
+    import torch
+    from PIL import Image
+    from transformers import pipeline
+
+    from operators.caption import Captioner, CaptionOptions
+    from pipelines.models import resolve_model
+
+    torch.set_num_threads(args.threads)
+    path = resolve_model(args.model)
+    images = renders(args.n, seed=7)
+    batch = pa.table({"key": [str(i) for i in range(args.n)], "image": images, "caption": ["x"] * args.n})
+
+    captioner = Captioner(path, CaptionOptions(model=args.model, batch_size=args.batch_size))
+    captioner(batch.slice(0, 4))  # warm-up
+    started = time.perf_counter()
+    ours = captioner(batch).column("caption").to_pylist()
+    ours_s = time.perf_counter() - started
+
+    peer = pipeline("image-to-text", model=path, device="cpu")
+    pil = [Image.open(io.BytesIO(b)).convert("RGB") for b in images]
+    peer(pil[:4], batch_size=4)
+    started = time.perf_counter()
+    theirs = [r[0]["generated_text"].strip() for r in peer(pil, batch_size=args.batch_size,
+                                                            generate_kwargs={"num_beams": 1, "do_sample": False})]
+    peer_s = time.perf_counter() - started
+    agree = sum(a == " ".join(b.split()) for a, b in zip(ours, theirs, strict=True))
+    print(json.dumps({"model": args.model, "images": args.n, "batch_size": args.batch_size, "threads": args.threads,
+                      "tailor_captions_per_s": round(args.n / ours_s, 1),
+                      "pipeline_captions_per_s": round(args.n / peer_s, 1),
+                      "ratio": round(peer_s / ours_s, 2), "same_caption": agree}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
