@@ -121,7 +121,7 @@ class ShardTagger:
         return pa.table({"shard": pa.array(shards, pa.string()), "rows": pa.array(rows, pa.int64())})
 
 
-def _run_model(paths: RunPaths) -> str | None:
+def run_embed_model(paths: RunPaths) -> str | None:
     """The embed model of the run (RUN/config.yaml's embed.model), or None without embeddings."""
     import yaml
 
@@ -153,7 +153,7 @@ def tag_run(run: str, options: AuditOptions, progress: bool = False) -> dict:
     concepts = load_concepts(options.concepts)
     name = concept_list_name(options.concepts)
     out = audit_dir(paths, name)
-    model = _run_model(paths)
+    model = run_embed_model(paths)
     settings = {
         "concepts": options.concepts, "concepts_id": concepts.id, "n_concepts": len(concepts),
         "lang": options.lang, "nested": options.nested, "model": model, "tagger": options.tagger,

@@ -164,6 +164,7 @@ def evaluate(run: str, subsets: list[str], eval_set: str, config: ProxyConfig | 
     eval_class = np.array([class_index[k] for k in eval_ids.tolist()], dtype=np.int64)
     frequency, pool = _frequencies(run, subsets, concepts)
     tail = {r["concept_id"] for r in pool if r["tail"]}
+    pool_frequency = {r["concept_id"]: r["text_count"] for r in pool}
 
     shards = {}
     for subset in subsets:
@@ -196,7 +197,7 @@ def evaluate(run: str, subsets: list[str], eval_set: str, config: ProxyConfig | 
             per_concept.append({"subset": subset, "concept_id": k, "concept": concept_list.names[k],
                                 "eval_images": int(n_eval[i]), "accuracy": float(mean[i]),
                                 "frequency": int(frequency[subset].get(k, 0)),
-                                "pool_frequency": int(next(r["text_count"] for r in pool if r["concept_id"] == k)),
+                                "pool_frequency": int(pool_frequency.get(k, 0)),
                                 "tail": k in tail})
         seeds = [_accuracies(a, classes, tail) for a in acc_by_seed]
         summary_subsets[subset] = {"samples": results[(subset, config.seeds[0])]["samples"],

@@ -282,7 +282,7 @@ def _parts(con, paths: RunPaths, name: str) -> None:
 def concept_audit(run: str, name: str, concepts_name: str, clip_path: str | None) -> tuple[pa.Table, dict]:
     """Per concept: mentions in the original and new captions of the recaptioned rows, and image tags."""
     from operators.concepts import ConceptMatcher, ImageConceptTagger, make_tagger
-    from pipelines.audit import AuditOptions, concept_embeddings
+    from pipelines.audit import AuditOptions, concept_embeddings, run_embed_model
     from pipelines.concepts import load_concepts
     from pipelines.duck import connect, run_sql, to_arrow
 
@@ -304,7 +304,7 @@ def concept_audit(run: str, name: str, concepts_name: str, clip_path: str | None
             columns=["key", "image_emb"], filter=pc.field("key").isin(keys))
         emb = emb.take(pc.index_in(keys, value_set=emb.column("key")))
         options = AuditOptions(concepts=concepts_name)
-        model = _run_model_name(paths)
+        model = run_embed_model(paths)
         tagger = ImageConceptTagger(concept_embeddings(concepts, model, options),
                                     make_tagger(options.tagger, options.threshold_for(model), options.temperature))
         image = tagger(pa.table({"image_emb": emb.column("image_emb")})).column("image_concepts")
@@ -318,18 +318,13 @@ def concept_audit(run: str, name: str, concepts_name: str, clip_path: str | None
     return table, run_sql(con, "recaption_concepts_summary").to_pylist()[0]
 
 
-def _run_model_name(paths: RunPaths) -> str | None:
-    from pipelines.audit import _run_model
-
-    return _run_model(paths)
-
-
 # ---------------------------------------------------------------- the whole call
 
 def recaption(run: str, subset: str, config: RecaptionConfig | None = None, name: str | None = None,
               progress: bool = False) -> dict:
     """Caption the subset's pending keys, rescore, audit; return (and write) the summary."""
     from pipelines.annotate import init_ray
+    from pipelines.audit import run_embed_model
     from pipelines.duck import connect, run_sql
     from pipelines.models import resolve_model
 
@@ -352,7 +347,7 @@ def recaption(run: str, subset: str, config: RecaptionConfig | None = None, name
             raise ConfigError(f"captions set {name!r} was made with other settings ({', '.join(changed)} differ); "
                               "pick another --name, or delete the folder to start over")
     pending, facts = plan(paths, subset, name)
-    clip_model = _run_model_name(paths)
+    clip_model = run_embed_model(paths)
     clip_path = resolve_model(clip_model) if clip_model else None
     if config.rescore and clip_path is None:
         log.warning("run %s has no embeddings: new captions are not CLIP-scored", run)
