@@ -48,6 +48,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from network_guard import install_network_guard
+
+    refused = install_network_guard(Path(__file__).resolve().parent / ".work" / "recaption")
 
     import torch
     from PIL import Image
@@ -79,6 +83,8 @@ def main() -> None:
                       "tailor_captions_per_s": round(args.n / ours_s, 1),
                       "pipeline_captions_per_s": round(args.n / peer_s, 1),
                       "ratio": round(peer_s / ours_s, 2), "same_caption": agree}, indent=2))
+    if refused.read_text().strip():
+        raise SystemExit(f"connections outside the machine were attempted: {refused.read_text()}")
 
 
 if __name__ == "__main__":
