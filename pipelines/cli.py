@@ -226,7 +226,8 @@ def _recaption(args: argparse.Namespace) -> int:
         c = s["concepts"]
         print(f"concepts ({c['list']}): named {c['concepts_named_before']} -> {c['concepts_named_after']}; "
               f"mentions the image confirms {c['matched_before']} -> {c['matched_after']}; "
-              f"L1 distance of caption counts to image tags {c['l1_to_image_before']} -> {c['l1_to_image_after']}")
+              f"L1 distance of caption counts to image tags {c['l1_to_image_before']} -> {c['l1_to_image_after']}; "
+              f"tail concepts named {c['tail_concepts_named_before']} -> {c['tail_concepts_named_after']}")
     if s["not_in_run"]:
         print(f"warning: {s['not_in_run']} keys of the subset are not in the run and were not captioned")
     print(f"captions: {s['out']}/parts/  summary: {s['out']}/_summary.json")

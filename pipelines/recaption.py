@@ -279,40 +279,29 @@ def _parts(con, paths: RunPaths, name: str) -> None:
     scan(con, paths, paths.list(f"{captions_folder(name)}/parts", ".parquet")).create_view("captions")
 
 
-def concept_audit(run: str, name: str, concepts_name: str, clip_path: str | None) -> tuple[pa.Table, dict]:
-    """Per concept: mentions in the original and new captions of the recaptioned rows, and image tags."""
-    from operators.concepts import ConceptMatcher, ImageConceptTagger, make_tagger
-    from pipelines.audit import AuditOptions, concept_embeddings, run_embed_model
+def concept_audit(run: str, name: str, concepts_name: str) -> tuple[pa.Table, dict]:
+    """Per concept over the recaptioned rows: mentions in the original captions and in the new ones, image
+    tags, and the pool's tail flag. The run's audit (`tailor audit`, tags reused while its settings hold)
+    gives the original captions' concepts, the image tags and the tail; only the new captions are matched here,
+    by the same ConceptMatcher rule."""
+    from operators.concepts import IDS, ConceptMatcher
+    from pipelines.audit import AuditOptions, audit_dir, concept_counts, tag_run
     from pipelines.concepts import load_concepts
-    from pipelines.duck import connect, run_sql, to_arrow
+    from pipelines.duck import connect, run_sql, scan, to_arrow
 
     paths = RunPaths(run)
+    options = AuditOptions(concepts=concepts_name)
+    audit = tag_run(run, options)["name"]
     con = connect()
     _parts(con, paths, name)
-    rows = to_arrow(con.sql("SELECT key, original_caption, caption, status FROM captions WHERE status = 'ok' "
-                            "ORDER BY key"))
-    concepts = load_concepts(concepts_name)
-    matcher = ConceptMatcher(concepts)
-    before = [matcher.match(t)[0] for t in rows.column("original_caption").to_pylist()]
-    after = [matcher.match(t)[0] for t in rows.column("caption").to_pylist()]
-    image = pa.nulls(rows.num_rows, pa.list_(pa.int32()))
-    if clip_path is not None:
-        keys = rows.column("key")
-        emb_files = paths.list("embeddings", ".parquet")
-        fs = None if paths.is_local else paths.fs
-        emb = pads.dataset(emb_files, format="parquet", filesystem=fs).to_table(
-            columns=["key", "image_emb"], filter=pc.field("key").isin(keys))
-        emb = emb.take(pc.index_in(keys, value_set=emb.column("key")))
-        options = AuditOptions(concepts=concepts_name)
-        model = run_embed_model(paths)
-        tagger = ImageConceptTagger(concept_embeddings(concepts, model, options),
-                                    make_tagger(options.tagger, options.threshold_for(model), options.temperature))
-        image = tagger(pa.table({"image_emb": emb.column("image_emb")})).column("image_concepts")
-    ids = pa.list_(pa.int32())
-    con.register("tags", pa.table({"key": rows.column("key"), "before": pa.array(before, ids),
-                                   "after": pa.array(after, ids), "image": image}))
-    con.register("concepts", pa.table({"concept_id": pa.array(range(len(concepts)), pa.int32()),
-                                       "concept": pa.array(concepts.names, pa.string())}))
+    scan(con, paths, paths.list(f"audit/{audit}/tags", ".parquet")).create_view("audit_tags")
+    rows = to_arrow(con.sql("SELECT c.key, c.caption, t.text_concepts AS before, t.image_concepts AS image "
+                            "FROM captions AS c JOIN audit_tags AS t USING (key) WHERE c.status = 'ok' ORDER BY key"))
+    matcher = ConceptMatcher(load_concepts(concepts_name), options.lang, options.nested)
+    after = pa.array([matcher.match(t)[0] for t in rows.column("caption").to_pylist()], IDS)
+    con.register("tags", rows.drop_columns(["caption"]).append_column("after", after))
+    scan(con, paths, [f"{audit_dir(paths, audit)}/concepts.parquet"]).create_view("concepts")
+    con.register("pool", concept_counts(run, audit, options).select(["concept_id", "tail"]))
     table = run_sql(con, "recaption_concepts")
     con.register("per_concept", table)
     return table, run_sql(con, "recaption_concepts_summary").to_pylist()[0]
@@ -369,7 +358,7 @@ def recaption(run: str, subset: str, config: RecaptionConfig | None = None, name
     summary["statuses"] = {r["status"]: r["n"] for r in run_sql(con, "recaption_statuses").to_pylist()}
     summary["scores"] = run_sql(con, "recaption_scores").to_pylist()[0]
     if config.concepts:
-        table, audit = concept_audit(run, name, config.concepts, clip_path)
+        table, audit = concept_audit(run, name, config.concepts)
         paths.write_parquet(table, f"{out}/concepts.parquet")
         summary["concepts"] = {"list": config.concepts, **audit}
     summary["seconds"] = round(time.time() - started, 2)

@@ -96,6 +96,7 @@ def test_recaptioned_text_concept_counts_move_toward_the_image_truth(demo, misma
     assert right["after"] >= right["before"] + 0.1 * len(table)
     audit = json.loads((run / "captions" / "mismatched.demo" / "_summary.json").read_text())["concepts"]
     assert audit["matched_after"] > audit["matched_before"]  # against the run's own image tags, too
+    assert audit["tail_concepts_named_after"] >= audit["tail_concepts_named_before"]
     assert pq.read_table(run / "captions" / "mismatched.demo" / "concepts.parquet").num_rows == 136
 
 
