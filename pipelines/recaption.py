@@ -65,17 +65,17 @@ def captions_folder(name: str) -> str:
     return "captions/" + subset_folder(name).split("/", 1)[1]
 
 
-def _settings(config: RecaptionConfig, subset: str, model_path: str) -> dict:
+def _settings(config: RecaptionConfig, subset: str) -> dict:
+    """What makes a caption set's rows what they are; a rerun into the set must match it."""
     opts = config.captions
-    return {"subset": subset, "model": opts.model, "model_path": model_path, "prompt_id": opts.prompt_id,
+    return {"subset": subset, "model": opts.model, "prompt_id": opts.prompt_id,
             "prompt": opts.prompt_spec().model_dump(), "generation": opts.generation.model_dump(),
             "engine": opts.engine}
 
 
-def _check_engine(options: CaptionOptions) -> str:
+def _check_engine(options: CaptionOptions) -> None:
     if options.engine == "vllm":
         raise ConfigError("captions.engine: vllm is not wired in yet; use transformers (see README, recaption)")
-    return "transformers"
 
 
 def _check_model(options: CaptionOptions) -> str:
@@ -327,7 +327,7 @@ def recaption(run: str, subset: str, config: RecaptionConfig | None = None, name
     out = paths.join(captions_folder(name))
     _check_engine(config.captions)
     model_path = _check_model(config.captions)
-    settings = _settings(config, subset, config.captions.model)
+    settings = _settings(config, subset)
     info = f"{out}/_settings.json"
     if paths.exists(info):
         previous = paths.read_json(info)
