@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 import time
 from collections.abc import Sequence
 from typing import Literal
@@ -26,6 +25,7 @@ from PIL import Image
 from pydantic import Field
 
 from operators.options import Options
+from pipelines.models.training import clipped_step, cosine_with_warmup
 
 log = logging.getLogger(__name__)
 
@@ -181,9 +181,8 @@ def train(images: Sequence[bytes], captions: Sequence[str], config: ProxyConfig,
                        return_tensors="pt")
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
                                   weight_decay=config.weight_decay)
-    steps, warmup = config.steps, max(1, config.steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
-        1 + math.cos(math.pi * min(1.0, s / steps))))
+    steps = config.steps
+    schedule = cosine_with_warmup(optimizer, steps)
     rng = np.random.default_rng(seed)
     n = len(images)
     batch = min(config.batch_size, n)  # a subset smaller than a batch: every sample, every step
@@ -200,12 +199,7 @@ def train(images: Sequence[bytes], captions: Sequence[str], config: ProxyConfig,
             loss = _contrastive_loss(model, image_emb[idx.to(device)], ids, mask)
         else:
             loss = model(input_ids=ids, attention_mask=mask, pixel_values=pixels[idx].to(device), return_loss=True).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
+        losses.append(clipped_step(model, optimizer, schedule, loss))
     seconds = time.time() - started
     model.eval()
     return model, tokenizer, {"steps": steps, "batch_size": batch, "samples_seen": steps * batch, "seed": seed,

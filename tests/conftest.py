@@ -112,3 +112,22 @@ def demo_config(urls: str | Path, output: str | Path, *overrides: str):
     from pipelines.config import load_config
 
     return load_config(DEMO_CONFIG, [f"input.path={urls}", f"output={output}", *overrides])
+
+
+def write_manifest(run: Path, name: str, keys: list[str]) -> None:
+    """A hand-made subset: RUN/subsets/NAME/manifest.parquet listing `keys`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = run / "subsets" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"key": pa.array(keys, pa.string())}), folder / "manifest.parquet")
+
+
+def run_with_truth(demo_run) -> tuple[Path, list[dict], dict]:
+    """(run folder, its annotation rows, the demo web's ground truth by demo_id) of the session's demo run."""
+    import pyarrow.parquet as pq
+
+    _, run, web = demo_run
+    truth = {r["demo_id"]: r for r in pq.read_table(web / "truth.parquet").to_pylist()}
+    return run, pq.read_table(run / "annotations").to_pylist(), truth

@@ -10,6 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import demo_config, served_demo_web, write_manifest
 from PIL import Image
 
 from pipelines.config import ConfigError
@@ -20,12 +21,6 @@ from pipelines.proxy import ProxyConfig
 pytestmark = pytest.mark.slow
 
 SMALL = ProxyConfig(samples_seen=512, batch_size=64, seeds=[0])
-
-
-def write_manifest(run: Path, name: str, keys: list[str]) -> None:
-    folder = run / "subsets" / name
-    folder.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table({"key": pa.array(keys, pa.string())}), folder / "manifest.parquet")
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +105,6 @@ def thousand_pages(ray_local, tmp_path_factory):
     """The 1,000-page demo web (seed 0, what `make demo` builds), annotated with CLIP and matched against the
     demo concepts. The session's 400-page web is too small for the tail: its bottom 20% of concepts never
     appear in a caption, so no subset can teach them."""
-    from conftest import demo_config, served_demo_web
-
     from operators.match import MatchOptions
     from pipelines.annotate import annotate
     from pipelines.match import match_run

@@ -9,20 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from conftest import write_manifest
 
 from pipelines.materialize import MaterializeError, materialize
 
 PER_SHARD = 40
-
-
-def write_manifest(run: Path, name: str, keys: list[str]) -> None:
-    folder = run / "subsets" / name
-    folder.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table({"key": pa.array(keys, pa.string())}), folder / "manifest.parquet")
 
 
 def stored(run: Path) -> tuple[dict, dict]:

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import tiny_vlms
+from conftest import run_with_truth, write_manifest
 from PIL import Image
 
 from operators.caption import Captioner, CaptionOptions, mix_captions
@@ -29,22 +30,13 @@ from pipelines.recaption import RecaptionConfig, recaption
 pytestmark = pytest.mark.slow
 
 
-def write_manifest(run: Path, name: str, keys: list[str]) -> None:
-    folder = run / "subsets" / name
-    folder.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table({"key": pa.array(keys, pa.string())}), folder / "manifest.parquet")
-
-
 def parts(run: Path, name: str) -> pa.Table:
     return pq.read_table(run / "captions" / name / "parts")
 
 
 @pytest.fixture(scope="module")
 def demo(demo_run):
-    _, run, web = demo_run
-    truth = {r["demo_id"]: r for r in pq.read_table(web / "truth.parquet").to_pylist()}
-    rows = pq.read_table(run / "annotations").to_pylist()
-    return run, rows, truth
+    return run_with_truth(demo_run)
 
 
 @pytest.fixture(scope="module")

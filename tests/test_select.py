@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from conftest import run_with_truth
 
 from pipelines.config import ConfigError
 from pipelines.select import RECIPES, load_recipe, near_masks, parse_recipe, select
@@ -39,10 +40,7 @@ def fake_run(folder, **columns) -> str:
 
 @pytest.fixture(scope="module")
 def truth_rows(demo_run):
-    _, run, web = demo_run
-    truth = {r["demo_id"]: r for r in pq.read_table(web / "truth.parquet").to_pylist()}
-    rows = pq.read_table(run / "annotations").to_pylist()
-    return run, rows, truth
+    return run_with_truth(demo_run)
 
 
 @pytest.mark.slow

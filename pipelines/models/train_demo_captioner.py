@@ -45,6 +45,7 @@ from pipelines.demo_web import world
 from pipelines.demo_web.render import flatten, render_image
 from pipelines.models.train_demo_clip import OUT as DEMO_CLIP
 from pipelines.models.train_demo_clip import image_processor
+from pipelines.models.training import clipped_step, cosine_with_warmup
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +141,7 @@ def train(out: Path, steps: int, batch_size: int, seed: int, threads: int, lr: f
     model = build_model(tokenizer, clip, encoder) if init is None else VisionEncoderDecoderModel.from_pretrained(init)
     processor = processor_for(encoder)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
-    warmup = max(1, steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+    schedule = cosine_with_warmup(optimizer, steps)
     model.train()
     started = time.time()
     losses = []
@@ -150,13 +149,7 @@ def train(out: Path, steps: int, batch_size: int, seed: int, threads: int, lr: f
         images, concepts = zip(*(sample_image(rng) for _ in range(batch_size)), strict=True)
         pixels = processor(images=list(images), return_tensors="pt")["pixel_values"]
         labels = labels_for(tokenizer, [target_caption(list(c)) for c in concepts])
-        loss = model(pixel_values=pixels, labels=labels).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
+        losses.append(clipped_step(model, optimizer, schedule, model(pixel_values=pixels, labels=labels).loss))
         if step % 50 == 0 or step == steps - 1:
             log.warning("step %d/%d loss %.3f (%.0f s)", step, steps, np.mean(losses[-50:]), time.time() - started)
     accuracy = concept_accuracy(model, tokenizer, 1024, seed + 1, processor)

@@ -33,6 +33,7 @@ from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, PreTrainedTo
 
 from pipelines.demo_web import world
 from pipelines.demo_web.render import flatten, render_image
+from pipelines.models.training import clipped_step, cosine_with_warmup
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +112,7 @@ def train(out: Path, steps: int, batch_size: int, seed: int, threads: int, init:
         model = CLIPModel.from_pretrained(init)
     processor = image_processor()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
-    warmup = max(1, steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+    schedule = cosine_with_warmup(optimizer, steps)
     model.train()
     started = time.time()
     losses = []
@@ -123,12 +122,7 @@ def train(out: Path, steps: int, batch_size: int, seed: int, threads: int, init:
         tokens = tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt")
         out_ = model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"], pixel_values=pixels,
                      return_loss=True)
-        optimizer.zero_grad(set_to_none=True)
-        out_.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(out_.loss.item())
+        losses.append(clipped_step(model, optimizer, schedule, out_.loss))
         if step % 50 == 0 or step == steps - 1:
             log.warning("step %d/%d loss %.3f (%.0f s)", step, steps, np.mean(losses[-50:]), time.time() - started)
     model.eval()
