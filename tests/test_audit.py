@@ -153,25 +153,31 @@ def test_demo_text_counts_equal_truth(demo_truth, demo_audit):
 
 @pytest.mark.slow
 def test_demo_clip_image_tags(demo_truth, demo_audit):
-    """The demo CLIP zero-shot scores every ok image; its head counts follow the truth only roughly.
+    """The demo CLIP zero-shot scores every ok image, and its head counts land near the truth.
 
-    The 1.5M-parameter demo CLIP is a weak 136-way zero-shot classifier (top-1 about 30%, per-concept
-    ROC-AUC 0.94-0.99), so the issue's "head image counts within 5% of truth" does not hold with it;
-    test_image_and_matched_counts_exact_with_oracle_embeddings checks the image path exactly instead.
+    The 1.5M-parameter, 48 px demo CLIP is a 136-way zero-shot classifier with top-1 about 72% on the demo
+    web; it confuses shapes of one colour (a lime triangle for the lime star). On this web its counts of the
+    five most frequent concepts are off by 16 images of 214 in all: dog and cat within 5%, flower 10 over
+    its 15. test_image_and_matched_counts_exact_with_oracle_embeddings checks the image path exactly.
     """
     summary, counts = demo_audit
     ok = [r for r in demo_truth if r["status"] == "ok"]
     truth = truth_counts(ok, "concepts")
-    assert summary["settings"]["image_threshold"] == 0.1
+    assert summary["settings"]["image_threshold"] == 0.3
     assert summary["misalignment"]["ok_rows"] == len(ok)
-    assert sum(r["image_count"] for r in counts.values()) > 0 and truth
+    heads = sorted(truth, key=lambda c: -truth[c])[:5]
+    errors = {c: counts[c]["image_count"] - truth[c] for c in heads}
+    print("head image counts minus truth:", errors)
+    assert all(abs(errors[c]) <= 0.05 * truth[c] for c in heads[:2])  # the issue's 5%, for the top two
+    assert sum(map(abs, errors.values())) <= 0.15 * sum(truth[c] for c in heads)
     tags = pq.read_table(Path(summary["out"]) / "tags").to_pylist()
     assert all((r["image_top"] is not None) == (r["status"] == "ok") for r in tags)  # every ok image scored
     assert all(r["matched_count"] <= min(r["text_count"], r["image_count"]) for r in counts.values())
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="the demo CLIP is too weak a zero-shot tagger (see test_demo_clip_image_tags)")
+@pytest.mark.xfail(strict=True, reason="the demo CLIP mistakes same-colour shapes: flower is counted 25 times for 15 "
+                                      "(see test_demo_clip_image_tags)")
 def test_demo_clip_head_image_counts_within_5_percent(demo_truth, demo_audit):
     _, counts = demo_audit
     truth = truth_counts([r for r in demo_truth if r["status"] == "ok"], "concepts")

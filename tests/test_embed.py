@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -235,3 +236,28 @@ def test_demo_clip_separates_matched_from_mismatched_pairs_on_fresh_renders():
     auc = float((pos > neg).mean() + 0.5 * (pos == neg).mean())
     print(f"demo CLIP ROC-AUC on {flags.sum()} mismatched / {(~flags).sum()} matched fresh pairs: {auc:.3f}")
     assert auc >= 0.95
+
+
+def test_demo_clip_trainer_continues_at_another_input_size(tmp_path):
+    """`train_demo_clip --init ... --image-size 64 --concept-weight 1 --zipf-share 0.5` writes a checkpoint
+    that loads like any CLIP and embeds 64 px inputs; resizing keeps the class token's position embedding
+    and resamples the patch grid (lr 0: the weights are the resized originals)."""
+    from pipelines.models.train_demo_clip import train
+
+    summary = train(tmp_path / "clip64", steps=2, batch_size=8, seed=0, threads=1, init=Path(DEMO), lr=0.0,
+                    image_size=64, concept_weight=1.0, zipf_share=0.5)
+    assert summary["image_size"] == 64 and np.isfinite(summary["final_loss"])
+    original, resized = AutoModel.from_pretrained(DEMO), AutoModel.from_pretrained(tmp_path / "clip64")
+    assert resized.config.vision_config.image_size == 64
+    before = original.vision_model.embeddings.position_embedding.weight.detach()
+    after = resized.vision_model.embeddings.position_embedding.weight.detach()
+    assert before.shape[0] == 1 + 6 * 6 and after.shape[0] == 1 + 8 * 8
+    assert torch.equal(before[0], after[0])
+    processor = AutoImageProcessor.from_pretrained(tmp_path / "clip64")
+    pixels = processor(images=[flatten(render_image(["dog"], 120, 80, np.random.default_rng(0)))],
+                       return_tensors="pt")["pixel_values"]
+    assert pixels.shape[-2:] == (64, 64)
+    with torch.inference_mode():
+        emb = resized.get_image_features(pixel_values=pixels)
+    emb = emb if isinstance(emb, torch.Tensor) else emb.pooler_output
+    assert emb.shape == (1, original.config.projection_dim) and torch.isfinite(emb).all()

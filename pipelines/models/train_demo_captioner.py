@@ -12,10 +12,12 @@ or "a dog and a red ..." for two-concept images, concepts in the world's popular
 drawn fresh from the renderer with concepts sampled uniformly, so tail concepts are learnt too.
 Deterministic (fixed seeds, threads, deterministic torch algorithms), CPU-only.
 
-The committed weights are the defaults: `--encoder clip --steps 2000 --batch-size 128 --lr 1e-3 --seed 4321`
-(13 min on 2 cores). On 1,024 fresh renders the caption names exactly the image's concepts for 22.5%:
-the colour is always right, the shape about half the time (the 48 px input is the limit, as for the demo
-CLIP). Tried and not kept: a 96 px Swin from scratch (`--encoder swin`, 1,500 steps) reached 11.4%;
+The committed weights are the defaults (`--encoder clip --steps 2000 --batch-size 128 --lr 1e-3 --seed 4321`,
+13 min on 2 cores) with `--clip` set to the demo CLIP of commit 233a455 (`git show
+233a455:pipelines/models/demo-clip/model.safetensors`), the one before its Zipf/zero-shot continuation.
+On 1,024 fresh renders the caption names exactly the image's concepts for 22.5%: the colour is always
+right, the shape about half the time (the 48 px input is the limit, as for the demo CLIP). Tried and not
+kept: a 96 px Swin from scratch (`--encoder swin`, 1,500 steps) reached 11.4%;
 500 more steps on the committed weights at lr 5e-4 did not lower the loss.
 """
 
