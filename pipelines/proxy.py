@@ -79,9 +79,10 @@ def read_shards(urls: Sequence[str]) -> tuple[list[str], list[bytes], list[str]]
 def pixel_tensor(images: Sequence[bytes | Image.Image], size: int):
     """Squash to size x size, CLIP normalisation: a float32 (N, 3, size, size) tensor."""
     import torch
-    from transformers import CLIPImageProcessor
 
-    processor = CLIPImageProcessor(size={"height": size, "width": size}, do_center_crop=False)
+    from pipelines.models.train_demo_clip import image_processor
+
+    processor = image_processor(size)
     decoded = [im if isinstance(im, Image.Image) else Image.open(io.BytesIO(im)).convert("RGB") for im in images]
     out = []
     for start in range(0, len(decoded), 256):

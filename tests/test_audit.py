@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import shared_data
+from conftest import shared_data, write_manifest
 
 from operators.concepts import ConceptMatcher, Concepts, ImageConceptTagger, SoftmaxTagger
 from pipelines import audit as audit_module
@@ -231,9 +231,7 @@ def test_subset_coverage_delta(demo_run, demo_truth, demo_audit):
     rare = {c for c in tail if freq.get(c, 0) > 0}
     assert rare
     kept = [r for r in demo_truth if not set(r["caption_concepts"]) & rare]
-    folder = run / "subsets" / "audit-no-tail"
-    folder.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table({"key": [r["key"] for r in kept]}), folder / "manifest.parquet")
+    write_manifest(run, "audit-no-tail", [r["key"] for r in kept])
     summary = audit_run(run, AuditOptions(concepts="demo", tail_floor=3), subset="audit-no-tail", report=False)
     delta = {r["concept"]: r for r in pq.read_table(Path(summary["out"]) / "subsets" / "audit-no-tail.parquet")
              .to_pylist()}

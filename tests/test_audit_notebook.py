@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import write_manifest
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "concept_coverage.ipynb"
 
@@ -21,9 +21,7 @@ def test_concept_coverage_notebook_executes(demo_run, tmp_path, monkeypatch):
 
     _, run, _ = demo_run
     keys = pq.read_table(run / "annotations", columns=["key"]).column("key").to_pylist()
-    subset = run / "subsets" / "audit-notebook"
-    subset.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table({"key": keys[::2]}), subset / "manifest.parquet")
+    write_manifest(run, "audit-notebook", keys[::2])
     accuracy = tmp_path / "accuracy.csv"
     accuracy.write_text("concept,accuracy\n" + "".join(f"{c},{0.9 - 0.005 * i}\n" for i, c in enumerate(CONCEPTS)))
     monkeypatch.setenv("TAILOR_AUDIT_RUN", str(run))

@@ -41,12 +41,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, PreTrainedTokenizerFast
+from transformers import CLIPImageProcessor, CLIPModel, PreTrainedTokenizerFast
 
 from operators.concepts import DEFAULT_TEMPLATES
+from operators.embed import _features
 from pipelines.demo_web import world
 from pipelines.demo_web.render import flatten, render_image
 from pipelines.models.training import clipped_step, cosine_with_warmup
+from pipelines.proxy import ProxyConfig
+from pipelines.proxy import build_model as build_clip
 
 log = logging.getLogger(__name__)
 
@@ -97,16 +100,8 @@ def build_tokenizer(rng: np.random.Generator, vocab_size: int) -> PreTrainedToke
 
 
 def build_model(tokenizer: PreTrainedTokenizerFast) -> CLIPModel:
-    config = CLIPConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=512, num_hidden_layers=3,
-                         num_attention_heads=4, max_position_embeddings=CONTEXT,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id),
-        vision_config=dict(image_size=IMAGE_SIZE, patch_size=8, hidden_size=128, intermediate_size=512,
-                           num_hidden_layers=3, num_attention_heads=4),
-        projection_dim=128,
-    )
-    return CLIPModel(config)
+    return build_clip(ProxyConfig(image_size=IMAGE_SIZE, patch_size=8, width=128, vision_layers=3, text_layers=3,
+                                  heads=4, projection_dim=128, context=CONTEXT), tokenizer)
 
 
 def with_image_size(model: CLIPModel, size: int) -> CLIPModel:
@@ -132,8 +127,7 @@ def with_image_size(model: CLIPModel, size: int) -> CLIPModel:
 def concept_loss(model: CLIPModel, image_emb: torch.Tensor, prompts: dict, concepts: list[list[str]]) -> torch.Tensor:
     """Zero-shot classification as the audit's tagger does it: softmax over every concept's prompt,
     the probability split evenly between the concepts an image shows (UniCL-style label supervision)."""
-    text = model.get_text_features(**prompts)
-    text = text if isinstance(text, torch.Tensor) else text.pooler_output
+    text = _features(model.get_text_features(**prompts))
     logits = model.logit_scale.exp() * torch.nn.functional.normalize(image_emb, dim=-1) @ \
         torch.nn.functional.normalize(text, dim=-1).T
     index = {c: k for k, c in enumerate(world.CONCEPTS)}
