@@ -114,7 +114,10 @@ class AddressGuard:
         for address in addresses:
             reason = self.refusal(address)
             if reason:
-                raise _Refused(f"{host} resolves to {reason}")
+                net = ipaddress.ip_network(address.split("%", 1)[0])
+                where = reason if host == address else f"{host} resolves to {address}, {reason.split(' is ', 1)[1]}"
+                raise _Refused(f"{where}, not globally routable; to fetch from it anyway, list its network in "
+                               f"download.allow_networks (e.g. --set 'download.allow_networks=[\"{net}\"]')")
         return addresses[0]
 
 

@@ -255,7 +255,7 @@ def subset_manifest(paths: RunPaths, name: str) -> str:
     have = [p.rsplit("/", 1)[-1] for p in paths.list("subsets")
             if paths.exists(f"{p}/manifest.parquet")]
     listed = ", ".join(have) if have else "none yet; make one with `tailor select` or `tailor metaclip-balance`"
-    raise MaterializeError(f"name: {paths.url} has no subset {name!r} (subsets: {listed})")
+    raise MaterializeError(f"{paths.url} has no subset {name!r} (subsets: {listed})")
 
 
 def _check_out(out: RunPaths, overwrite: bool) -> list[str]:
@@ -298,7 +298,7 @@ def plan(con, paths: RunPaths, manifest: str, skip_missing: bool, caption_source
 
     annotations = paths.list("annotations", ".parquet")
     if not annotations:
-        raise MaterializeError(f"run: {paths.url} has no annotations (run `tailor annotate` first)")
+        raise MaterializeError(f"{paths.url} has no annotations (run `tailor annotate` first)")
     scan(con, paths, [manifest]).select("key").create_view("manifest")
     rel = scan(con, paths, annotations)
     if caption_source not in rel.columns:
@@ -307,13 +307,14 @@ def plan(con, paths: RunPaths, manifest: str, skip_missing: bool, caption_source
     con.execute(sql("materialize_keys"))
     facts = run_sql(con, "materialize_problems", examples=EXAMPLES).to_pylist()[0]
     facts["missing"] = {r["reason"]: r["keys"] for r in run_sql(con, "materialize_missing").to_pylist()}
+    subset = f"subset {manifest.rstrip('/').rsplit('/', 2)[-2]!r}"
     if facts["unusable_keys"]:
-        raise MaterializeError(f"name: {facts['unusable_keys']} keys of the subset cannot be WebDataset keys "
+        raise MaterializeError(f"{subset}: {facts['unusable_keys']} keys of the subset cannot be WebDataset keys "
                                f"(empty, or holding '.' or '/'), e.g. {', '.join(facts['unusable_examples'])}")
     if facts["without_image"] and not skip_missing:
         reasons = ", ".join(f"{reason} {n}" for reason, n in facts["missing"].items())
         raise MaterializeError(
-            f"name: {facts['without_image']} of the subset's {facts['keys']} keys have no stored image ({reasons}), "
+            f"{subset}: {facts['without_image']} of its {facts['keys']} keys have no stored image ({reasons}), "
             f"e.g. {', '.join(facts['without_image_examples'])}; pass --skip-missing to leave them out")
     return facts
 
@@ -425,7 +426,7 @@ def materialize(run: str, name: str, out: str, samples_per_shard: int = 10000, p
         facts = plan(con, paths, manifest, skip_missing, caption_source)
         total = facts["keys"] - facts["without_image"]
         if total == 0:
-            raise MaterializeError(f"name: subset {name!r} of {run} has no samples with a stored image")
+            raise MaterializeError(f"subset {name!r} of {run} has no samples with a stored image")
         _clear_out(out_paths, previous)
         shards = _write_shards(con, run, out, total, samples_per_shard, caption_source, _stored_format(paths),
                                parquet, window, progress, name, mix_spec)

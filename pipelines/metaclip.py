@@ -9,7 +9,8 @@ ran with a `match:` section, from RUN/annotations.
     balance(run, t, seed)            -> key, kept, reason for every caption
     balance_subset(run, name, t, seed) writes RUN/subsets/NAME/:
         manifest.parquet     the kept keys
-        decisions.parquet    every key: kept, reason ('kept', 'balanced_out', 'no_match', 'other_text')
+        decisions.parquet    every key: kept, reason ('kept', 'balanced_out', 'no_match', 'other_text',
+                             'no_image': the download failed; only with text_only=False, the default)
         entry_stats.parquet  per entry: count before, kept_count after, head, p
         stats.json           the summary below, before and after balancing
         entry_counts.png     rank-frequency and count distribution, before and after
@@ -29,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.config import ConfigError, subset_folder
-from pipelines.duck import connect, run_sql, scan, sql
+from pipelines.duck import connect, run_sql, scan, sql, to_arrow
 from pipelines.match import metadata_path
 from pipelines.storage import RunPaths
 
@@ -73,10 +74,25 @@ def find_matches(run: str, source: Source = "auto") -> Matches:
 
 
 def register_matches(con: duckdb.DuckDBPyConnection, run: str, matches: Matches,
-                     group_by: str | None = None) -> None:
-    """Views `matches` (key, metaclip_entries[, image]) and `entries` (entry_id, entry)."""
+                     group_by: str | None = None, text_only: bool = True) -> None:
+    """Views `matches` (key, metaclip_entries[, image]) and `entries` (entry_id, entry).
+
+    Unless `text_only`, `matches` holds only rows whose image downloaded (status ok) and view
+    `no_image` (key, status) the others: balancing a dataset is balancing what it can train on.
+    """
     paths = RunPaths(run)
     rel = scan(con, paths, matches.files).select("key, metaclip_entries")
+    if not text_only:
+        annotations = scan(con, paths, paths.list("annotations", ".parquet"))
+        if "status" not in annotations.columns:
+            raise ConfigError(f"{run}/annotations has no status column (no image was fetched); balance the "
+                              "captions alone with --text-only, or annotate with download on first")
+        status = annotations.select(duckdb.ColumnExpression("key").alias("status_key"),
+                                    duckdb.ColumnExpression("status"))
+        joined = rel.join(status, "key = status_key", how="left")
+        joined.filter("status IS DISTINCT FROM 'ok'").select("key, coalesce(status, 'not_annotated') AS status") \
+            .create_view("no_image")
+        rel = joined.filter("status = 'ok'").select("key, metaclip_entries")
     if group_by is not None:
         annotations = scan(con, paths, paths.list("annotations", ".parquet"))
         if group_by not in annotations.columns:
@@ -111,19 +127,23 @@ def write_entry_counts(run: str) -> dict:
     return {**totals, "entries": counts.num_rows, "entries_matched": matched_entries}
 
 
-def _counts_for(con: duckdb.DuckDBPyConnection, run: str, matches: Matches) -> None:
-    """View `entry_counts`: the stored table of the standalone pass, else computed now."""
+def _counts_for(con: duckdb.DuckDBPyConnection, run: str, matches: Matches, text_only: bool) -> None:
+    """View `entry_counts`: the stored table of the standalone pass (all captions), else computed now."""
     paths = RunPaths(run)
     stored = paths.join("match", "entry_counts.parquet")
-    if matches.kind == "match" and paths.exists(stored):
+    if text_only and matches.kind == "match" and paths.exists(stored):
         scan(con, paths, [stored]).create_view("entry_counts")
     else:
         con.register("entry_counts", run_sql(con, "metaclip_entry_counts"))  # computed once, used twice
 
 
 def balance(run: str, t: float, seed: int, group_by: str | None = None, source: Source = "auto",
-            threads: int | None = None) -> pa.Table:
+            threads: int | None = None, text_only: bool = False) -> pa.Table:
     """MetaCLIP balancing of a run's captions: a table of key, kept, reason (one row per caption).
+
+    By default only rows whose image downloaded (status ok) are balanced and counted; the others
+    are decided 'no_image'. `text_only` balances every caption, fetched or not (MetaCLIP's own
+    order: curate the text, then download what was kept).
 
     `t` caps each entry at about t captions; `seed` makes the per-(seed, key, entry) draws.
     With `group_by` (a column of the annotations naming the image, e.g. sha256 or url), the MetaCLIP 2
@@ -131,35 +151,42 @@ def balance(run: str, t: float, seed: int, group_by: str | None = None, source: 
     The result does not depend on `threads` or on how the matches were computed.
     """
     with connect(threads) as con:
-        return _balance(con, run, t, seed, group_by, find_matches(run, source))
+        return _balance(con, run, t, seed, group_by, find_matches(run, source), text_only)
 
 
 def _balance(con: duckdb.DuckDBPyConnection, run: str, t: float, seed: int, group_by: str | None,
-             matches: Matches) -> pa.Table:
+             matches: Matches, text_only: bool) -> pa.Table:
     if not t > 0:
         raise ConfigError(f"t: must be > 0 (got {t!r})")
     if not isinstance(seed, int | np.integer):
         raise ConfigError(f"seed: must be an integer (got {seed!r})")
-    register_matches(con, run, matches, group_by)
-    _counts_for(con, run, matches)
+    register_matches(con, run, matches, group_by, text_only)
+    _counts_for(con, run, matches, text_only)
     con.execute(sql("metaclip_draw"))
     name = "metaclip2_balance" if group_by else "metaclip_balance"
-    return run_sql(con, name, t=t, seed=int(seed)).cast(DECISIONS_SCHEMA)
+    decided = run_sql(con, name, t=t, seed=int(seed)).cast(DECISIONS_SCHEMA)
+    if text_only:
+        return decided
+    con.register("balanced", decided)
+    return to_arrow(con.sql("SELECT key, kept, reason FROM balanced UNION ALL "
+                            "SELECT key, false, 'no_image' FROM no_image ORDER BY key")).cast(DECISIONS_SCHEMA)
 
 
 def balance_subset(run: str, name: str, t: float, seed: int, group_by: str | None = None,
-                   source: Source = "auto", threads: int | None = None, plot: bool = True) -> dict:
+                   source: Source = "auto", threads: int | None = None, plot: bool = True,
+                   text_only: bool = False) -> dict:
     """Balance and write RUN/subsets/NAME/ (manifest, decisions, entry_stats, stats.json, plot)."""
     folder = subset_folder(name)
     paths = RunPaths(run)
     matches = find_matches(run, source)
     with connect(threads) as con:
-        decisions = _balance(con, run, t, seed, group_by, matches)
+        decisions = _balance(con, run, t, seed, group_by, matches, text_only)
         con.register("decisions", decisions)
         per_entry = run_sql(con, "metaclip_entry_stats", t=t)
     stats = {
         "recipe": {"step": "metaclip_balance" if not group_by else "metaclip2_balance", "t": t, "seed": seed,
-                   "group_by": group_by, "source": matches.kind, "metadata_id": matches.metadata_id},
+                   "group_by": group_by, "source": matches.kind, "metadata_id": matches.metadata_id,
+                   "rows": "all captions (text only)" if text_only else "ok rows (image downloaded)"},
         "made_at": datetime.now(UTC).isoformat(timespec="seconds"),
         **balance_stats(per_entry, decisions, t),
     }

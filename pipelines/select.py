@@ -31,6 +31,7 @@ shard sizes or machines.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 from datetime import UTC, datetime
@@ -113,6 +114,10 @@ class Basic(Step):
     def needs(self) -> list[str]:
         text = ["caption_lang", "caption_lang_score"] if self.language is not None else []
         return [*text, "caption_words", "caption_chars", "original_width", "original_height"]
+
+    def uses(self) -> list[str]:
+        # the SQL names them either way; with language: null they are never compared (NULL if absent)
+        return ["caption_lang", "caption_lang_score"]
 
     def params(self) -> dict[str, Any]:
         return {"check_lang": self.language is not None, "lang": self.language or "",
@@ -324,13 +329,23 @@ def parse_recipe(data: Any, source: str = "<dict>") -> Recipe:
 
 
 def load_recipe(recipe: str | Path) -> Recipe:
-    """A recipe from a YAML path, or the name of one shipped in pipelines/recipes/."""
-    path = Path(recipe)
-    if not path.exists() and (RECIPES / f"{recipe}.yaml").exists():
-        path = RECIPES / f"{recipe}.yaml"
-    if not path.exists():
-        shipped = ", ".join(sorted(p.stem for p in RECIPES.glob("*.yaml")))
-        raise ConfigError(f"recipe {recipe}: no such file or shipped recipe (shipped: {shipped})")
+    """A shipped recipe by name (`demo`), or a YAML file by path (`./demo.yaml`, `recipes/mine.yml`).
+
+    A bare name (no `/`, no .yaml/.yml suffix) is always a shipped recipe, whatever the working
+    directory holds (a `demo/` folder left by `tailor demo` is not a recipe); anything else is a path.
+    """
+    text = str(recipe)
+    shipped = sorted(p.stem for p in RECIPES.glob("*.yaml"))
+    if "/" not in text and os.sep not in text and not text.endswith((".yaml", ".yml")):
+        if text not in shipped:
+            raise ConfigError(f"recipe {text}: no shipped recipe of that name (shipped: {', '.join(shipped)}; "
+                              "a file is named by a path ending in .yaml, e.g. ./my-recipe.yaml)")
+        path = RECIPES / f"{text}.yaml"
+    else:
+        path = Path(text)
+        if not path.is_file():
+            raise ConfigError(f"recipe {text}: no such file (shipped recipes are named without a path: "
+                              f"{', '.join(shipped)})")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:

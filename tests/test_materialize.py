@@ -146,7 +146,7 @@ def test_keys_without_an_image_fail_or_are_skipped_and_counted(demo_run, tmp_pat
     ok = sorted(r["key"] for r in annotations if r["status"] == "ok")[:30]
     failed = sorted(r["key"] for r in annotations if r["status"] != "ok")[:3]
     write_manifest(run, "mat-missing", [*ok, *failed, "no-such-key"])
-    with pytest.raises(MaterializeError, match=r"4 of the subset's 34 keys have no stored image .*not in the run 1"):
+    with pytest.raises(MaterializeError, match=r"4 of its 34 keys have no stored image .*not in the run 1"):
         materialize(str(run), "mat-missing", str(tmp_path / "a"), samples_per_shard=PER_SHARD, progress=False)
     assert not (tmp_path / "a").exists()  # refused before writing anything
 

@@ -135,14 +135,28 @@ def test_balancing_on_demo_web(demo_matched):
     run, _, _ = demo_matched
     lists = match_lists(run / "match" / "shards")
     t, seed = 8, 3
-    decisions = balance(str(run), t=t, seed=seed)
+    # text only: every caption, as MetaCLIP curates before downloading
+    decisions = balance(str(run), t=t, seed=seed, text_only=True)
     decided = dict(zip(decisions.column("key").to_pylist(), decisions.column("reason").to_pylist(), strict=True))
     assert decided == reference_decisions(lists, list(CONCEPTS), t, seed)
     assert decisions.column("kept").to_pylist() == [r == "kept" for r in decisions.column("reason").to_pylist()]
     assert check_head_and_tail(lists, decided, t) >= 5
+    assert balance(str(run), t=t, seed=seed, source="annotations", text_only=True) == decisions
+    assert balance(str(run), t=t, seed=seed, text_only=True) != balance(str(run), t=t, seed=seed + 1, text_only=True)
+
+    # the default balances only rows whose image downloaded: counts and draws over them alone
+    status = {r["key"]: r["status"] for r in pq.read_table(run / "annotations", columns=["key", "status"]).to_pylist()}
+    failed = {k for k, s in status.items() if s != "ok"}
+    assert 10 < len(failed) < 100
+    decisions = balance(str(run), t=t, seed=seed)
+    decided = dict(zip(decisions.column("key").to_pylist(), decisions.column("reason").to_pylist(), strict=True))
+    assert decisions.num_rows == len(status)  # every caption decided once
+    assert {k for k, r in decided.items() if r == "no_image"} == failed
+    ok_lists = {k: ids for k, ids in lists.items() if k not in failed}
+    assert {k: r for k, r in decided.items() if k not in failed} == reference_decisions(ok_lists, list(CONCEPTS),
+                                                                                         t, seed)
     assert balance(str(run), t=t, seed=seed, source="annotations") == decisions
     assert balance(str(run), t=t, seed=seed, threads=1) == balance(str(run), t=t, seed=seed, threads=2) == decisions
-    assert balance(str(run), t=t, seed=seed + 1) != decisions
 
 
 def test_metaclip_balance_cli_writes_subset_and_stats(demo_matched):
@@ -154,6 +168,9 @@ def test_metaclip_balance_cli_writes_subset_and_stats(demo_matched):
     kept = {k for k, ok in zip(decisions.column("key").to_pylist(), decisions.column("kept").to_pylist(),
                                strict=True) if ok}
     assert set(pq.read_table(folder / "manifest.parquet").column("key").to_pylist()) == kept
+    annotations = pq.read_table(run / "annotations", columns=["key", "status"]).to_pylist()
+    statuses = {r["key"]: r["status"] for r in annotations}
+    assert kept and all(statuses[k] == "ok" for k in kept)  # materialize can write every kept key
     stats = json.loads((folder / "stats.json").read_text())
     per_entry = pq.read_table(folder / "entry_stats.parquet").to_pylist()
     assert stats["captions"]["kept"] == len(kept) and stats["captions"]["total"] == 400
@@ -162,8 +179,16 @@ def test_metaclip_balance_cli_writes_subset_and_stats(demo_matched):
     assert stats["after"]["max_count"] < stats["before"]["max_count"]
     assert sum(stats["before"]["count_distribution"].values()) == len(CONCEPTS)
     assert stats["recipe"] == {"step": "metaclip_balance", "t": 8, "seed": 3, "group_by": None, "source": "match",
-                               "metadata_id": stats["recipe"]["metadata_id"]}
+                               "metadata_id": stats["recipe"]["metadata_id"], "rows": "ok rows (image downloaded)"}
+    assert stats["captions"]["by_reason"]["no_image"] == sum(s != "ok" for s in statuses.values())
     assert (folder / "entry_counts.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = run / "shards-mc8"
+    assert cli(["materialize", str(run), "mc8", "--out", str(out), "--no-progress"]) == 0  # no --skip-missing
+    assert len(list(out.glob("*.tar"))) >= 1
+
+    assert cli(["metaclip-balance", str(run), "--t", "8", "--seed", "3", "--name", "mc8-text", "--text-only"]) == 0
+    text = json.loads((run / "subsets" / "mc8-text" / "stats.json").read_text())
+    assert text["recipe"]["rows"] == "all captions (text only)" and "no_image" not in text["captions"]["by_reason"]
 
 
 def test_metaclip2_one_text_per_image(demo_matched):
@@ -172,7 +197,7 @@ def test_metaclip2_one_text_per_image(demo_matched):
     rows = pq.read_table(run / "annotations", columns=["key", "sha256"]).to_pylist()
     images = {r["key"]: r["sha256"] for r in rows}
     assert len(set(images.values())) < len(rows) - 20  # exact duplicates share an image (and failures have none)
-    decisions = balance(str(run), t=8, seed=3, group_by="sha256")
+    decisions = balance(str(run), t=8, seed=3, group_by="sha256", text_only=True)
     decided = dict(zip(decisions.column("key").to_pylist(), decisions.column("reason").to_pylist(), strict=True))
     assert decided == reference_decisions(lists, list(CONCEPTS), 8, 3, images=images)
     picked = defaultdict(int)
@@ -238,12 +263,14 @@ def test_head_entries_keep_about_t_and_workers_do_not_change_the_subset(world_ru
     lists = match_lists(one / "match" / "shards")
     assert lists == match_lists(two / "match" / "shards")  # 1 and 2 matcher actors
     t, seed = 300, 0
-    decisions = balance(str(one), t=t, seed=seed, threads=1)
-    assert decisions == balance(str(two), t=t, seed=seed, threads=2)
+    decisions = balance(str(one), t=t, seed=seed, threads=1, text_only=True)
+    assert decisions == balance(str(two), t=t, seed=seed, threads=2, text_only=True)
+    with pytest.raises(ConfigError, match="no status column .* --text-only"):
+        balance(str(one), t=t, seed=seed)  # nothing was fetched: balancing images needs the flag
     decided = dict(zip(decisions.column("key").to_pylist(), decisions.column("reason").to_pylist(), strict=True))
     assert decided == reference_decisions(lists, list(CONCEPTS), t, seed)
     assert check_head_and_tail(lists, decided, t) >= 8
-    stats = balance_subset(str(one), "t300", t=t, seed=seed, plot=False)
+    stats = balance_subset(str(one), "t300", t=t, seed=seed, plot=False, text_only=True)
     assert stats["captions"]["kept"] == sum(r == "kept" for r in decided.values())
     assert stats["after"]["max_count"] < stats["before"]["max_count"] / 3
     assert stats["before"]["tail_share_of_matches"] < stats["after"]["tail_share_of_matches"]

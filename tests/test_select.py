@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import itertools
 import json
+import shutil
 import subprocess
 import sys
 
@@ -325,6 +326,57 @@ def test_shipped_recipes_parse():
     assert {"laion-style", "datacomp-basic", "datacomp-clip-top30", "metaclip-balanced", "demo"} <= set(names)
     for name in names:
         assert load_recipe(name).steps
+
+
+@pytest.mark.slow
+def test_every_shipped_recipe_runs_on_the_demo_run_and_accounts_for_every_row(truth_rows, tmp_path):
+    from operators.match import MatchOptions
+    from pipelines.match import match_run
+
+    run, rows, _ = truth_rows
+    copy = tmp_path / "run"  # the session's run stays as annotate left it (no match/ folder)
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("subsets"))
+    match_run(str(copy), MatchOptions(), progress=False)  # metaclip-balanced needs match lists
+    keys = sorted(r["key"] for r in rows)
+    for name in sorted(p.stem for p in RECIPES.glob("*.yaml")):
+        stats = select(str(copy), load_recipe(name), name)
+        decided = decisions(copy, name)
+        assert sorted(decided) == keys, name
+        manifest = pq.read_table(copy / "subsets" / name / "manifest.parquet").column("key").to_pylist()
+        assert manifest == sorted(k for k, d in decided.items() if d["kept"]), name
+        assert stats["rows"] == len(rows) and stats["kept"] == len(manifest), name
+        assert sum(s["dropped"] for s in stats["steps"]) == len(rows) - len(manifest), name
+        assert 0 < stats["kept"] < len(rows), name  # every recipe keeps some rows and drops the failed ones
+
+
+def test_a_recipe_name_is_a_shipped_recipe_whatever_the_folder_holds(tmp_path, monkeypatch):
+    """`tailor demo` leaves a demo/ folder; `--recipe demo` still means the shipped recipe."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "run").mkdir()
+    assert load_recipe("demo").source == str(RECIPES / "demo.yaml")
+    mine = tmp_path / "demo.yaml"
+    mine.write_text(yaml.safe_dump({"steps": [{"step": "exact_dedup"}]}))
+    assert [s.name for s in load_recipe("./demo.yaml").steps] == ["exact_dedup"]  # a path is a path
+    assert [s.name for s in load_recipe(str(mine)).steps] == ["exact_dedup"]
+    with pytest.raises(ConfigError, match="no shipped recipe of that name .*shipped: .*laion-style"):
+        load_recipe("no-such-recipe")
+    with pytest.raises(ConfigError, match="no such file"):
+        load_recipe("demo/run")
+    run = fake_run(tmp_path / "demo" / "run", caption=["a dog", "a cat"], sha256=["a", "a"], clip_score=[0.5, 0.4],
+                   phash=[1, 1])
+    done = subprocess.run([sys.executable, "-m", "pipelines.cli", "select", run, "--recipe", "demo", "--name", "d"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert "Traceback" not in done.stderr and "IsADirectoryError" not in done.stderr
+    assert done.returncode == 0, done.stderr
+
+
+def test_language_null_needs_no_language_column(tmp_path):
+    """laion-style's basic step has language: null; a run without caption_lang still selects."""
+    run = fake_run(tmp_path / "run", caption=["a dog on grass", "cat"], caption_words=[4, 1], caption_chars=[14, 3],
+                   original_width=[300, 300], original_height=[300, 300])
+    stats = select(run, recipe({"step": "basic", "language": None, "min_words": 1, "min_chars": 5}), "x")
+    assert stats["kept"] == 1 and stats["by_reason"] == {"caption_too_short": 1}
 
 
 @pytest.mark.slow
