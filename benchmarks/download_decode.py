@@ -1,13 +1,16 @@
 """Download + decode + resize throughput: `tailor annotate` vs the `img2dataset` command.
 
-Both run on the same demo web (served on 127.0.0.1), the same cores and matching settings
-(keep_ratio 256, JPEG quality 95, 32 threads, 2 workers, timeout 10 s, no retries), one after
-the other in this run. Each command's wall time includes its own start-up. Only ordinary image
-pages are used: the hostile pages include redirects to private addresses, which img2dataset
-would follow off this machine.
+Both run on the same local web (served on 127.0.0.1), the same cores and matching settings
+(keep_ratio 256, JPEG quality 95, 32 threads, 2 workers, timeout 10 s, no retries), alternated,
+`--rounds` times each; the ratio is of the medians. Each command's wall time includes its own
+start-up. Two webs: real photos (photo_web.py: JPEG variants of the COCO photos in shared/data,
+served by a ThreadingHTTPServer with a raised backlog and by the plain `python -m http.server`)
+and the demo web (only its ordinary image pages: the hostile ones include redirects to private
+addresses, which img2dataset would follow off this machine).
 
-    python benchmarks/download_decode.py --n 5000            # throughput ratio
-    python benchmarks/download_decode.py --memory 10000 50000  # peak memory vs rows (tailor only)
+    python benchmarks/download_decode.py --n 5000                     # both webs, both servers
+    python benchmarks/download_decode.py --web photos --server plain  # one of them
+    python benchmarks/download_decode.py --memory 10000 50000         # peak memory vs rows (tailor only)
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
@@ -136,27 +140,53 @@ def run_img2dataset(urls: Path, out: Path) -> tuple[float, PeakRSS, int]:
     return wall, peak, ok
 
 
+def compare(urls: Path, args: argparse.Namespace, label: str) -> dict:
+    """Alternate tailor and img2dataset over the same URL table; medians of the rounds and their ratio."""
+    rows = pq.read_metadata(urls).num_rows
+    results: dict = {"web": label, "rows": rows, "cpus": os.cpu_count(), "rounds": []}
+    for _ in range(args.rounds):
+        wall_t, peak_t, ok_t = run_tailor(urls, args.work / "tailor-run", 1000)
+        run = json.loads((args.work / "tailor-run" / "run.json").read_text())
+        wall_i, peak_i, ok_i = run_img2dataset(urls, args.work / "img2dataset-out")
+        result = {
+            "tailor": {"wall_s": round(wall_t, 1), "ok": ok_t, "lost": rows - ok_t,
+                       "images_per_s": round(ok_t / wall_t, 1), "peak_rss_mb": peak_t.peak_total >> 20,
+                       "stages": run.get("stage_throughput"), "seconds": run.get("seconds")},
+            "img2dataset": {"wall_s": round(wall_i, 1), "ok": ok_i, "lost": rows - ok_i,
+                            "images_per_s": round(ok_i / wall_i, 1), "peak_rss_mb": peak_i.peak_total >> 20},
+        }
+        result["ratio"] = round(result["tailor"]["images_per_s"] / result["img2dataset"]["images_per_s"], 2)
+        results["rounds"].append(result)
+        print(label, json.dumps(result), flush=True)
+    for tool in ("tailor", "img2dataset"):
+        results[f"{tool}_median_images_per_s"] = statistics.median(r[tool]["images_per_s"] for r in results["rounds"])
+        results[f"{tool}_median_wall_s"] = statistics.median(r[tool]["wall_s"] for r in results["rounds"])
+    results["ratio_of_medians"] = round(results["tailor_median_images_per_s"]
+                                        / results["img2dataset_median_images_per_s"], 2)
+    print(f"{label}: tailor {results['tailor_median_images_per_s']} images/s, img2dataset "
+          f"{results['img2dataset_median_images_per_s']} images/s: {results['ratio_of_medians']}x", flush=True)
+    return results
+
+
 def throughput(args: argparse.Namespace) -> dict:
+    from photo_web import build_photo_web, serve_folder, url_table
+
     from pipelines.demo_web.serve import DemoWebServer
 
-    web = build_web(args.work, args.n, args.seed)
-    with DemoWebServer(web) as server:
-        urls = args.work / "bench-urls.parquet"
-        pq.write_table(image_rows(web), urls)
-        rows = pq.read_metadata(urls).num_rows
-        print(f"{rows} image pages at {server.base_url}", flush=True)
-        results = {"rows": rows, "cpus": os.cpu_count()}
-        for round_ in range(args.rounds):
-            wall_t, peak_t, ok_t = run_tailor(urls, args.work / "tailor-run", 1000)
-            wall_i, peak_i, ok_i = run_img2dataset(urls, args.work / "img2dataset-out")
-            results[f"round{round_}"] = {
-                "tailor": {"wall_s": round(wall_t, 1), "ok": ok_t, "images_per_s": round(ok_t / wall_t, 1),
-                           "peak_rss_mb": peak_t.peak_total >> 20},
-                "img2dataset": {"wall_s": round(wall_i, 1), "ok": ok_i, "images_per_s": round(ok_i / wall_i, 1),
-                                "peak_rss_mb": peak_i.peak_total >> 20},
-                "ratio": round((ok_t / wall_t) / (ok_i / wall_i), 2),
-            }
-            print(json.dumps(results[f"round{round_}"]), flush=True)
+    results = {}
+    if "photos" in args.web:
+        folder = build_photo_web(args.work / "photo-web", n=args.n, seed=args.seed)
+        for kind in args.server:
+            with serve_folder(folder, kind) as base:
+                urls = url_table(folder, base, args.work / f"photo-urls-{kind}.parquet")
+                results[f"photos-{kind}"] = compare(urls, args, f"photos ({kind} server)")
+    if "demo" in args.web:
+        web = build_web(args.work, args.n, args.seed)
+        with DemoWebServer(web) as server:
+            urls = args.work / "bench-urls.parquet"
+            pq.write_table(image_rows(web), urls)
+            print(f"{pq.read_metadata(urls).num_rows} demo image pages at {server.base_url}", flush=True)
+            results["demo"] = compare(urls, args, "demo web")
     return results
 
 
@@ -183,7 +213,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=5000, help="demo web pages (images 256-1600 px)")
     parser.add_argument("--seed", type=int, default=11)
-    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--web", nargs="+", default=["photos", "demo"], choices=["photos", "demo"],
+                        help="photos: JPEG variants of the COCO photos (photo_web.py); demo: the demo web")
+    parser.add_argument("--server", nargs="+", default=["threaded", "plain"], choices=["threaded", "plain"],
+                        help="for the photo web: ThreadingHTTPServer with backlog 1024, or `python -m http.server`")
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / ".work")
     parser.add_argument("--memory", type=int, nargs="*", help="measure tailor's peak memory at these row counts")
     args = parser.parse_args()

@@ -1,16 +1,28 @@
-"""Concept tags of a caption (lemmas) and of an image (zero-shot on its stored CLIP embedding).
+"""Concept tags of a caption (its words and their inflections) and of an image (zero-shot on its CLIP embedding).
 
 Text (*No "Zero-Shot" Without Exponential Data*): a caption contains a concept when all of the
-lemmas of the concept's name, or of one of its synonyms, occur among the caption's lemmas (a bag
-of lemmas within one caption, not an exact phrase). Captions and concept names are lower-cased,
-cut into word tokens (`[^\\W_]+`, so "hot-dog" is two tokens and "hotdog" one) and lemmatized
-offline with simplemma ("dogs" -> dog, "mice" -> mouse).
+words of the concept's name, or of one of its synonyms, occur among the caption's words (a bag of
+words within one caption, not an exact phrase). Captions and concept names are lower-cased and cut
+into word tokens (`[^\\W_]+`, so "hot-dog" is two tokens and "hotdog" one).
+
+A caption word counts for a concept word when it is that word or one of its inflections, built from
+the concept word by English spelling rules (`english_forms`): noun plurals, regular (dogs, buses,
+bushes, puppies, tomatoes) and irregular (men, women, people, children, feet, teeth, geese, mice, oxen,
+knives, wolves, cacti, larvae), and the verb forms -ing/-ed (skiing, skied, skating, mopping) when
+simplemma also reads them as forms of that word ("bedding", "wiring", "fishing" are words of their
+own). Matching goes from the concept word to its forms, never from a caption word to its lemma, so a
+concept never matches a different word that shares a lemma with it: "lighter" matches lighter and
+lighters, not "light"; likewise eraser/erase, tights/tight, clogs/clog and clogging, moped/mope. A
+concept name written as a plural ("skis", "scissors") matches itself only (and its own forms); list
+the singular as a synonym when it should count (coco80 does for skis). One-letter words and function
+words (the, of, and, ...) match only themselves. For a `lang` other than "en" both sides are
+lemmatized with simplemma instead (the paper's rule, lemma collisions included).
 
 One refinement, `nested` (on by default): the words of a longer concept written as a phrase do
-not also count for a shorter concept whose lemmas they contain. "a hot dog" names the food, not
+not also count for a shorter concept whose words they contain. "a hot dog" names the food, not
 the animal, so it counts for "hot dog" and not for "dog"; "a dog and a hot dog" counts for both;
 "a hot day with my dog" counts for both under either rule (the bag rule cannot tell). The pure
-bag-of-lemmas ids are kept as `text_concepts_bag`, so both definitions can be counted.
+bag-of-words ids are kept as `text_concepts_bag`, so both definitions can be counted.
 
 `ConceptMatcher` — columns in: `caption` (string, may be null). Columns added:
 `text_concepts` (list<int32>: sorted unique concept ids, nested rule), `text_concepts_bag`
@@ -99,30 +111,133 @@ class Lemmatizer:
             return []
         return [self._lemma(word) for word in _TOKEN.findall(text.lower())]
 
+    def word(self, word: str) -> str:
+        return self._lemma(word)
 
-def _occurrences(sequence: list[str], phrase: tuple[str, ...]) -> list[int]:
+
+_VOWELS = frozenset("aeiou")
+# irregular English plurals: of a whole word or of a compound's last part (women, policemen, grandchildren) ...
+_IRREGULAR = {"man": "men", "person": "people", "child": "children", "foot": "feet", "tooth": "teeth",
+              "goose": "geese", "mouse": "mice", "louse": "lice"}
+_IRREGULAR_WORDS = {"ox": "oxen", "die": "dice"}
+# ... and Latin/Greek/-f endings after a stem of three letters or more (cacti, larvae, knives; "bus" has no "bi")
+_IRREGULAR_ENDINGS = (("fe", "ves"), ("f", "ves"), ("us", "i"), ("um", "a"), ("a", "ae"), ("is", "es"),
+                      ("ex", "ices"), ("ix", "ices"))
+_UNINFLECTED = frozenset({"a", "an", "the", "of", "and", "or", "in", "on", "at", "to", "for", "with", "by",
+                          "from", "de", "la", "le", "du", "del", "von", "van"})
+
+
+def _syllables(word: str) -> int:
+    return len(re.findall(r"[aeiou]+|(?<=[^aeiou])y", word))
+
+
+def english_forms(word: str) -> tuple[set[str], set[str]]:
+    """(the word and its noun plurals / third person forms, its -ing and -ed forms) by English spelling rules.
+
+    -s; -es after s/x/z/ch/sh/o; consonant + y -> -ies; the irregular plurals above. -ing/-ed drop a
+    final e (skate: skating, skated), turn a consonant's y into ied (carry: carried), ie into ying (tie:
+    tying), and double the final consonant of a one-syllable consonant-vowel-consonant word (mop: mopping,
+    mopped; never "moped"); longer words of that shape get both (travelling, traveling).
+    """
+    plurals = {word}
+    if len(word) < 2 or not word.isalpha() or word in _UNINFLECTED:
+        return plurals, set()
+    last, before = word[-1], word[-2]
+    short_cvc = (last not in _VOWELS and last not in "wxy" and before in _VOWELS
+                 and (len(word) < 3 or word[-3] not in _VOWELS))
+    one_syllable = _syllables(word) == 1
+    if word.endswith(("s", "x", "z", "ch", "sh")):
+        plurals.add(word + "es")
+        if last in "sz" and short_cvc and one_syllable:
+            plurals.add(word + last + "es")                          # busses, quizzes
+    elif last == "y" and before not in _VOWELS:
+        plurals.add(word[:-1] + "ies")                               # puppies
+    else:
+        plurals.add(word + "s")
+        if last == "o":
+            plurals.add(word + "es")                                 # tomatoes
+    for base, plural in _IRREGULAR.items():
+        if word.endswith(base):
+            plurals.add(word[:-len(base)] + plural)
+    if word in _IRREGULAR_WORDS:
+        plurals.add(_IRREGULAR_WORDS[word])
+    for ending, plural in _IRREGULAR_ENDINGS:
+        if word.endswith(ending) and len(word) - len(ending) >= 3:
+            plurals.add(word[:-len(ending)] + plural)
+    if not _syllables(word):                                         # tv, cd: plurals only
+        return plurals, set()
+    if word.endswith("ie"):
+        stems = [(word[:-2] + "y", word[:-1])]                      # tying, tied
+    elif last == "e":
+        stems = [(word if before in "eoy" else word[:-1], word[:-1])]  # skating, skated; seeing, seed
+    elif last == "y" and before not in _VOWELS:
+        stems = [(word, word[:-1] + "i")]                            # carrying, carried
+    elif short_cvc:
+        doubled = (word + last, word + last)                         # mopping, mopped
+        stems = [doubled] if one_syllable else [doubled, (word, word)]  # travelling, traveling
+    else:
+        stems = [(word, word)]                                       # skiing, skied
+    return plurals, {form for ing, ed in stems for form in (ing + "ing", ed + "ed")}
+
+
+class WordForms:
+    """Caption word -> the concept words it is a form of, through one dict built from the concept words.
+
+    English: each concept word's plurals, and its -ing/-ed forms that simplemma lemmatizes back to it.
+    Other languages: simplemma lemmas on both sides (a per-process cache of words). `key(word)` is how a
+    concept word is written in the index (itself; its lemma for other languages).
+    """
+
+    def __init__(self, concept_words: Sequence[str], lang: str = "en"):
+        self.lang = lang
+        self.lemmatize = Lemmatizer(lang)
+        self.forms: dict[str, tuple[str, ...]] = {}
+        if lang != "en":
+            return
+        table: dict[str, set[str]] = {}
+        for word in set(concept_words):
+            plurals, verbs = english_forms(word)
+            for form in plurals | {v for v in verbs if self.lemmatize.word(v) == word}:
+                table.setdefault(form, set()).add(word)
+        self.forms = {form: tuple(sorted(words)) for form, words in table.items()}
+
+    def key(self, word: str) -> str:
+        return word if self.lang == "en" else self.lemmatize.word(word)
+
+    def __call__(self, text: str | None) -> list[tuple[str, ...]]:
+        """Per word token of the text: the concept words (index keys) it can stand for; () for most."""
+        if not text:
+            return []
+        words = _TOKEN.findall(text.lower())
+        if self.lang == "en":
+            return [self.forms.get(word, ()) for word in words]
+        return [(self.lemmatize.word(word),) for word in words]
+
+
+def _occurrences(sequence: list[tuple[str, ...]], phrase: tuple[str, ...]) -> list[int]:
     n = len(phrase)
-    return [i for i in range(len(sequence) - n + 1) if tuple(sequence[i:i + n]) == phrase]
+    return [i for i in range(len(sequence) - n + 1) if all(phrase[j] in sequence[i + j] for j in range(n))]
 
 
 class ConceptMatcher:
-    """Bag-of-lemmas concept matching through an inverted index (lemma -> variants holding it)."""
+    """Bag-of-words concept matching through an inverted index (concept word -> variants holding it)."""
 
     def __init__(self, concepts: Concepts, lang: str = "en", nested: bool = True):
         self.concepts = concepts
         self.nested = nested
-        self.lemmatize = Lemmatizer(lang)
         variants = concepts.variants()
+        written = [tuple(_TOKEN.findall(text.lower())) for _, text in variants]
+        self.words = WordForms([w for words in written for w in words], lang)
         self.variant_concept = np.array([k for k, _ in variants], dtype=np.int32)
-        self.variant_lemmas: list[tuple[str, ...]] = [tuple(self.lemmatize(text)) for _, text in variants]
-        self.variant_sets = [frozenset(lemmas) for lemmas in self.variant_lemmas]
+        self.variant_words: list[tuple[str, ...]] = [tuple(self.words.key(w) for w in words) for words in written]
+        self.variant_sets = [frozenset(lemmas) for lemmas in self.variant_words]
         self.index: dict[str, list[int]] = {}
-        for v, lemmas in enumerate(self.variant_lemmas):
+        for v, lemmas in enumerate(self.variant_words):
             if not lemmas:
                 log.warning("concept name %r has no word tokens; it never matches", variants[v][1])
                 continue
             self.index.setdefault(lemmas[0], []).append(v)
-        # variants whose lemma set strictly contains v's: a phrase of one of them can hide v
+        # variants whose word set strictly contains v's: a phrase of one of them can hide v
         self.containers: list[tuple[int, ...]] = [() for _ in variants]
         holders: dict[str, set[int]] = {}
         for v, lemmas in enumerate(self.variant_sets):
@@ -137,9 +252,9 @@ class ConceptMatcher:
 
     def match(self, caption: str | None) -> tuple[list[int], list[int], list[int]]:
         """(concept ids by the nested rule, concept ids by the bag rule, matched variant ids)."""
-        sequence = self.lemmatize(caption)
-        present = set(sequence)
-        bag = sorted({v for lemma in present for v in self.index.get(lemma, ())
+        sequence = self.words(caption)
+        present = {key for keys in sequence for key in keys}
+        bag = sorted({v for key in present for v in self.index.get(key, ())
                       if self.variant_sets[v] <= present})
         kept = bag
         if self.nested and bag:
@@ -149,17 +264,17 @@ class ConceptMatcher:
         concepts_bag = sorted({int(self.variant_concept[v]) for v in bag})
         return concepts, concepts_bag, kept
 
-    def _hidden(self, v: int, sequence: list[str], matched: set[int]) -> bool:
-        """True when v's lemmas occur only inside phrases of longer matched variants."""
+    def _hidden(self, v: int, sequence: list[tuple[str, ...]], matched: set[int]) -> bool:
+        """True when v's words occur only inside phrases of longer matched variants."""
         covered: set[int] = set()
         for w in self.containers[v]:
             if w in matched:
-                phrase = self.variant_lemmas[w]
+                phrase = self.variant_words[w]
                 for start in _occurrences(sequence, phrase):
                     covered.update(range(start, start + len(phrase)))
         if not covered:
             return False
-        remaining = {lemma for i, lemma in enumerate(sequence) if i not in covered}
+        remaining = {key for i, keys in enumerate(sequence) if i not in covered for key in keys}
         return not self.variant_sets[v] <= remaining
 
     def __call__(self, batch: pa.Table) -> pa.Table:

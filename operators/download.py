@@ -69,6 +69,19 @@ class Fetched:
     retryable: bool = False
 
 
+def download_columns(results: list[Fetched], with_body: bool = True) -> dict[str, pa.Array]:
+    """The download stage's columns for these results (`image`: the raw body, when with_body)."""
+    columns = {
+        "status": pa.array([r.status for r in results], pa.string()),
+        "error": pa.array([r.error for r in results], pa.string()),
+        "http_status": pa.array([r.http_status for r in results], pa.int32()),
+        "n_bytes": pa.array([r.n_bytes for r in results], pa.int64()),
+    }
+    if with_body:
+        columns["image"] = pa.array([r.body for r in results], pa.binary())
+    return columns
+
+
 def user_agent(token: str | None) -> str:
     base = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
     return f"{base} (compatible; {token}; +https://github.com/tailor-data/tailor)" if token else base
@@ -184,14 +197,7 @@ class Downloader:
         workers = max(1, min(self.options.threads, len(urls)))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="download") as pool:
             results = list(pool.map(self.fetch, urls))
-        columns = {
-            "status": pa.array([r.status for r in results], pa.string()),
-            "error": pa.array([r.error for r in results], pa.string()),
-            "http_status": pa.array([r.http_status for r in results], pa.int32()),
-            "n_bytes": pa.array([r.n_bytes for r in results], pa.int64()),
-            "image": pa.array([r.body for r in results], pa.binary()),
-        }
-        return replace_columns(batch, columns)
+        return replace_columns(batch, download_columns(results))
 
     def fetch(self, url: str) -> Fetched:
         delay = self.options.backoff

@@ -1,7 +1,9 @@
 """annotate: every input row becomes exactly one annotation row, with Ray Data.
 
-    shards ─▶ load (CPU task per shard) ─▶ download (I/O tasks, threads inside)
-           ─▶ decode (CPU tasks) ─▶ write parts to RUN/_staging ─▶ driver commits each shard
+    shards ─▶ load (CPU task per piece) ─▶ fetch (download + decode: tasks of download.threads threads,
+           each row decoded on the thread that fetched it) ─▶ write parts to RUN/_staging
+           ─▶ driver commits each shard
+    (img2dataset tar input has its bytes already: load ─▶ decode ─▶ write)
 
 The stream that reaches the driver is only part metadata (shard, part, rows), never
 images. A shard is committed when all of its rows have been written: a Ray task merges its
@@ -29,8 +31,8 @@ import yaml
 
 from operators import status as st
 from operators.decode import Decoder
-from operators.download import Downloader
 from operators.embed import ClipEmbedder, ClipPreprocessor
+from operators.fetch import Fetcher
 from operators.text import CaptionText
 from pipelines.config import AnnotateConfig, ConfigError, load_config
 from pipelines.match import add_match_stage
@@ -127,12 +129,20 @@ def text_batch(batch: pa.Table, options) -> pa.Table:
     return CaptionText(options)(batch)
 
 
-def download_batch(batch: pa.Table, options) -> pa.Table:
-    return Downloader(options)(batch)
-
-
 def decode_batch(batch: pa.Table, options) -> pa.Table:
     return Decoder(options)(batch)
+
+
+_FETCHERS: dict[str, Fetcher] = {}
+
+
+def fetch_batch(batch: pa.Table, download, decode) -> pa.Table:
+    """Download + decode; the Fetcher (and its thread pool) lives as long as the worker process."""
+    key = download.model_dump_json() + decode.model_dump_json()
+    if key not in _FETCHERS:
+        _FETCHERS.clear()
+        _FETCHERS[key] = Fetcher(download, decode)
+    return _FETCHERS[key](batch)
 
 
 def preprocess_batch(batch: pa.Table, model_path: str) -> pa.Table:
@@ -228,20 +238,25 @@ def _prepare_folder(config: AnnotateConfig, paths: RunPaths, overwrite: bool) ->
 
 
 def _build_dataset(pending: list[Shard], config: AnnotateConfig, paths: RunPaths) -> ray.data.Dataset:
+    """The pipeline. Load, text, fetch (or decode) and, when no model stage follows, write ask Ray for the
+    same resources, so Ray Data fuses them into one task per piece: a piece's rows never leave the worker
+    between stages, and the cluster runs as many worker processes as the fetch stage's CPUs allow (each
+    extra Ray worker costs about 3 CPU-seconds to start and its own copy of the language-ID model)."""
     rc = config.ray
+    fetching = any(s.kind == "table" for s in pending)
+    cpus, tasks = (rc.fetch_cpus, rc.max_fetch_tasks) if fetching else (rc.decode_cpus, rc.max_decode_tasks)
+    same = {"num_cpus": cpus, "concurrency": tasks, "batch_format": "pyarrow"}
     items = pieces(pending, rc.batch_size)
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map_batches(load_pieces, batch_size=1, batch_format="pyarrow", fn_kwargs={"paths": paths},
-                        num_cpus=0.25)
-    ds = ds.map_batches(text_batch, batch_size=None, batch_format="pyarrow", fn_kwargs={"options": config.text},
-                        num_cpus=0.25)  # fused with load: language ID and caption lengths for every row
-    if any(s.kind == "table" for s in pending):
-        ds = ds.map_batches(download_batch, batch_size=rc.batch_size, batch_format="pyarrow",
-                            fn_kwargs={"options": config.download}, num_cpus=rc.download_cpus,
-                            concurrency=rc.max_download_tasks)
-    ds = ds.map_batches(decode_batch, batch_size=rc.batch_size, batch_format="pyarrow",
-                        fn_kwargs={"options": config.decode}, num_cpus=rc.decode_cpus,
-                        concurrency=rc.max_decode_tasks)
+    ds = ds.map_batches(load_pieces, batch_size=1, fn_kwargs={"paths": paths}, **same)
+    ds = ds.map_batches(text_batch, batch_size=None, fn_kwargs={"options": config.text}, **same)
+    if fetching:
+        ds = ds.map_batches(fetch_batch, batch_size=None, fn_kwargs={"download": config.download,
+                                                                     "decode": config.decode}, **same)
+    else:
+        ds = ds.map_batches(decode_batch, batch_size=None, fn_kwargs={"options": config.decode}, **same)
+    if config.embed is None and config.match is None:
+        return ds.map_batches(write_parts, batch_size=None, fn_kwargs={"paths": paths}, **same)
     if config.embed is not None:
         ds = _add_embed_stages(ds, config)
     if config.match is not None:  # an actor pool of its own (placed here, Ray Data does not fuse it with load)
@@ -367,14 +382,16 @@ def annotate(config: AnnotateConfig, overwrite: bool = False, progress: bool = T
     with storage_errors(config.output):
         _prepare_folder(config, paths, overwrite)
     init_ray(config.ray.address)
-    log.info("ray ready after %.1f s", time.time() - started)
+    ray_ready = time.time()
+    log.info("ray ready after %.1f s", ray_ready - started)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = progress
     # Ray Data's default reserves half the CPUs for the light stages (load, download, write), which on a
     # small node leaves the CPU-bound decode one task at a time; the budget follows demand instead.
     context.op_resource_reservation_enabled = False
     shards = plan_shards(config, paths)
-    log.info("input planned after %.1f s", time.time() - started)
+    planned = time.time()
+    log.info("input planned after %.1f s", planned - started)
     pending = [s for s in shards if not paths.exists(paths.done(s.id))]
     # parts and outputs of unfinished shards are from an interrupted run: redo those shards whole
     paths.remove(paths.join("_staging"))
@@ -388,7 +405,11 @@ def annotate(config: AnnotateConfig, overwrite: bool = False, progress: bool = T
             stats = _run_pending(pending, config, paths)
         paths.write_text(stats, paths.join("logs", "ray_data_stats.txt"))
         paths.remove(paths.join("_staging"))
+    pipeline_done = time.time()
     summary = summarize(shards, paths, config, started, sum(s.rows for s in pending), len(shards) - len(pending))
-    summary["stage_throughput"] = stage_throughput(stats)  # this run's stages (empty when nothing was left to do)
+    # this run's stages (empty when nothing was left to do)
+    summary["stage_throughput"] = stage_throughput(stats, sum(s.rows for s in pending))
+    summary["seconds"] = {"ray_start": round(ray_ready - started, 2), "plan": round(planned - ray_ready, 2),
+                          "pipeline": round(pipeline_done - planned, 2)}
     paths.write_json(summary, paths.summary)
     return summary

@@ -5,19 +5,27 @@ what a subset removed from it, and (given per-concept accuracies) the log-linear
         _audit.json             settings (concept list id, tagger, model) and the summary
         concepts.parquet        concept_id, concept, synonyms
         variants.parquet        variant_id, concept_id, variant (every name and synonym)
-        tags/SHARD.parquet      per annotation row: key, status, text_concepts, text_concepts_bag,
+        tags/SHARD.parquet      per annotation row: key, status, sha256, text_concepts, text_concepts_bag,
                                 text_variants, image_concepts, image_top, image_top_score
-        counts.parquet          sql/audit_counts.sql: text/image/matched counts, rank, tail, top synonym
+        counts.parquet          sql/audit_counts.sql: per concept, caption rows naming it (text_count*), distinct
+                                images (sha256) tagged with it (image_count) or also named by one of their
+                                captions (matched_count), rank, tail, top synonym
         subsets/SUBSET.parquet  sql/audit_subset_delta.sql: the same for the subset's rows, and the delta
-        loglinear.parquet       sql/audit_loglinear.sql: bins of ln(frequency), mean accuracy per bin
+        loglinear.parquet       sql/audit_loglinear.sql: the paper's bins of ln(count), accuracy per bin
+                                (pipelines/loglinear.py; counts from the accuracy file or the run)
         report/index.html, report/*.png   (pipelines/audit_report.py)
 
-Tagging is one pass over the run's shards: each shard's captions are lemmatized and matched
-(operators/concepts.py ConceptMatcher) and its stored image embeddings are scored against the
-concept text embeddings (ImageConceptTagger; the text tower runs once, in the driver). Small runs
-are tagged in this process; large ones (or `engine="ray"`) with a Ray Data actor pool, one shard
-per work item. Tags are kept and reused while the concept list, tagger and model are unchanged,
-so a second audit (another subset, another accuracy file) is SQL only.
+Tagging is one pass over the run's shards: each shard's captions are matched word by word
+(operators/concepts.py ConceptMatcher: concept words and their inflections) and its stored image
+embeddings are scored against the concept text embeddings (ImageConceptTagger; the text tower runs
+once, in the driver). Small runs are tagged in this process; large ones (or `engine="ray"`) with a
+Ray Data actor pool, one shard per work item. Tags are kept and reused while the concept list,
+tagger and model are unchanged, so a second audit (another subset, another accuracy file) is SQL only.
+
+Units: a caption row is one annotation row (an image-text pair); an image is one distinct sha256
+among ok rows (COCO has five caption rows per image; the same web image can sit under several
+URLs). `text_count*` count caption rows; `image_count`, `matched_count`, `text_image_count` and the
+misalignment count images (sql/audit_counts.sql, sql/audit_misalignment.sql).
 """
 
 from __future__ import annotations
@@ -38,25 +46,36 @@ from operators.concepts import DEFAULT_TEMPLATES, IDS, ConceptMatcher, Concepts,
 from operators.options import Options
 from pipelines.concepts import concept_list_name, load_concepts
 from pipelines.config import ConfigError
-from pipelines.duck import connect, run_sql, scan, to_arrow
+from pipelines.duck import connect, run_sql, scan
 from pipelines.storage import RunPaths
 
 log = logging.getLogger(__name__)
 
-TAGS_SCHEMA = pa.schema([("key", pa.string()), ("status", pa.string()), ("text_concepts", IDS),
-                         ("text_concepts_bag", IDS), ("text_variants", IDS), ("image_concepts", IDS),
-                         ("image_top", pa.int32()), ("image_top_score", pa.float32())])
+TAGS_SCHEMA = pa.schema([("key", pa.string()), ("status", pa.string()), ("sha256", pa.string()),
+                         ("text_concepts", IDS), ("text_concepts_bag", IDS), ("text_variants", IDS),
+                         ("image_concepts", IDS), ("image_top", pa.int32()), ("image_top_score", pa.float32())])
 # Zero-shot thresholds that suit a model, used when none is given. The paper's 0.7 is a RAM++
 # probability; a CLIP softmax over many concepts rarely reaches it unless the model is strong.
 # The demo CLIP (1.5M parameters, top-1 about 72% over the 136 demo concepts on the demo web) gets 0.3.
 DEFAULT_THRESHOLD = {"softmax": 0.7, "cosine": 0.3}
 MODEL_THRESHOLD = {("builtin:demo-clip", "softmax"): 0.3}
-LOCAL_MAX_ROWS = 200_000  # engine="auto": below this many rows tagging runs in this process
+TAGS_VERSION = 2  # 2: sha256 per row (image counts of distinct images), inflection-based text matching
+LOCAL_MAX_ROWS = 200_000
+# What each count counts (also in _audit.json's summary): caption rows, or distinct images (sha256) among ok rows.
+UNITS = {
+    "text_count": "ok caption rows naming the concept",
+    "text_count_bag": "ok caption rows naming it by the pure bag-of-words rule",
+    "text_count_all": "caption rows naming it, any download status",
+    "text_image_count": "ok images (distinct sha256) with a caption row naming it",
+    "image_count": "ok images (distinct sha256) tagged with it",
+    "matched_count": "ok images tagged with it and named so by at least one of their caption rows",
+    "misalignment": "ok images with an image tag none of whose caption rows names any of their concepts",
+}  # engine="auto": below this many rows tagging runs in this process
 
 
 class AuditOptions(Options):
     concepts: str = Field("coco80", description="built-in list (imagenet1k, coco80, demo) or a file path/URL")
-    lang: str = Field("en", description="simplemma language of captions and concept names")
+    lang: str = Field("en", description="caption language: en matches inflections; others simplemma lemmas")
     nested: bool = Field(True, description="words of a longer concept's phrase do not count for a shorter one")
     tagger: Literal["softmax", "cosine"] = "softmax"
     image_threshold: float | None = Field(None, description="tag threshold; default per tagger and model")
@@ -65,7 +84,7 @@ class AuditOptions(Options):
     frequency: Literal["text", "image", "matched"] = Field("text", description="the count that ranks concepts")
     tail_fraction: float = Field(0.2, ge=0, le=1, description="the bottom share of concepts that is the tail")
     tail_floor: int = Field(0, ge=0, description="concepts with frequency below this are tail too")
-    bins: int = Field(12, gt=0, description="bins of the log-linear analysis")
+    bins: int = Field(12, ge=5, description="edges (= bins) of the log-linear analysis; the paper's 12")
     engine: Literal["auto", "local", "ray"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
@@ -96,7 +115,11 @@ class ShardTagger:
 
     def tag(self, shard: str) -> pa.Table:
         with self.paths.fs.open(self.paths.output("annotations", shard), "rb") as f:
-            table = pq.read_table(f, columns=["key", "caption", "status"])
+            names = pq.read_schema(f).names
+            f.seek(0)
+            table = pq.read_table(f, columns=[c for c in ("key", "caption", "status", "sha256") if c in names])
+        if "sha256" not in table.column_names:  # the image's identity for image counts; the key without it
+            table = table.append_column("sha256", pa.nulls(table.num_rows, pa.string()))
         table = self.matcher(table)
         emb_path = self.paths.output("embeddings", shard)
         if self.image is not None and self.paths.exists(emb_path):
@@ -160,6 +183,7 @@ def tag_run(run: str, options: AuditOptions, progress: bool = False) -> dict:
         "image_threshold": options.threshold_for(model) if model else None,
         "temperature": options.temperature if options.tagger == "softmax" else None,
         "templates": options.templates,
+        "tags_version": TAGS_VERSION,
     }
     info_path = f"{out}/_audit.json"
     previous = paths.read_json(info_path).get("settings") if paths.exists(info_path) else None
@@ -243,6 +267,7 @@ def concept_counts(run: str, name: str, options: AuditOptions, subset: str | Non
 
 
 def misalignment(run: str, name: str, subset: str | None = None) -> dict:
+    """sql/audit_misalignment.sql: ok rows and images, tagged images, misaligned images and their rate."""
     paths = RunPaths(run)
     con = connect()
     _register(con, paths, name, subset)
@@ -257,41 +282,22 @@ def subset_delta(full: pa.Table, sub: pa.Table) -> pa.Table:
 
 
 def read_accuracy(path: str) -> pa.Table:
-    """A per-concept accuracy file (CSV/TSV/Parquet/JSON lines): columns `concept` and `accuracy`."""
-    import fsspec
-    import pyarrow.csv as pcsv
-    import pyarrow.json as pjson
+    """A per-concept accuracy file (CSV/TSV/Parquet/JSON lines): columns `concept` and `accuracy`, and
+    optionally `count` (then used instead of the run's frequency) and `dataset` (pipelines/loglinear.py)."""
+    from pipelines.loglinear import read_points
 
-    try:
-        with fsspec.open(path, "rb") as f:
-            if path.endswith(".parquet"):
-                table = pq.read_table(f)
-            elif path.endswith((".json", ".jsonl")):
-                table = pjson.read_json(f)
-            else:
-                delimiter = "\t" if path.endswith(".tsv") else ","
-                table = pcsv.read_csv(f, parse_options=pcsv.ParseOptions(delimiter=delimiter))
-    except (FileNotFoundError, pa.ArrowInvalid) as err:
-        raise ConfigError(f"--accuracy: cannot read {path}: {err}") from err
-    missing = {"concept", "accuracy"} - set(table.column_names)
-    if missing:
-        raise ConfigError(f"--accuracy: {path} lacks column(s) {', '.join(sorted(missing))} (needs concept, accuracy)")
-    return table.select(["concept", "accuracy"]).cast(pa.schema([("concept", pa.string()),
-                                                                 ("accuracy", pa.float64())]))
+    return read_points(path, "--accuracy", count_required=False)
 
 
-def log_linear(counts: pa.Table, accuracy: pa.Table, bins: int = 12) -> tuple[pa.Table, dict, pa.Table]:
-    """(bins table, fit {bins_used, pearson_r, slope, intercept}, the joined points)."""
-    con = connect()
-    con.register("counts", counts)
-    con.register("accuracy", accuracy)
-    points = con.sql("SELECT c.concept_id, c.concept, c.frequency, a.accuracy FROM counts AS c "
-                     "JOIN accuracy AS a USING (concept) ORDER BY c.concept_id")
-    points.create_view("points")
-    table = run_sql(con, "audit_loglinear", bins=bins)
-    con.register("bins", table)
-    fit = run_sql(con, "audit_loglinear_fit").to_pylist()[0]
-    return table, fit, to_arrow(points)
+def log_linear(counts: pa.Table, accuracy: pa.Table, bins: int = 12,
+               source: str = "log-linear") -> tuple[pa.Table, dict, pa.Table]:
+    """The paper's log-linear analysis (pipelines/loglinear.py) of the accuracies against the run's
+    `frequency`, or against the accuracy table's own `count` column when it has one: (bins table,
+    fit {bins_used, pearson_r, slope, intercept}, the points). A ConfigError below 3 usable bins."""
+    from pipelines.loglinear import analyse, run_points
+
+    result = analyse(run_points(counts, accuracy), bins, source)
+    return result.bins, result.fit, result.points
 
 
 # ---------------------------------------------------------------- the whole audit
@@ -303,6 +309,7 @@ def audit_run(run: str, options: AuditOptions | None = None, subset: str | None 
     options = options or AuditOptions()
     run = str(run) if "://" in str(run) else os.path.abspath(run)
     paths = RunPaths(run)
+    accuracy_table = read_accuracy(accuracy) if accuracy is not None else None  # a bad file fails before tagging
     settings = tag_run(run, options, progress)
     tagged_at = time.time()
     name = settings["name"]
@@ -310,17 +317,22 @@ def audit_run(run: str, options: AuditOptions | None = None, subset: str | None 
     counts = concept_counts(run, name, options)
     paths.write_parquet(counts, f"{out}/counts.parquet")
     rows = counts.to_pylist()
+    scope = misalignment(run, name)
     summary: dict = {
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "concepts": len(rows),
+        "ok_rows": scope["ok_rows"],
+        "ok_images": scope["ok_images"],
+        "units": UNITS,
         "frequency": options.frequency,
         "tail": {"fraction": options.tail_fraction, "floor": options.tail_floor,
                  "concepts": sum(r["tail"] for r in rows),
                  "share_of_mentions": _tail_share(rows)},
         "concepts_never_in_text": sum(r["text_count"] == 0 for r in rows),
         "concepts_never_in_images": sum(r["image_count"] == 0 for r in rows) if settings["model"] else None,
-        "misalignment": misalignment(run, name) if settings["model"] else None,
-        "head": [{k: r[k] for k in ("concept", "text_count", "image_count", "matched_count", "frequency")}
+        "misalignment": scope if settings["model"] else None,
+        "head": [{k: r[k] for k in ("concept", "text_count", "text_image_count", "image_count", "matched_count",
+                                    "frequency")}
                  for r in sorted(rows, key=lambda r: (r["rank"], r["concept_id"]))[:10]],
     }
     delta = None
@@ -340,12 +352,15 @@ def audit_run(run: str, options: AuditOptions | None = None, subset: str | None 
             "misalignment": misalignment(run, name, subset) if settings["model"] else None,
         }
     fit = bins = points = None
-    if accuracy is not None:
-        bins, fit, points = log_linear(counts, read_accuracy(accuracy), options.bins)
+    if accuracy_table is not None:
+        from pipelines.loglinear import analyse, run_points
+
+        source = "file" if "count" in accuracy_table.column_names else f"run {options.frequency} frequency"
+        result = analyse(run_points(counts, accuracy_table), options.bins,
+                         f"--accuracy {accuracy} (counts: {source})")
+        bins, fit, points = result.bins, result.fit, result.points
         paths.write_parquet(bins, f"{out}/loglinear.parquet")
-        summary["loglinear"] = {**fit, "concepts_with_accuracy": points.num_rows,
-                                "bin_left_edges": bins.column("left_edge").to_pylist(),
-                                "bin_means": bins.column("mean_accuracy").to_pylist()}
+        summary["loglinear"] = {**result.summary(), "counts": source}
     summary["wall_time_s"] = round(time.time() - started, 2)
     summary["tagging_s"] = round(tagged_at - started, 2)
     if report:

@@ -2,7 +2,7 @@
 
     rank_frequency.png   text, image and matched counts against rank, log-log (zero counts left out)
     coverage_delta.png   per concept, frequency in the run against frequency in the subset (with --subset)
-    loglinear.png        accuracy against ln(frequency): concepts, bin means, the fitted line (with --accuracy)
+    loglinear.png        accuracy against ln(count): concepts, bin means, the fitted line (with --accuracy)
 
 The tables (tail concepts, subset delta, log-linear bins) are HTML tables on the page. Plots are
 also usable on their own from a notebook: each `plot_*` function returns a matplotlib Figure.
@@ -29,14 +29,16 @@ def _figure(width: float = 7.0, height: float = 4.5):
 
 def plot_rank_frequency(counts: pa.Table):
     fig, ax = _figure()
-    for column, style in (("text_count", "-"), ("image_count", "--"), ("matched_count", ":")):
+    for column, style, label in (("text_count", "-", "text (caption rows)"), ("image_count", "--", "image (images)"),
+                                 ("matched_count", ":", "matched (images)")):
         values = sorted((v for v in counts.column(column).to_pylist() if v > 0), reverse=True)
         if values:
-            ax.loglog(range(1, len(values) + 1), values, style, marker=".", label=column.replace("_count", ""))
+            ax.loglog(range(1, len(values) + 1), values, style, marker=".", label=label)
     ax.set_xlabel("rank")
-    ax.set_ylabel("rows")
+    ax.set_ylabel("caption rows / distinct images")
     ax.set_title("concept frequency by rank (log-log)")
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:  # a run where no concept is counted has no line to label
+        ax.legend()
     fig.tight_layout()
     return fig
 
@@ -61,17 +63,27 @@ def plot_coverage_delta(delta: pa.Table):
 
 
 def plot_loglinear(bins: pa.Table, points: pa.Table, fit: dict):
+    """Accuracy against ln(count): the points, each bin's mean (± std) at its upper edge, the fitted line
+    over the bins it was fitted on (pipelines/loglinear.py; the first and last bins are hollow)."""
     fig, ax = _figure()
-    xs = [math.log(max(f, 1)) for f in points.column("frequency").to_pylist()]
+    xs = [math.log(max(c, 1)) for c in points.column("count").to_pylist()]
     ax.scatter(xs, points.column("accuracy").to_pylist(), s=8, alpha=0.35, label="concepts")
-    b = [(r["left_edge"], r["mean_accuracy"]) for r in bins.to_pylist() if r["mean_accuracy"] is not None]
-    if b:
-        ax.plot(*zip(*b, strict=True), "o-", color="tab:red", label="bin mean (at left edge)")
-    if fit.get("slope") is not None and b:
-        lo, hi = b[0][0], b[-1][0]
+    rows = [r for r in bins.to_pylist() if r["mean"] is not None]
+    last = len(bins) - 1
+    used = [r for r in rows if 0 < r["bin"] < last]
+    if used:
+        ax.errorbar([r["edge"] for r in used], [r["mean"] for r in used], yerr=[r["std"] for r in used], fmt="o-",
+                    color="tab:red", capsize=3, label="bin mean ± std (at upper edge)")
+    ends = [r for r in rows if r["bin"] in (0, last)]
+    if ends:
+        ax.plot([r["edge"] for r in ends], [r["mean"] for r in ends], "o", mfc="none", color="tab:red",
+                label="first and last bin (not fitted)")
+    if fit.get("slope") is not None and fit.get("intercept") is not None and used:
+        lo, hi = used[0]["edge"], used[-1]["edge"]
+        r = fit.get("pearson_r")
         ax.plot([lo, hi], [fit["intercept"] + fit["slope"] * lo, fit["intercept"] + fit["slope"] * hi], "k--",
-                lw=1, label=f"fit, r = {fit['pearson_r']:.3f}")
-    ax.set_xlabel("ln(frequency)  (zero counted as 1)")
+                lw=1, label="fit" + (f", r = {r:.3f}" if r is not None else ""))
+    ax.set_xlabel("ln(count)  (zero counted as 1)")
     ax.set_ylabel("accuracy")
     ax.set_title("accuracy vs log frequency")
     ax.legend()
@@ -118,7 +130,8 @@ def write_report(paths: RunPaths, out: str, settings: dict, summary: dict, count
         _save(paths, fig, f"{folder}/{name}")
 
     rows = counts.to_pylist()
-    count_cols = ["concept", "text_count", "image_count", "matched_count", "frequency", "rank", "top_synonym"]
+    count_cols = ["concept", "text_count", "text_image_count", "image_count", "matched_count", "frequency", "rank",
+                  "top_synonym"]
     tail = sorted((r for r in rows if r["tail"]), key=lambda r: (r["frequency"], r["concept_id"]))
     head = sorted(rows, key=lambda r: (r["rank"], r["concept_id"]))
     mis = summary.get("misalignment")
@@ -131,11 +144,16 @@ def write_report(paths: RunPaths, out: str, settings: dict, summary: dict, count
         f"image tagger {html.escape(str(settings['tagger']))} (threshold {settings['image_threshold']}) on "
         f"{html.escape(str(settings['model']))}. Tail: {summary['tail']['concepts']} concepts (bottom "
         f"{summary['tail']['fraction']:.0%} or below {summary['tail']['floor']}), "
-        f"{summary['tail']['share_of_mentions']} of all mentions.</p>",
+        + (f"{summary['tail']['share_of_mentions']} of all mentions.</p>"
+           if summary["tail"]["share_of_mentions"] is not None else "no concept is mentioned at all.</p>"),
     ]
+    if summary.get("ok_rows") is not None:
+        parts.append(f"<p>Units: text_count counts caption rows ({summary['ok_rows']} ok rows); text_image_count, "
+                     f"image_count and matched_count count distinct images by sha256 ({summary['ok_images']} ok "
+                     "images).</p>")
     if mis:
         parts.append(f"<p>Misalignment: {mis['misaligned']} of {mis['images_tagged']} tagged images "
-                     f"({mis['misalignment_rate']:.1%}) have a caption naming none of their concepts.</p>")
+                     f"({mis['misalignment_rate']:.1%}) have no caption row naming any of their concepts.</p>")
     parts += ["<h2>Rank-frequency</h2><img src='rank_frequency.png'>",
               "<h2>Head</h2>", _table(head, count_cols, 20),
               "<h2>Tail</h2>", _table(tail, count_cols, 200)]
@@ -148,11 +166,14 @@ def write_report(paths: RunPaths, out: str, settings: dict, summary: dict, count
                   _table(sorted(delta.to_pylist(), key=lambda r: (r["retained"] is None, r["retained"] or 0)),
                          ["concept", "frequency", "subset_frequency", "retained", "tail", "subset_tail", "lost"], 60)]
     if bins is not None and fit is not None:
+        r = "undefined" if fit["pearson_r"] is None else f"{fit['pearson_r']:.4f}"
+        source = html.escape(str(summary.get("loglinear", {}).get("counts", "")))
         parts += ["<h2>Log-linear analysis</h2>",
-                  f"<p>Pearson r between bin left edges and bin mean accuracy: {fit['pearson_r']} over "
-                  f"{fit['bins_used']} non-empty bins; slope {fit['slope']} per unit ln(frequency).</p>",
+                  f"<p>Pearson r between the bins' upper edges (ln count) and their mean accuracy over bins 1.."
+                  f"{len(bins) - 2}: {r} ({fit['bins_used']} non-empty bins); slope {fit['slope']} per unit "
+                  f"ln(count). Counts: {source}.</p>",
                   "<img src='loglinear.png'>",
-                  _table(bins.to_pylist(), ["bin", "left_edge", "right_edge", "n", "mean_accuracy"])]
+                  _table(bins.to_pylist(), ["bin", "edge_count", "edge", "rows", "mean", "std"])]
     parts.append("</body></html>")
     page = f"{folder}/index.html"
     paths.write_text("\n".join(parts), page)

@@ -135,9 +135,10 @@ def _metaclip_balance(args: argparse.Namespace) -> int:
     from pipelines.metaclip import balance_subset
 
     stats = balance_subset(args.run, args.name, t=args.t, seed=args.seed, group_by=args.group_by,
-                           source=args.source, threads=args.threads)
+                           source=args.source, threads=args.threads, text_only=args.text_only)
     captions, before, after = stats["captions"], stats["before"], stats["after"]
-    print(f"kept {captions['kept']}/{captions['total']} captions {captions['by_reason']}; "
+    print(f"balanced {stats['recipe']['rows']}: kept {captions['kept']}/{captions['total']} captions "
+          f"{captions['by_reason']}; "
           f"head entries (count > t) {stats['entries']['head']}; tail share of matches "
           f"{before['tail_share_of_matches']} -> {after['tail_share_of_matches']}")
     print(f"subset: {args.run}/subsets/{args.name}/ (manifest.parquet, decisions.parquet, stats.json, "
@@ -168,7 +169,10 @@ def _select(args: argparse.Namespace) -> int:
     stats = select(args.run, recipe, args.name, threads=args.threads, overwrite=args.overwrite)
     print(f"{'step':<20}{'in':>10}{'dropped':>10}{'out':>10}  reasons")
     for step in stats["steps"]:
-        reasons = ", ".join(f"{r} {n}" for r, n in sorted(step["by_reason"].items(), key=lambda kv: -kv[1])[:4])
+        ranked = sorted(step["by_reason"].items(), key=lambda kv: (-kv[1], kv[0]))
+        reasons = ", ".join(f"{r} {n}" for r, n in ranked[:4])
+        if len(ranked) > 4:
+            reasons += f", … {len(ranked) - 4} more reasons ({sum(n for _, n in ranked[4:])} rows)"
         print(f"{step['name']:<20}{step['rows_in']:>10}{step['dropped']:>10}{step['rows_out']:>10}  {reasons}")
     print(f"kept {stats['kept']}/{stats['rows']} rows in {stats['seconds']} s; subset: {args.run}/subsets/{args.name}/ "
           "(manifest.parquet, decisions.parquet, recipe.yaml, stats.json)")
@@ -185,23 +189,45 @@ def _audit(args: argparse.Namespace) -> int:
     options = AuditOptions(**{k: v for k, v in fields.items() if v is not None})
     s = audit_run(args.run, options, subset=args.subset, accuracy=args.accuracy, progress=not args.no_progress)
     print(f"{s['concepts']} concepts ({s['settings']['concepts']}), ranked by {s['frequency']} frequency; "
-          f"tail {s['tail']['concepts']} concepts holding {s['tail']['share_of_mentions']} of mentions; "
-          f"never in captions: {s['concepts_never_in_text']}")
-    print(f"{'head concept':<24}{'text':>8}{'image':>8}{'matched':>9}")
+          f"tail {s['tail']['concepts']} concepts "
+          + (f"holding {s['tail']['share_of_mentions']} of mentions; " if s["tail"]["share_of_mentions"] is not None
+             else f"(no concept has a {s['frequency']} mention); ")
+          + f"never in captions: {s['concepts_never_in_text']}")
+    print(f"{'head concept':<24}{'text rows':>10}{'images':>8}{'matched':>9}   (ok: {s['ok_rows']} caption rows, "
+          f"{s['ok_images']} distinct images by sha256; image and matched count images)")
     for row in s["head"]:
-        print(f"{row['concept']:<24}{row['text_count']:>8}{row['image_count']:>8}{row['matched_count']:>9}")
+        print(f"{row['concept']:<24}{row['text_count']:>10}{row['image_count']:>8}{row['matched_count']:>9}")
     if s["misalignment"]:
         m = s["misalignment"]
         print(f"misalignment: {m['misaligned']}/{m['images_tagged']} tagged images ({m['misalignment_rate']:.1%}) "
-              "have a caption naming none of their concepts")
+              "have no caption row naming any of their concepts")
     if "subset" in s:
         sub = s["subset"]
         print(f"subset {sub['name']}: tail mentions retained {sub['tail_retained']}, head {sub['head_retained']}; "
               f"tail concepts lost: {', '.join(sub['tail_concepts_lost']) or 'none'}")
     if "loglinear" in s:
         fit = s["loglinear"]
-        print(f"log-linear: Pearson r {fit['pearson_r']} over {fit['bins_used']} bins, slope {fit['slope']}")
+        print(f"log-linear: Pearson r {fit['pearson_r']} over {fit['bins_used']} bins, slope {fit['slope']} "
+              f"(counts: {fit['counts']})")
     print(f"tables in {s['out']}/ (counts.parquet, tags/); report: {s.get('report')}")
+    return 0
+
+
+def _loglinear(args: argparse.Namespace) -> int:
+    from pipelines.loglinear import analyse, read_points, write
+
+    result = analyse(read_points(args.file, args.file), source=args.file)
+    files = write(result, args.out)
+    s = result.summary()
+    fmt = lambda v, spec=".4f": "-" if v is None else format(v, spec)  # noqa: E731
+    datasets = f" in {s['datasets']} dataset{'s' if s['datasets'] > 1 else ''}" if s["datasets"] else ""
+    print(f"log-linear over {s['points']} rows{datasets}: Pearson r {fmt(s['pearson_r'])} over bins "
+          f"{s['fit_bins'][0]}..{s['fit_bins'][1]} ({s['bins_used']} non-empty), slope {fmt(s['slope'])} per unit "
+          f"ln(count), intercept {fmt(s['intercept'])}")
+    print(f"{'bin':>4}{'upper edge (count)':>20}{'rows':>8}{'mean':>9}{'std':>9}")
+    for i, (edge, rows, mean, std) in enumerate(zip(s["edges"], s["rows"], s["means"], s["stds"], strict=True)):
+        print(f"{i:>4}{edge:>20.4g}{rows:>8}{fmt(mean):>9}{fmt(std):>9}")
+    print(f"wrote {', '.join(files)}")
     return 0
 
 
@@ -337,6 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group-by", help="annotation column naming the image (MetaCLIP 2: one text per image)")
     p.add_argument("--source", choices=["auto", "match", "annotations"], default="auto",
                    help="match lists from RUN/match (tailor match) or RUN/annotations (annotate's match stage)")
+    p.add_argument("--text-only", action="store_true",
+                   help="balance every caption, fetched or not (default: only rows whose image downloaded)")
     p.add_argument("--threads", type=int, help="DuckDB threads (results do not depend on it)")
     p.set_defaults(func=_metaclip_balance)
 
@@ -382,6 +410,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=["auto", "local", "ray"], help="where tagging runs (default auto)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_audit)
+
+    p = sub.add_parser("loglinear", help="the paper's log-linear analysis of per-concept counts and accuracies")
+    p.add_argument("file", help="CSV/TSV/Parquet/JSONL with columns concept, count, accuracy (and optionally "
+                                "dataset; one row per dataset and concept)")
+    p.add_argument("--out", required=True, help="folder for loglinear.json and loglinear.png")
+    p.set_defaults(func=_loglinear)
 
     p = sub.add_parser("recaption", help="new captions for a subset from a vision-language model; rescored, audited")
     p.add_argument("run")

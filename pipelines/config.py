@@ -46,9 +46,12 @@ class InputConfig(Options):
 class RayConfig(Options):
     address: str | None = Field(None, description="Ray cluster address; None starts or joins a local Ray")
     batch_size: int = Field(256, gt=0, description="rows per download/decode batch")
-    download_cpus: float = Field(0.5, gt=0, description="CPUs reserved per download task (mostly waiting on I/O)")
-    decode_cpus: float = Field(1.0, gt=0, description="CPUs reserved per decode task")
-    max_download_tasks: int | None = Field(None, gt=0, description="cap on concurrent download tasks")
+    fetch_cpus: float = Field(1.0, gt=0, description="CPUs reserved per fetch task (download + decode on "
+                              "download.threads threads: one core busy decoding while the threads wait)")
+    decode_cpus: float = Field(1.0, gt=0, description="CPUs reserved per decode task (img2dataset tar input) "
+                               "and per embed preprocessing task")
+    max_fetch_tasks: int | None = Field(None, gt=0, description="cap on concurrent fetch tasks (each opens up to "
+                                        "download.threads connections at once)")
     max_decode_tasks: int | None = Field(None, gt=0, description="cap on concurrent decode tasks")
 
 

@@ -231,7 +231,8 @@ def _accuracies(acc: np.ndarray, classes: list[int], tail: set[int]) -> dict:
 
 
 def _loglinear(subset: str, per_concept: list[dict]) -> dict:
-    """The audit's log-linear analysis (12 bins of ln(frequency), Pearson r of bin edges and means)."""
+    """The audit's log-linear analysis (pipelines/loglinear.py: the paper's 12 edges of ln(frequency),
+    Pearson r of upper edges and bin means over bins 1..10); r None, with the reason, below 3 usable bins."""
     from pipelines.audit import log_linear
 
     rows = [r for r in per_concept if r["subset"] == subset]
@@ -239,5 +240,8 @@ def _loglinear(subset: str, per_concept: list[dict]) -> dict:
                        "frequency": [r["frequency"] for r in rows]})
     accuracy = pa.table({"concept": [r["concept"] for r in rows],
                          "accuracy": pa.array([r["accuracy"] for r in rows], pa.float64())})
-    _, fit, _ = log_linear(counts, accuracy)
+    try:
+        _, fit, _ = log_linear(counts, accuracy, source=f"subset {subset}")
+    except ConfigError as err:
+        return {"bins_used": None, "pearson_r": None, "slope": None, "intercept": None, "note": str(err)}
     return fit

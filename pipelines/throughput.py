@@ -1,7 +1,7 @@
 """Per-stage throughput of a run, read from Ray Data's execution stats (`Dataset.stats()`).
 
-For each stage (load, download, decode, preprocess, embed, match, write): the rows through it, the wall
-time of the stage, the summed time of its tasks, and from those `rows_per_s` (the whole stage) and
+For each stage (load, fetch = download + decode, decode, preprocess, embed, match, write): the rows through
+it, the wall time of the stage, the summed time of its tasks, and from those `rows_per_s` (the whole stage) and
 `rows_per_task_s` (per task or actor: about rows/s per CPU for the CPU stages, per replica for a model).
 Ray Data fuses consecutive operators into one task (decode -> preprocess -> embed on a CPU-only node);
 the stages of a fused operator share its numbers and name each other under `fused_with`.
@@ -15,6 +15,7 @@ import re
 STAGE_OF_FUNCTION = {
     "load_pieces": "load",
     "download_batch": "download",
+    "fetch_batch": "fetch",
     "decode_batch": "decode",
     "preprocess_batch": "preprocess",
     "ClipEmbedder": "embed",
@@ -34,8 +35,12 @@ def _seconds(text: str) -> float | None:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-def stage_throughput(stats: str) -> dict[str, dict]:
-    """{stage: {rows, wall_s, task_s, rows_per_s, rows_per_task_s[, fused_with]}} from Ray Data stats text."""
+def stage_throughput(stats: str, rows_in: int | None = None) -> dict[str, dict]:
+    """{stage: {rows, wall_s, task_s, rows_per_s, rows_per_task_s[, fused_with]}} from Ray Data stats text.
+
+    An operator that starts with `load` reads work items (pieces of shards), not rows: given `rows_in`
+    (the rows those pieces hold), its numbers are per input row.
+    """
     found: dict[str, dict] = {}
     matches = list(_OPERATOR.finditer(stats or ""))
     for i, op in enumerate(matches):
@@ -45,6 +50,8 @@ def stage_throughput(stats: str) -> dict[str, dict]:
         if not stages:
             continue
         rows = max((int(m.group("n")) for m in _ROWS.finditer(body)), default=None)
+        if stages[0] == "load" and rows_in is not None:
+            rows = rows_in
         wall = _seconds(op.group("wall"))
         total = _TOTAL.search(body)
         task_s = _seconds(total.group("total")) if total else None

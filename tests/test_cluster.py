@@ -183,7 +183,7 @@ def test_job_submit_on_two_node_cluster(cluster, demo_web, tmp_path):
     summary = json.loads((run / "run.json").read_text())
     assert summary["shards"] == {"total": 4, "done": 4, "skipped_already_done": 0}
     assert len(pq.read_table(run / "embeddings")) == summary["status_counts"]["ok"] > 0
-    assert {"download", "decode", "embed", "write"} <= set(summary["stage_throughput"])
+    assert {"fetch", "embed", "write"} <= set(summary["stage_throughput"])
 
     # the embed stage asked Ray for the node's GPU (declared, not real: the actor found no CUDA and ran on CPU)
     actors = _http_json(f"{cluster.dashboard}/api/v0/actors?detail=1&limit=1000")["data"]["result"]["result"]

@@ -157,9 +157,51 @@ def test_decoder_batch_passes_failed_rows_through():
 
 
 def test_alpha_matte_equals_img2dataset_formula_exactly():
-    from operators.decode import _rgb_on_white
+    from operators.decode import _bgr_on_white
 
     rgba = np.random.default_rng(0).integers(0, 256, (300, 200, 4)).astype(np.uint8)
     alpha = rgba[:, :, 3:4]
     reference = np.rint((alpha / 255 * rgba[..., :3] + 255 - alpha).clip(0, 255)).astype(np.uint8)
-    assert np.array_equal(_rgb_on_white(Image.fromarray(rgba, "RGBA")), reference)
+    assert np.array_equal(_bgr_on_white(Image.fromarray(rgba, "RGBA"))[:, :, ::-1], reference)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_opencv_jpeg_path_equals_pillow_path_for_every_exif_orientation(orientation, monkeypatch):
+    """The fast path (OpenCV decode, BGR throughout) and Pillow's path give the same image, hash and sizes."""
+    from operators import decode as decode_module
+
+    photo = Image.open(COCO[3]).convert("RGB").resize((1200, 700))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = _encode(photo, quality=90, exif=exif.tobytes())
+    for options in (DecodeOptions(image_size=128), DecodeOptions(image_size=128, reduced_decode=False),
+                    DecodeOptions(image_size=256, resize_mode="center_crop")):
+        fast = decode_image(data, options)
+        with monkeypatch.context() as m:
+            m.setattr(decode_module, "_jpeg_with_opencv", lambda *a: None)
+            slow = decode_image(data, options)
+        assert fast.status == slow.status == st.OK
+        assert (fast.width, fast.height, fast.original_width, fast.original_height) == \
+            (slow.width, slow.height, slow.original_width, slow.original_height)
+        assert np.abs(_pixels(fast.image) - _pixels(slow.image)).mean() < 1.0, (orientation, options)
+        assert bin(fast.phash ^ slow.phash).count("1") <= 2
+
+
+def test_a_truncated_jpeg_is_a_decode_error_not_a_padded_image():
+    """OpenCV pads a truncated JPEG with grey and says nothing; the fast path leaves such files to Pillow."""
+    data = _encode(Image.open(COCO[0]).convert("RGB"), quality=90)
+    for cut in (len(data) // 2, len(data) - 100):
+        result = decode_image(data[:cut], DecodeOptions())
+        assert result.status == st.DECODE_ERROR and result.image is None, result.error
+
+
+def test_phash_is_imagehash_phash_on_real_photos():
+    import imagehash
+
+    from operators.decode import phash64
+
+    for path in COCO[:40]:
+        rgb = np.asarray(Image.open(path).convert("RGB").resize((341, 256)))
+        expected = int.from_bytes(np.packbits(imagehash.phash(Image.fromarray(rgb)).hash.flatten()).tobytes(), "big")
+        assert bin(phash64(rgb) ^ expected).count("1") <= 1, path.name
+        assert phash64(np.ascontiguousarray(rgb[:, :, ::-1]), bgr=True) == phash64(rgb)

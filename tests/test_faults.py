@@ -86,13 +86,13 @@ def _ray_task_workers(driver: int, stage: str) -> list[int]:
 
 def test_killed_ray_workers_are_retried_without_duplicates(urls, truth, tmp_path):
     run = tmp_path / "run"
-    driver = subprocess.Popen(_annotate(urls, run, "--set", "ray.max_download_tasks=2"), start_new_session=True,
+    driver = subprocess.Popen(_annotate(urls, run, "--set", "ray.max_fetch_tasks=2"), start_new_session=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     killed: list[int] = []
     try:
         deadline = time.time() + 240
         while time.time() < deadline and len(killed) < 2 and driver.poll() is None:
-            for pid in _ray_task_workers(driver.pid, "download_batch")[:1]:
+            for pid in _ray_task_workers(driver.pid, "fetch_batch")[:1]:
                 if pid not in killed:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)  # mid-task, as when an OOM killer or a preemption strikes
@@ -102,14 +102,14 @@ def test_killed_ray_workers_are_retried_without_duplicates(urls, truth, tmp_path
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
-    assert len(killed) == 2, f"could not catch download tasks to kill (exit {driver.returncode}): {err[-2000:]}"
+    assert len(killed) == 2, f"could not catch fetch tasks to kill (exit {driver.returncode}): {err[-2000:]}"
     assert driver.returncode == 0, err[-3000:]
     _check_complete(pq.read_table(run / "annotations"), truth)
     summary = json.loads((run / "run.json").read_text())
     assert summary["rows_out"] == ROWS and summary["shards"]["done"] == 4
     assert len(pq.read_table(run / "images")) == summary["status_counts"]["ok"]
     assert not (run / "_staging").exists()
-    assert {"load", "download", "decode", "write"} <= set(summary["stage_throughput"])
+    assert {"load", "fetch", "write"} <= set(summary["stage_throughput"])
     for stage in summary["stage_throughput"].values():
         assert stage["rows"] > 0 and stage["rows_per_s"] > 0
 
@@ -208,7 +208,7 @@ def test_driver_killed_on_s3_then_rerun_equals_clean_run(urls, truth, s3, tmp_pa
     fs.put(str(urls), "faults/in/urls.parquet")
     # one download and one decode task at a time, 8 shards: shards finish one after another, the kill lands between
     command = _annotate("s3://faults/in/urls.parquet", "s3://faults/runs/killed", "--set", "input.rows_per_shard=20",
-                        "--set", "ray.max_download_tasks=1", "--set", "ray.max_decode_tasks=1")
+                        "--set", "ray.max_fetch_tasks=1")
     proc = subprocess.Popen(command, env=_env(env), start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:

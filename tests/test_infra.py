@@ -174,7 +174,7 @@ def test_gpu_group_offers_what_the_embed_actors_ask_for(cluster, job):
     assert config.embed.num_actors * actor["num_gpus"] <= cluster_gpus, "the actor pool fits the GPU group"
     # the preprocess / decode tasks fit a CPU pod
     cpu_pod = float(groups["cpu"]["rayStartParams"]["num-cpus"])
-    assert config.ray.decode_cpus <= cpu_pod and config.ray.download_cpus <= cpu_pod
+    assert config.ray.decode_cpus <= cpu_pod and config.ray.fetch_cpus <= cpu_pod
     # on a cluster without GPUs the same config runs its actors on CPU
     assert embed_actor_resources(config.embed, 0)["num_gpus"] == (1 if config.embed.device == "cuda" else 0)
     assert embed_actor_resources(EmbedOptions(device="cpu"), cluster_gpus)["num_gpus"] == 0

@@ -1,28 +1,37 @@
--- Concept-frequency audit: per concept, how many captions name it, how many images show it, and
--- how many rows have both at once (No "Zero-Shot" Without Exponential Data), its rank and tail flag.
+-- Concept-frequency audit: per concept, how many caption rows name it, how many distinct images show
+-- it, and how many images both show it and are named so by a caption (No "Zero-Shot" Without
+-- Exponential Data), its rank and tail flag.
 --
--- Views:      tags(key VARCHAR, status VARCHAR, text_concepts INTEGER[], text_concepts_bag INTEGER[],
---                  text_variants INTEGER[], image_concepts INTEGER[])     one row per annotation row
+-- Units: a caption row is one annotation row (an image-text pair). An image is one distinct
+-- coalesce(sha256, key) among ok rows: COCO has five caption rows per photo, and the same web image
+-- can sit under several URLs; each counts once in the image counts.
+--
+-- Views:      tags(key VARCHAR, status VARCHAR, sha256 VARCHAR, text_concepts INTEGER[],
+--                  text_concepts_bag INTEGER[], text_variants INTEGER[], image_concepts INTEGER[])
+--                  one row per annotation row
 --             concepts(concept_id INTEGER, concept VARCHAR)
 --             variants(variant_id INTEGER, concept_id INTEGER, variant VARCHAR)   names and synonyms
 -- Parameters: $frequency ('text' | 'image' | 'matched': the count that ranks and defines the tail),
 --             $tail_fraction (the bottom share of concepts that is the tail, e.g. 0.2),
 --             $tail_floor (concepts with frequency below it are tail too; 0: none)
 -- Output:     one row per concept, ordered by concept_id:
---             text_count        ok rows whose caption names it (nested rule, see operators/concepts.py)
---             text_count_bag    the same with the paper's pure bag-of-lemmas rule
---             text_count_all    every row with a caption, whatever its download status
---             image_count       ok rows whose image is tagged with it
---             matched_count     ok rows with both
---             frequency, rank (1 = most frequent; ties share a rank), tail,
---             top_synonym, top_synonym_count (the most frequent of its names in captions; ties: first listed)
+--             text_count        ok caption rows naming it (nested rule, see operators/concepts.py)
+--             text_count_bag    the same with the paper's pure bag-of-words rule (caption rows)
+--             text_count_all    caption rows naming it, whatever their download status
+--             text_image_count  ok images with at least one caption row naming it
+--             image_count       ok images tagged with it (by any of their rows)
+--             matched_count     ok images tagged with it and named so by at least one of their caption rows
+--             frequency (text: caption rows; image, matched: images), rank (1 = most frequent; ties
+--             share a rank), tail,
+--             top_synonym, top_synonym_count (the most frequent of its names in caption rows; ties: first listed)
 -- The tail is ties-inclusive: a concept is tail when fewer than ceil($tail_fraction * concepts)
 -- concepts are strictly rarer than it, or when its frequency is below $tail_floor.
 WITH ok AS (
-    SELECT * FROM tags WHERE status = 'ok'
+    SELECT *, coalesce(sha256, key) AS image FROM tags WHERE status = 'ok'
 ),
 text_n AS (
-    SELECT c AS concept_id, count(*) AS n FROM (SELECT unnest(text_concepts) AS c FROM ok) GROUP BY c
+    SELECT c AS concept_id, count(*) AS n, count(DISTINCT image) AS images
+    FROM (SELECT unnest(text_concepts) AS c, image FROM ok) GROUP BY c
 ),
 bag_n AS (
     SELECT c AS concept_id, count(*) AS n FROM (SELECT unnest(text_concepts_bag) AS c FROM ok) GROUP BY c
@@ -31,11 +40,12 @@ all_n AS (
     SELECT c AS concept_id, count(*) AS n FROM (SELECT unnest(text_concepts) AS c FROM tags) GROUP BY c
 ),
 image_n AS (
-    SELECT c AS concept_id, count(*) AS n FROM (SELECT unnest(image_concepts) AS c FROM ok) GROUP BY c
+    SELECT c AS concept_id, count(DISTINCT image) AS n
+    FROM (SELECT unnest(image_concepts) AS c, image FROM ok) GROUP BY c
 ),
 matched_n AS (
-    SELECT c AS concept_id, count(*) AS n
-    FROM (SELECT unnest(list_intersect(text_concepts, image_concepts)) AS c FROM ok)
+    SELECT c AS concept_id, count(DISTINCT image) AS n
+    FROM (SELECT unnest(list_intersect(text_concepts, image_concepts)) AS c, image FROM ok)
     GROUP BY c
 ),
 variant_n AS (
@@ -56,6 +66,7 @@ counts AS (
            coalesce(t.n, 0) AS text_count,
            coalesce(b.n, 0) AS text_count_bag,
            coalesce(a.n, 0) AS text_count_all,
+           coalesce(t.images, 0) AS text_image_count,
            coalesce(i.n, 0) AS image_count,
            coalesce(m.n, 0) AS matched_count,
            s.top_synonym,
@@ -74,7 +85,8 @@ ranked AS (
                AS frequency
     FROM counts
 )
-SELECT concept_id, concept, text_count, text_count_bag, text_count_all, image_count, matched_count, frequency,
+SELECT concept_id, concept, text_count, text_count_bag, text_count_all, text_image_count, image_count,
+       matched_count, frequency,
        rank() OVER (ORDER BY frequency DESC) AS rank,
        rank() OVER (ORDER BY frequency ASC) <= ceil($tail_fraction * count(*) OVER ()) OR frequency < $tail_floor
            AS tail,

@@ -3,7 +3,8 @@
 --
 -- Views:      full_counts, subset_counts   two outputs of audit_counts.sql (whole run; subset rows only)
 -- Parameters: none
--- Output:     concept_id, concept, rank, tail, text/image/matched counts before and after,
+-- Output:     concept_id, concept, rank, tail, counts before and after (text_count: caption rows;
+--             text_image_count, image_count, matched_count: distinct images, see audit_counts.sql),
 --             frequency, subset_frequency, retained (subset_frequency / frequency; NULL when 0 before),
 --             subset_rank, subset_tail, lost (present before, absent after), ordered by concept_id
 SELECT f.concept_id,
@@ -12,6 +13,8 @@ SELECT f.concept_id,
        f.tail,
        f.text_count,
        s.text_count AS subset_text_count,
+       f.text_image_count,
+       s.text_image_count AS subset_text_image_count,
        f.image_count,
        s.image_count AS subset_image_count,
        f.matched_count,
