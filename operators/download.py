@@ -8,6 +8,11 @@ Safety and politeness, as a crawler at web scale needs them:
   link-local, multicast, reserved... are refused unless allow-listed), and the connection goes
   to the vetted address, so a DNS answer cannot change between check and use. Every redirect
   hop is vetted the same way.
+- DNS inside the deadline: a lookup counts against the attempt's timeout like the connect and
+  the body. Each process keeps a cache of answers (positive for `dns_ttl`, failures and lookups
+  that outlived a deadline for `dns_negative_ttl`) and makes one lookup per host at a time, however
+  many rows wait on it: a dead table of a billion rows over a few million hosts costs a few million
+  lookups, not a billion, and a slow resolver costs each row at most its timeout.
 - a byte cap enforced while streaming, a per-attempt deadline that covers slow-drip bodies,
   retries with exponential backoff only for failures that can succeed later;
 - X-Robots-Tag opt-out, with img2dataset's directives and user-agent token semantics.
@@ -15,13 +20,17 @@ Safety and politeness, as a crawler at web scale needs them:
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import importlib
 import ipaddress
 import random
 import socket
 import ssl
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from email.message import Message
 from urllib.parse import urljoin, urlsplit
@@ -50,6 +59,16 @@ class DownloadOptions(Options):
         default_factory=list,
         description="CIDR networks exempt from the private-address guard (the demo allows 127.0.0.0/8)",
     )
+    dns_ttl: float = Field(300.0, ge=0, description="seconds a host's addresses are reused (per worker process)")
+    dns_negative_ttl: float = Field(60.0, ge=0, description="seconds a failed or timed-out lookup is remembered")
+    resolver: str | None = Field(None, description="'module:function' with socket.getaddrinfo's signature used "
+                                 "instead of the system resolver (tests, custom DNS); null: the system's")
+
+    @field_validator("resolver")
+    @classmethod
+    def _loadable_resolver(cls, value: str | None) -> str | None:
+        load_resolver(value)
+        return value
 
     @field_validator("allow_networks")
     @classmethod
@@ -99,11 +118,90 @@ def is_disallowed(headers: Message, user_agent_token: str | None, directives: se
     return False
 
 
+class DnsError(Exception):
+    """A lookup failed or did not answer in time (the text says which)."""
+
+
+class HostResolver:
+    """A per-process DNS cache with one lookup per host at a time.
+
+    `addresses(host, port, timeout)` waits at most `timeout` seconds. A lookup runs on a thread of its
+    own, so a caller that gives up leaves it running: its answer, when it comes, serves later rows.
+    Failures and lookups that outlived a caller's deadline are remembered for `negative_ttl` seconds,
+    so the other rows of a dead host fail at once instead of each waiting out its timeout.
+    """
+
+    def __init__(self, lookup=socket.getaddrinfo, ttl: float = 300.0, negative_ttl: float = 60.0,
+                 threads: int = 16):
+        self.lookup, self.ttl, self.negative_ttl = lookup, ttl, negative_ttl
+        self._cache: dict[tuple[str, int], tuple[float, list[str] | str]] = {}
+        self._inflight: dict[tuple[str, int], Future] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="dns")
+        self.lookups = 0  # how many lookups this resolver started (tests and stats)
+
+    def addresses(self, host: str, port: int, timeout: float) -> list[str]:
+        with contextlib.suppress(ValueError):
+            return [str(ipaddress.ip_address(host))]  # an IP literal needs no lookup
+        key = (host, port)
+        with self._lock:
+            cached = self._cache.get(key)
+            if cached is not None and cached[0] > time.monotonic():
+                return self._answer(cached[1])
+            future = self._inflight.get(key)
+            if future is None:
+                self.lookups += 1
+                future = self._pool.submit(self._resolve, host, port)
+                self._inflight[key] = future
+                future.add_done_callback(lambda done, key=key: self._store(key, done))
+        try:
+            return self._answer(future.result(timeout=max(0.0, timeout)))
+        except FutureTimeout:
+            message = f"DNS lookup of {host!r} timed out (no answer within {timeout:.3g}s)"
+            with self._lock:
+                if not future.done():  # later rows of this host fail at once, until the lookup answers
+                    self._cache[key] = (time.monotonic() + self.negative_ttl, message)
+            raise DnsError(message) from None
+
+    def _resolve(self, host: str, port: int) -> list[str] | str:
+        try:
+            infos = self.lookup(host, port, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as err:  # socket.gaierror is an OSError
+            return f"cannot resolve {host!r}: {err}"
+        found = list(dict.fromkeys(info[4][0] for info in infos))
+        return found or f"cannot resolve {host!r}: no addresses"
+
+    def _store(self, key: tuple[str, int], future: Future) -> None:
+        answer = future.result() if not future.exception() else f"cannot resolve {key[0]!r}: {future.exception()}"
+        ttl = self.ttl if isinstance(answer, list) else self.negative_ttl
+        with self._lock:
+            self._inflight.pop(key, None)
+            self._cache[key] = (time.monotonic() + ttl, answer)
+
+    @staticmethod
+    def _answer(answer: list[str] | str) -> list[str]:
+        if isinstance(answer, str):
+            raise DnsError(answer)
+        return answer
+
+
+def load_resolver(path: str | None):
+    """socket.getaddrinfo, or the function a 'module:function' path names."""
+    if not path:
+        return socket.getaddrinfo
+    module, _, name = path.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ValueError(f"download.resolver: cannot load {path!r}: {err}") from None
+
+
 class AddressGuard:
     """Refuses addresses that are not globally routable unless an allow-listed network holds them."""
 
-    def __init__(self, allow_networks: list[str]):
+    def __init__(self, allow_networks: list[str], resolver: HostResolver | None = None):
         self.allowed = [ipaddress.ip_network(n, strict=False) for n in allow_networks]
+        self.resolver = resolver or HostResolver()
 
     def refusal(self, address: str) -> str | None:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
@@ -120,10 +218,10 @@ class AddressGuard:
             return f"{ip} is a {kind.replace('_', '-')} address"
         return None
 
-    def resolve(self, host: str, port: int) -> str:
-        """Return one vetted address for host; raise _Refused if any resolved address is refused."""
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        addresses = list(dict.fromkeys(info[4][0] for info in infos))
+    def resolve(self, host: str, port: int, timeout: float = 30.0) -> str:
+        """Return one vetted address for host; raise _Refused if any resolved address is refused,
+        DnsError if the lookup fails or outlives `timeout`."""
+        addresses = self.resolver.addresses(host, port, timeout)
         for address in addresses:
             reason = self.refusal(address)
             if reason:
@@ -184,7 +282,8 @@ class Downloader:
 
     def __init__(self, options: DownloadOptions):
         self.options = options
-        self.guard = AddressGuard(options.allow_networks)
+        self.guard = AddressGuard(options.allow_networks, HostResolver(
+            load_resolver(options.resolver), options.dns_ttl, options.dns_negative_ttl, threads=options.threads))
         self.headers = {
             "User-Agent": user_agent(options.user_agent_token),
             "Accept": "image/avif,image/webp,image/png,image/jpeg,image/*;q=0.8,*/*;q=0.5",
@@ -229,12 +328,12 @@ class Downloader:
             visited.append(current)
             scheme, host, port, target = checked
             try:
-                address = self.guard.resolve(host, port)
+                address = self.guard.resolve(host, port, deadline - time.monotonic())
             except _Refused as err:
                 hop = f" (redirect hop {len(visited) - 1})" if len(visited) > 1 else ""
                 return Fetched(st.BLOCKED_ADDRESS, f"refused {current}: {err}{hop}")
-            except (socket.gaierror, UnicodeError) as err:
-                return Fetched(st.CONNECTION_ERROR, f"cannot resolve {host!r}: {err}", retryable=True)
+            except DnsError as err:
+                return Fetched(st.CONNECTION_ERROR, str(err), retryable=True)
             outcome = self._request(scheme, host, port, address, target, deadline)
             if isinstance(outcome, Fetched):
                 return outcome

@@ -1,8 +1,10 @@
 """CLIP-family embeddings and scores: CPU preprocessing, then a model stage that loads once.
 
-`ClipPreprocessor` (CPU, cheap to build): columns in `status`, `image` (stored JPEG), `caption`;
-adds `pixel_values` (float32 bytes, C order, shape (3, H, W)), `input_ids`, `attention_mask`
-for ok rows (null elsewhere). It runs upstream of the model so decoding never starves a GPU.
+`ClipPreprocessor` (CPU): columns in `status`, `image` (stored JPEG), `caption`; adds
+`pixel_values` (uint8 bytes, C order, shape (3, H, W): the checkpoint's resize and crop, not yet
+rescaled or normalised), `input_ids`, `attention_mask` for ok rows (null elsewhere). It runs
+upstream of the model so decoding never starves a GPU, and ships a quarter of the bytes float32
+pixels would: the model actor rescales and normalises on its device.
 
 `ClipEmbedder` (model loaded once in `__init__`, meant for an actor pool): consumes those
 columns and adds `image_emb`, `text_emb` (L2-normalised, fixed-size lists), `clip_score`
@@ -96,8 +98,9 @@ class ClipPreprocessor:
             images = batch.column("image").to_pylist()
             captions = batch.column("caption").to_pylist()
             decoded = [Image.open(io.BytesIO(images[i])).convert("RGB") for i in rows]
-            values = np.asarray(self.image_processor(images=decoded, return_tensors="np")["pixel_values"],
-                                dtype=np.float32)
+            values = self.image_processor(images=decoded, return_tensors="np", do_rescale=False,
+                                          do_normalize=False)["pixel_values"]
+            values = np.clip(np.rint(values), 0, 255).astype(np.uint8)  # resized 8-bit pixels, still integers
             tokens = self.tokenizer([captions[i] or "" for i in rows], truncation=True, max_length=self.context,
                                     padding="max_length" if self.pad_to_max else False)
             for j, i in enumerate(rows):
@@ -134,9 +137,26 @@ class ClipEmbedder:
         size = int(getattr(vision, "image_size", 224))
         self.pixel_shape = (int(getattr(vision, "num_channels", 3)), size, size)
         self.pad_id = int(AutoTokenizer.from_pretrained(model_path).pad_token_id or 0)
+        self.pixel_scale, self.pixel_shift = self._normalisation(model_path)
         self.dim = int(getattr(config, "projection_dim", 0) or self._probe_dim())
         self.store = pa.float16() if options.storage_dtype == "float16" else pa.float32()
         self.probes = {name: self._probe_bank(model_path, probe) for name, probe in options.probes.items()}
+
+    def _normalisation(self, model_path: str):
+        """The image processor's rescale and normalise, as x * scale + shift per channel (on the device)."""
+        from transformers import AutoImageProcessor
+
+        processor = AutoImageProcessor.from_pretrained(model_path)
+        channels = self.pixel_shape[0]
+        factor = float(processor.rescale_factor) if getattr(processor, "do_rescale", True) else 1.0
+        if getattr(processor, "do_normalize", True):
+            mean = np.broadcast_to(np.asarray(processor.image_mean, dtype=np.float64), (channels,))
+            std = np.broadcast_to(np.asarray(processor.image_std, dtype=np.float64), (channels,))
+        else:
+            mean, std = np.zeros(channels), np.ones(channels)
+        scale = self.torch.tensor(factor / std, dtype=self.torch.float32).view(1, channels, 1, 1)
+        shift = self.torch.tensor(-mean / std, dtype=self.torch.float32).view(1, channels, 1, 1)
+        return scale.to(self.device), shift.to(self.device)
 
     def _probe_dim(self) -> int:
         with self.torch.inference_mode():
@@ -160,7 +180,7 @@ class ClipEmbedder:
         torch = self.torch
         # the values of a freshly taken binary array are one contiguous buffer: view it, don't copy per row
         offsets = np.frombuffer(pixels.buffers()[1], dtype=np.int32)[pixels.offset:pixels.offset + len(pixels) + 1]
-        image = np.frombuffer(pixels.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]].view(np.float32)
+        image = np.frombuffer(pixels.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
         image = image.reshape(len(pixels), *self.pixel_shape)
         width = max(len(x) for x in ids)
         input_ids = np.full((len(ids), width), self.pad_id, dtype=np.int64)
@@ -171,7 +191,8 @@ class ClipEmbedder:
         with torch.inference_mode():
             with warnings.catch_warnings():  # a read-only view; .to() copies it before any write
                 warnings.simplefilter("ignore", UserWarning)
-                pixel_values = torch.from_numpy(image).to(self.device, self.dtype, copy=True)
+                pixel_values = torch.from_numpy(image).to(self.device, copy=True)  # uint8: 1 byte per value moved
+            pixel_values = (pixel_values.float() * self.pixel_scale + self.pixel_shift).to(self.dtype)
             img = _features(self.model.get_image_features(pixel_values=pixel_values))
             txt = _features(self.model.get_text_features(
                 input_ids=torch.from_numpy(input_ids).to(self.device),

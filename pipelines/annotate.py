@@ -40,6 +40,7 @@ from pipelines.models import resolve_model
 from pipelines.sources import (
     InputError,
     Shard,
+    check_input,
     list_input_files,
     load_img2dataset_shard,
     plan_img2dataset_file,
@@ -62,7 +63,8 @@ def init_ray(address: str | None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or "local"
-    ray.init(address=address, include_dashboard=False, configure_logging=True, logging_level=logging.WARNING)
+    level = getattr(logging, os.environ.get("TAILOR_RAY_LOG_LEVEL", "WARNING").upper(), logging.WARNING)
+    ray.init(address=address, include_dashboard=False, configure_logging=True, logging_level=level)
 
 
 # ---------------------------------------------------------------- planning
@@ -73,26 +75,54 @@ def _plan_table_file(config, fs, path, file_idx, paths):
 
 
 def plan_shards(config: AnnotateConfig, paths: RunPaths) -> list[Shard]:
-    """Cut the input into shards once; later runs of the same folder reuse the plan."""
+    """Cut the input into shards once; later runs of the same folder reuse the plan.
+
+    One table file is planned here, in the driver, before Ray starts: any mistake in it (a missing column,
+    a bad line) is reported at once. Many files are planned in parallel Ray tasks, once the first file's
+    columns have been checked. On an InputError nothing planned is left behind."""
     if paths.exists(paths.plan):
         plan = paths.read_json(paths.plan)
         return [Shard(**s) for s in plan["shards"]]
+    error = None
+    try:
+        shards, files, read = _plan_input(config, paths)
+    except InputError as err:
+        error = err
+    if error is not None:  # raised outside the handler, and without the OSError it may wrap: an input
+        paths.remove(paths.join("input"))  # problem, not one of the run folder (see storage_errors)
+        error.__cause__ = error.__context__ = None
+        raise error
+    paths.write_json({"shards": [s.to_dict() for s in shards], "rows": sum(s.rows for s in shards),
+                      "files": files, "read": read}, paths.plan)
+    return shards
+
+
+def _plan_input(config: AnnotateConfig, paths: RunPaths) -> tuple[list[Shard], list[str], list[dict]]:
     fs, files = list_input_files(config.input)
     if config.input.format == "img2dataset":
-        shards = [plan_img2dataset_file(fs, path, i) for i, path in enumerate(files)]
+        shards, read = [plan_img2dataset_file(fs, path, i) for i, path in enumerate(files)], []
+    elif len(files) == 1:
+        shards, read = plan_table_file(config.input, fs, files[0], 0, paths)
+        read = [read]
     else:
+        check_input(config.input)
+        init_ray(config.ray.address)
         refs = [_plan_table_file.remote(config.input, fs, path, i, paths) for i, path in enumerate(files)]
+        results = []
         try:
-            shards = [s for group in ray.get(refs) for s in group]
+            results = ray.get(refs)
         except ray.exceptions.RayTaskError as err:
+            for ref in refs:  # stop the other files' planning before what they wrote is removed
+                ray.cancel(ref)
+            ray.wait(refs, num_returns=len(refs), timeout=60)
             if isinstance(err.cause, InputError):
                 raise err.cause from None
             raise
+        shards = [s for group, _ in results for s in group]
+        read = [r for _, r in results]
     if not shards:
         raise InputError(f"the input {config.input.path} has no rows")
-    paths.write_json({"shards": [s.to_dict() for s in shards], "rows": sum(s.rows for s in shards),
-                      "files": files}, paths.plan)
-    return shards
+    return shards, files, read
 
 
 # ---------------------------------------------------------------- stages (thin Ray wrappers over operators)
@@ -145,8 +175,15 @@ def fetch_batch(batch: pa.Table, download, decode) -> pa.Table:
     return _FETCHERS[key](batch)
 
 
+_PREPROCESSORS: dict[str, ClipPreprocessor] = {}
+
+
 def preprocess_batch(batch: pa.Table, model_path: str) -> pa.Table:
-    return ClipPreprocessor(model_path)(batch)
+    """The checkpoint's image processor and tokenizer, loaded once per worker process (not per batch)."""
+    if model_path not in _PREPROCESSORS:
+        _PREPROCESSORS.clear()
+        _PREPROCESSORS[model_path] = ClipPreprocessor(model_path)
+    return _PREPROCESSORS[model_path](batch)
 
 
 def output_tables(part: pa.Table) -> dict[str, pa.Table]:
@@ -223,18 +260,25 @@ def commit_shard(paths: RunPaths, shard: str, parts: list[str], expected_rows: i
 # ---------------------------------------------------------------- the run
 
 def _prepare_folder(config: AnnotateConfig, paths: RunPaths, overwrite: bool) -> None:
+    """Refuse a folder that holds a run of another config, naming what differs. Writes nothing: the config is
+    recorded (RUN/config.yaml) once the input is planned, so a run refused for its input leaves nothing that
+    would refuse the corrected command."""
     if overwrite:
+        check_input(config.input)  # a mistake in the input must not cost the run being overwritten
         paths.remove(paths.root)
+        return
     if paths.exists(paths.config):
         with paths.fs.open(paths.config, "r") as f:
             previous = load_config(base=yaml.safe_load(f.read()))
         if previous.fingerprint() != config.fingerprint():
+            differences = previous.differences(config)
+            shown = "; ".join(differences[:6]) + (f"; and {len(differences) - 6} more" if len(differences) > 6 else "")
             raise ConfigError(
                 f"config error: {config.output} holds a run made with a different input or settings "
-                f"(config hash {previous.fingerprint()} != {config.fingerprint()}); "
+                f"({shown or f'config hash {previous.fingerprint()} != {config.fingerprint()}'}); "
                 "use another output folder, or --overwrite to start over")
-    else:
-        paths.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), paths.config)
+    elif paths.exists(paths.join("input")):
+        paths.remove(paths.join("input"))  # planned by a run that stopped before it recorded its config
 
 
 def _build_dataset(pending: list[Shard], config: AnnotateConfig, paths: RunPaths) -> ray.data.Dataset:
@@ -277,8 +321,11 @@ def _add_embed_stages(ds: ray.data.Dataset, config: AnnotateConfig) -> ray.data.
     except Exception as err:
         raise ConfigError(f"config error: embed.model: cannot load {options.model!r}: {err}".splitlines()[0]) from None
     resources = embed_actor_resources(options, ray.cluster_resources().get("GPU", 0))
+    # a remote-args function keeps preprocessing in CPU tasks of its own: Ray Data would otherwise fuse it
+    # (and, with equal CPUs, the fetch stage before it) into the model actors on a CPU-only cluster
     ds = ds.map_batches(preprocess_batch, batch_size=options.batch_size, batch_format="pyarrow",
-                        fn_kwargs={"model_path": model_path}, num_cpus=config.ray.decode_cpus)
+                        fn_kwargs={"model_path": model_path}, num_cpus=config.ray.decode_cpus,
+                        ray_remote_args_fn=lambda: {"num_cpus": config.ray.decode_cpus})
     return ds.map_batches(ClipEmbedder, batch_size=options.batch_size, batch_format="pyarrow",
                           fn_constructor_kwargs={"model_path": model_path, "options": options},
                           compute=ray.data.ActorPoolStrategy(size=options.num_actors), **resources)
@@ -381,6 +428,11 @@ def annotate(config: AnnotateConfig, overwrite: bool = False, progress: bool = T
     paths = RunPaths(config.output)
     with storage_errors(config.output):
         _prepare_folder(config, paths, overwrite)
+        shards = plan_shards(config, paths)  # before Ray starts (unless the input is many files)
+        if not paths.exists(paths.config):
+            paths.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), paths.config)
+    planned = time.time()
+    log.info("input planned after %.1f s", planned - started)
     init_ray(config.ray.address)
     ray_ready = time.time()
     log.info("ray ready after %.1f s", ray_ready - started)
@@ -389,9 +441,6 @@ def annotate(config: AnnotateConfig, overwrite: bool = False, progress: bool = T
     # Ray Data's default reserves half the CPUs for the light stages (load, download, write), which on a
     # small node leaves the CPU-bound decode one task at a time; the budget follows demand instead.
     context.op_resource_reservation_enabled = False
-    shards = plan_shards(config, paths)
-    planned = time.time()
-    log.info("input planned after %.1f s", planned - started)
     pending = [s for s in shards if not paths.exists(paths.done(s.id))]
     # parts and outputs of unfinished shards are from an interrupted run: redo those shards whole
     paths.remove(paths.join("_staging"))
@@ -409,7 +458,7 @@ def annotate(config: AnnotateConfig, overwrite: bool = False, progress: bool = T
     summary = summarize(shards, paths, config, started, sum(s.rows for s in pending), len(shards) - len(pending))
     # this run's stages (empty when nothing was left to do)
     summary["stage_throughput"] = stage_throughput(stats, sum(s.rows for s in pending))
-    summary["seconds"] = {"ray_start": round(ray_ready - started, 2), "plan": round(planned - ray_ready, 2),
-                          "pipeline": round(pipeline_done - planned, 2)}
+    summary["seconds"] = {"plan": round(planned - started, 2), "ray_start": round(ray_ready - planned, 2),
+                          "pipeline": round(pipeline_done - ray_ready, 2)}
     paths.write_json(summary, paths.summary)
     return summary

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -25,8 +26,9 @@ def _print_summary(summary: dict) -> None:
 
 
 def _annotate(args: argparse.Namespace) -> int:
-    from pipelines.annotate import annotate
     from pipelines.config import load_config
+    from pipelines.sources import check_input
+    from pipelines.storage import RunPaths
 
     overrides = list(args.set or [])
     if args.input:
@@ -34,6 +36,11 @@ def _annotate(args: argparse.Namespace) -> int:
     if args.output:
         overrides.append(f"output={args.output}")
     config = load_config(args.config, overrides)
+    paths = RunPaths(config.output)
+    if args.overwrite or not paths.exists(paths.plan):
+        check_input(config.input)  # a mistake in the input is told in a second, before Ray is even imported
+    from pipelines.annotate import annotate
+
     summary = annotate(config, overwrite=args.overwrite, progress=not args.no_progress)
     _print_summary(summary)
     print(f"annotations: {config.output}/annotations/  summary: {config.output}/run.json")
@@ -110,10 +117,13 @@ def _status(args: argparse.Namespace) -> int:
         return 1
     shards = [Shard(**s) for s in paths.read_json(paths.plan)["shards"]]
     counts, _, done = paths.committed_counts([s.id for s in shards])
+    staged = paths.staged_counts([s.id for s in shards if not paths.exists(paths.done(s.id))])
     total_rows = sum(s.rows for s in shards)
     state = "finished" if done == len(shards) and paths.exists(paths.summary) else "running or interrupted"
-    print(f"{args.run}: {state}; shards done {done}/{len(shards)}; rows done {sum(counts.values())}/{total_rows}")
-    for status, n in sorted(counts.items(), key=lambda kv: -kv[1]):
+    committed, written = sum(counts.values()), sum(staged.values())
+    print(f"{args.run}: {state}; rows done {committed + written}/{total_rows} ({committed} in {done}/{len(shards)} "
+          f"committed shards, {written} written in unfinished shards: a killed run redoes those)")
+    for status, n in sorted((counts + staged).items(), key=lambda kv: -kv[1]):
         print(f"  {status:<20}{n:>8}")
     return 0
 
@@ -481,6 +491,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # Ray's and Ray Data's INFO lines (execution plans, auth notes) stay in Ray's logs
+        os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(Path(__file__).parent / "ray_data_logging.yaml"))
+        os.environ.setdefault("TAILOR_RAY_LOG_LEVEL", "ERROR")
     from pipelines.config import ConfigError
     from pipelines.metadata import MetadataError
     from pipelines.sources import InputError

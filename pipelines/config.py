@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 
 from operators.decode import DecodeOptions
 from operators.download import DownloadOptions
@@ -40,7 +40,29 @@ class InputConfig(Options):
     url_column: str = "url"
     caption_column: str = "caption"
     key_column: str | None = None
+    header: bool = Field(True, description="CSV/TSV: the first line names the columns; false: every line is a "
+                         "row and `columns` names them")
+    columns: list[str] | None = Field(None, validate_default=True, description="CSV/TSV without a header: the "
+                                      "column names in file order, e.g. [caption, url] for CC3M's TSV")
+    quoting: bool | None = Field(None, description="CSV/TSV: '\"' quotes values (RFC 4180: a quoted value may "
+                                 "hold the delimiter, '\"\"' is a quote); default on for CSV, off for TSV (a '\"' "
+                                 "is an ordinary character)")
+    multiline: bool = Field(False, description="with quoting: a quoted value may run over several lines (captions "
+                            "with line breaks); off, such a value is refused with its line number, so that every "
+                            "line is exactly one row")
     rows_per_shard: int = Field(10_000, gt=0, description="input rows per resumable unit of work")
+
+    @field_validator("columns")
+    @classmethod
+    def _columns_with_header(cls, columns: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        header = info.data.get("header", True)
+        if header and columns is not None:
+            raise ValueError("only for a CSV/TSV without a header line; set input.header: false as well")
+        if not header and not columns:
+            raise ValueError("input.header is false, so name the columns in file order, e.g. [caption, url]")
+        if columns is not None and len(set(columns)) != len(columns):
+            raise ValueError("a column name appears twice")
+        return columns
 
 
 class RayConfig(Options):
@@ -65,11 +87,32 @@ class AnnotateConfig(Options):
     match: MatchOptions | None = Field(None, description="MetaCLIP metadata matching of captions; off when absent")
     ray: RayConfig = RayConfig()
 
+    def _relevant(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude={"output": True, "ray": True})
+
     def fingerprint(self) -> str:
         """Hash of everything that changes annotation results (not where or how fast it runs)."""
-        relevant = self.model_dump(mode="json", exclude={"output": True, "ray": True})
-        blob = json.dumps(relevant, sort_keys=True).encode()
+        blob = json.dumps(self._relevant(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+    def differences(self, other: AnnotateConfig) -> list[str]:
+        """The fields the fingerprint covers that differ, as `field: mine != other's`."""
+        found: list[str] = []
+        _differences(self._relevant(), other._relevant(), "", found)
+        return found
+
+
+def _differences(mine: Any, theirs: Any, prefix: str, found: list[str]) -> None:
+    if isinstance(mine, dict) and isinstance(theirs, dict):
+        for name in sorted(mine.keys() | theirs.keys()):
+            _differences(mine.get(name), theirs.get(name), f"{prefix}.{name}" if prefix else str(name), found)
+    elif mine != theirs:
+        found.append(f"{prefix}: {_short(mine)} != {_short(theirs)}")
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _format_error(err: ValidationError) -> str:
@@ -81,7 +124,8 @@ def _format_error(err: ValidationError) -> str:
         return f"config error: missing required field '{field}'"
     got = first.get("input")
     got_text = "" if isinstance(got, dict) else f" (got {got!r})"
-    return f"config error: {field}: {first['msg']}{got_text}"
+    message = first["msg"].removeprefix("Value error, ")
+    return f"config error: {field}: {message}{got_text}"
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:

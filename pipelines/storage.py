@@ -120,6 +120,21 @@ class RunPaths:
     def write_json(self, obj: object, path: str) -> None:
         self.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", path)
 
+    def staged_counts(self, shards: list[str]) -> collections.Counter:
+        """Rows per status written as parts of these (unfinished) shards: progress a commit has not sealed."""
+        import pyarrow.parquet as pq
+
+        statuses: collections.Counter = collections.Counter()
+        for shard in shards:
+            for part in self.list(f"_staging/{shard}", ".annotations.parquet"):
+                try:
+                    with self.fs.open(part, "rb") as f:
+                        column = pq.read_table(f, columns=["status"]).column("status")
+                except (OSError, ValueError):  # a part being replaced or removed right now
+                    continue
+                statuses.update(column.to_pylist())
+        return statuses
+
     def committed_counts(self, shards: list[str]) -> tuple[collections.Counter, collections.Counter, int]:
         """Rows per status and per `stage:status` failure over the committed shards, and how many are."""
         statuses: collections.Counter = collections.Counter()

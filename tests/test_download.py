@@ -93,3 +93,32 @@ def test_every_demo_page_gets_its_expected_download_outcome(demo_web):
             assert row["error"] is None and len(row["image"]) == row["n_bytes"]
             if truth[row["demo_id"]]["n_bytes"]:
                 assert row["n_bytes"] == truth[row["demo_id"]]["n_bytes"]
+
+
+def test_a_slow_resolver_costs_each_row_at_most_its_timeout_and_each_host_one_lookup(tmp_path, monkeypatch):
+    """2,000 rows over 40 dead hosts, every lookup taking 5 s, timeout 1 s: every row fails as a connection
+    error saying the lookup timed out or failed, and each host is looked up once (retries + 1 at most)."""
+    import collections
+
+    from operators.decode import DecodeOptions
+    from operators.fetch import Fetcher
+
+    log = tmp_path / "lookups.txt"
+    monkeypatch.setenv("SLOW_DNS_LOG", str(log))
+    monkeypatch.setenv("SLOW_DNS_SECONDS", "5")
+    urls = [f"http://host{i % 40}.invalid/image{i}.jpg" for i in range(2000)]
+    options = DownloadOptions(threads=32, timeout=1, retries=1, backoff=0, resolver="tests.slow_dns:getaddrinfo")
+    rows = Fetcher(options, DecodeOptions())(pa.table({"url": urls})).to_pylist()
+    assert len(rows) == 2000 and {r["status"] for r in rows} == {st.CONNECTION_ERROR}
+    assert all("DNS lookup of" in r["error"] and "timed out" in r["error"] or "cannot resolve" in r["error"]
+               for r in rows), rows[0]["error"]
+    assert any("timed out (no answer within" in r["error"] for r in rows)
+    lookups = collections.Counter(line.split()[1] for line in log.read_text().splitlines())
+    assert len(lookups) <= 40 and max(lookups.values()) <= options.retries + 1  # queued lookups may start later
+
+
+def test_bad_resolver_setting_is_one_line():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="download.resolver: cannot load 'nope:nothing'"):
+        DownloadOptions(resolver="nope:nothing")

@@ -64,7 +64,12 @@ def write_url_files(out: Path, base_url: str) -> pa.Table:
     table = url_table(out, base_url)
     pq.write_table(table, out / "urls.parquet")
     pacsv.write_csv(table, out / "urls.csv")
-    pacsv.write_csv(table, out / "urls.tsv", pacsv.WriteOptions(delimiter="\t"))
+    # TSV as most URL lists are (CC3M's, img2dataset's input): plain, one row a line, no quoting
+    tsv_rows = [table.column_names, *zip(*(table.column(n).to_pylist() for n in table.column_names), strict=True)]
+    if any(ch in (value or "") for row in tsv_rows for value in row for ch in "\t\n\r"):
+        raise ValueError("a demo value holds a tab or a line break, which a plain TSV cannot hold")
+    (out / "urls.tsv").write_text("".join("\t".join(v or "" for v in row) + "\n" for row in tsv_rows),
+                                  encoding="utf-8")
     lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in table.to_pylist())
     (out / "urls.jsonl").write_text(lines, encoding="utf-8")
     with gzip.GzipFile(out / "urls.jsonl.gz", "wb", mtime=0) as handle:
