@@ -50,7 +50,7 @@ def test_entry_counts_count_captions_once_each(tmp_path):
 @pytest.mark.parametrize("t,seed", [(1, 0), (4, 1), (12, 2), (1000, 3), (0.5, 4)])
 def test_balance_equals_the_rule(tmp_path, t, seed):
     lists = write_run(str(tmp_path))
-    decisions = balance(str(tmp_path), t=t, seed=seed)
+    decisions = balance(str(tmp_path), t=t, seed=seed, text_only=True)  # a text-only run: nothing was fetched
     assert decisions.schema.names == ["key", "kept", "reason"]
     assert decisions.column("key").to_pylist() == sorted(lists)
     assert decided(decisions) == reference_decisions(lists, ENTRIES, t, seed)
@@ -64,7 +64,7 @@ def test_metaclip2_picks_one_text_per_image(tmp_path):
     lists = write_run(str(tmp_path))
     images = {k: (f"img{int(k[1:]) // 2}" if int(k[1:]) < 20 else None) for k in lists}
     for seed in range(3):
-        decisions = balance(str(tmp_path), t=4, seed=seed, group_by="sha256")
+        decisions = balance(str(tmp_path), t=4, seed=seed, group_by="sha256", text_only=True)
         assert decided(decisions) == reference_decisions(lists, ENTRIES, 4, seed, images=images)
         assert list(decided(decisions).values()).count("other_text") == 10  # 10 images with two matched texts
 
@@ -74,8 +74,8 @@ def test_fsspec_run_folder_gives_the_same_decisions(tmp_path):
     url = "memory://metaclip-sql-test/run"
     write_run(url)
     try:
-        assert balance(url, t=4, seed=7) == balance(str(tmp_path), t=4, seed=7)
-        stats = balance_subset(url, "s", t=4, seed=7)
+        assert balance(url, t=4, seed=7, text_only=True) == balance(str(tmp_path), t=4, seed=7, text_only=True)
+        stats = balance_subset(url, "s", t=4, seed=7, text_only=True)
         fs = fsspec.filesystem("memory")
         with fs.open(f"{url}/subsets/s/manifest.parquet", "rb") as f:
             kept = set(pq.read_table(f).column("key").to_pylist())
@@ -84,6 +84,21 @@ def test_fsspec_run_folder_gives_the_same_decisions(tmp_path):
         assert fs.exists(f"{url}/subsets/s/entry_counts.png")
     finally:
         fsspec.filesystem("memory").rm("memory://metaclip-sql-test", recursive=True)
+
+
+def test_by_default_only_rows_with_an_image_are_balanced(tmp_path):
+    """Failed downloads are decided 'no_image', never kept, and left out of the entry counts."""
+    lists = write_run(str(tmp_path), shards=1)
+    paths = RunPaths(str(tmp_path))
+    table = pq.read_table(paths.join("annotations", "00000.parquet"))
+    status = ["ok" if i % 3 else "http_error" for i in range(table.num_rows)]
+    paths.write_parquet(table.append_column("status", pa.array(status)), paths.join("annotations", "00000.parquet"))
+    decisions = decided(balance(str(tmp_path), t=4, seed=1))
+    failed = {k for k, s in zip(sorted(lists), status, strict=True) if s != "ok"}
+    assert {k for k, r in decisions.items() if r == "no_image"} == failed and len(decisions) == len(lists)
+    ok_lists = {k: v for k, v in lists.items() if k not in failed}
+    assert {k: r for k, r in decisions.items() if k not in failed} == reference_decisions(ok_lists, ENTRIES, 4, 1)
+    assert decided(balance(str(tmp_path), t=4, seed=1, text_only=True)) == reference_decisions(lists, ENTRIES, 4, 1)
 
 
 def test_bad_inputs_name_the_problem(tmp_path):
