@@ -57,8 +57,9 @@ def run(cmd: list[str]) -> float:
 
 def tailor(urls: Path, out: Path) -> tuple[float, dict]:
     shutil.rmtree(out, ignore_errors=True)
-    wall = run([str(BIN / "tailor"), "annotate", "--config", str(ROOT / "pipelines/configs/laion-style.yaml"),
+    wall = run([str(BIN / "tailor"), "annotate", "--config", str(ROOT / "pipelines/configs/demo.yaml"),
                 "--input", str(urls), "--output", str(out), "--no-progress", "--set", "embed=null",
+                "--set", "download.allow_networks=[]", "--set", "decode.image_size=256",
                 "--set", "download.threads=32", "--set", "download.timeout=2", "--set", "download.retries=0"])
     return wall, json.loads((out / "run.json").read_text())["status_counts"]
 

@@ -136,7 +136,9 @@ class HostResolver:
         self.lookup, self.ttl, self.negative_ttl = lookup, ttl, negative_ttl
         self._cache: dict[tuple[str, int], tuple[float, list[str] | str]] = {}
         self._inflight: dict[tuple[str, int], Future] = {}
-        self._lock = threading.Lock()
+        # reentrant: a lookup that is already done runs its done-callback (which takes the lock) at once,
+        # in the thread that registers it, which holds the lock
+        self._lock = threading.RLock()
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="dns")
         self.lookups = 0  # how many lookups this resolver started (tests and stats)
 

@@ -117,6 +117,21 @@ def test_a_slow_resolver_costs_each_row_at_most_its_timeout_and_each_host_one_lo
     assert len(lookups) <= 40 and max(lookups.values()) <= options.retries + 1  # queued lookups may start later
 
 
+def test_a_resolver_that_fails_at_once_answers_every_row(tmp_path, monkeypatch):
+    """Lookups that fail before the caller waits on them (the usual dead host) must not hang the batch."""
+    from operators.decode import DecodeOptions
+    from operators.fetch import Fetcher
+
+    monkeypatch.setenv("SLOW_DNS_LOG", str(tmp_path / "lookups.txt"))
+    monkeypatch.setenv("SLOW_DNS_SECONDS", "0")
+    urls = [f"http://host{i % 7}.invalid/{i}.jpg" for i in range(500)]
+    options = DownloadOptions(threads=32, timeout=1, retries=0, resolver="tests.slow_dns:getaddrinfo")
+    rows = Fetcher(options, DecodeOptions())(pa.table({"url": urls})).to_pylist()
+    assert len(rows) == 500 and all(r["status"] == st.CONNECTION_ERROR and "cannot resolve" in r["error"]
+                                    for r in rows)
+    assert len((tmp_path / "lookups.txt").read_text().splitlines()) == 7  # one lookup per host
+
+
 def test_bad_resolver_setting_is_one_line():
     from pydantic import ValidationError
 
