@@ -15,6 +15,7 @@ import argparse
 import collections
 import ipaddress
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -85,6 +86,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / ".work")
     args = parser.parse_args()
+    os.environ["TAILOR_NETGUARD_DNS"] = "resolver"  # lookups reach this machine's resolver; connections don't
     guard = install_network_guard(args.work)
     urls, hosts = url_table(args.rows, args.work / f"dead-{args.rows}.parquet")
     print(f"{args.rows} rows over {hosts} host names", flush=True)

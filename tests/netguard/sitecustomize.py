@@ -8,6 +8,10 @@ named by TAILOR_NETGUARD_LOG; the suite fails any test during which that file gr
 One refusal is expected and not flagged: Ray's dashboard process probes the cloud metadata
 endpoints (169.254.169.254, metadata.google.internal) at every cluster start, whatever the
 usage-stats setting. It is still refused here; it is just not our code's doing.
+
+DNS: a lookup of a name that is not this machine's is refused too, unless TAILOR_NETGUARD_DNS=resolver
+(benchmarks/dead_web.py): then the machine's own resolver is asked, as a crawler of a dead URL table
+asks it, and every connection to what it answers is still refused and recorded.
 """
 
 from __future__ import annotations
@@ -100,8 +104,10 @@ def install() -> None:
         _guard_address(self, args[-1], "sendto")
         return sendto(self, data, *args)
 
+    ask_resolver = os.environ.get("TAILOR_NETGUARD_DNS") == "resolver"
+
     def guarded_getaddrinfo(host, *args, **kwargs):
-        if host is not None:
+        if host is not None and not ask_resolver:
             name = host.decode() if isinstance(host, bytes) else str(host)
             if not _allowed(name) and not _is_ip(name):
                 _record(f"DNS lookup of {name!r} refused by the test network guard", name)
