@@ -130,6 +130,9 @@ class ClipEmbedder:
         dtype = getattr(torch, options.dtype)
         if self.device == "cpu" and dtype == torch.float16:
             dtype = torch.float32  # half precision matmuls are slow or missing on CPUs
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # a "Loading weights" bar per actor would interleave with tailor's output
         self.model = AutoModel.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
         self.dtype = dtype
         config = AutoConfig.from_pretrained(model_path)

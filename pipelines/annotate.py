@@ -21,6 +21,7 @@ import logging
 import os
 import time
 import uuid
+import warnings
 from datetime import UTC, datetime
 
 import pyarrow as pa
@@ -323,9 +324,11 @@ def _add_embed_stages(ds: ray.data.Dataset, config: AnnotateConfig) -> ray.data.
     resources = embed_actor_resources(options, ray.cluster_resources().get("GPU", 0))
     # a remote-args function keeps preprocessing in CPU tasks of its own: Ray Data would otherwise fuse it
     # (and, with equal CPUs, the fetch stage before it) into the model actors on a CPU-only cluster
-    ds = ds.map_batches(preprocess_batch, batch_size=options.batch_size, batch_format="pyarrow",
-                        fn_kwargs={"model_path": model_path}, num_cpus=config.ray.decode_cpus,
-                        ray_remote_args_fn=lambda: {"num_cpus": config.ray.decode_cpus})
+    with warnings.catch_warnings():  # Ray 2.60 calls the argument deprecated; it is still the documented way
+        warnings.filterwarnings("ignore", message=".*ray_remote_args_fn.*")
+        ds = ds.map_batches(preprocess_batch, batch_size=options.batch_size, batch_format="pyarrow",
+                            fn_kwargs={"model_path": model_path}, num_cpus=config.ray.decode_cpus,
+                            ray_remote_args_fn=lambda: {"num_cpus": config.ray.decode_cpus})
     return ds.map_batches(ClipEmbedder, batch_size=options.batch_size, batch_format="pyarrow",
                           fn_constructor_kwargs={"model_path": model_path, "options": options},
                           compute=ray.data.ActorPoolStrategy(size=options.num_actors), **resources)
