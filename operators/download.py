@@ -140,7 +140,6 @@ class HostResolver:
         # in the thread that registers it, which holds the lock
         self._lock = threading.RLock()
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="dns")
-        self.lookups = 0  # how many lookups this resolver started (tests and stats)
 
     def addresses(self, host: str, port: int, timeout: float) -> list[str]:
         with contextlib.suppress(ValueError):
@@ -152,7 +151,6 @@ class HostResolver:
                 return self._answer(cached[1])
             future = self._inflight.get(key)
             if future is None:
-                self.lookups += 1
                 future = self._pool.submit(self._resolve, host, port)
                 self._inflight[key] = future
                 future.add_done_callback(lambda done, key=key: self._store(key, done))

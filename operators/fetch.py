@@ -31,7 +31,8 @@ class Fetcher:
         self.downloader = Downloader(download)
         self.decode_options = decode
         prepare_decoder()
-        self._pool: ThreadPoolExecutor | None = None
+        # one pool per operator (per Ray worker process), reused batch after batch; threads start on demand
+        self._pool = ThreadPoolExecutor(max_workers=download.threads, thread_name_prefix="fetch")
 
     def _one(self, url: str) -> tuple[Fetched, Decoded]:
         fetched = self.downloader.fetch(url)
@@ -46,8 +47,6 @@ class Fetcher:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         urls = batch.column("url").to_pylist()
-        if self._pool is None:  # one pool per operator (per Ray worker process), reused batch after batch
-            self._pool = ThreadPoolExecutor(max_workers=self.downloader.options.threads, thread_name_prefix="fetch")
         results = list(self._pool.map(self._one, urls))
         columns = download_columns([f for f, _ in results], with_body=False)
         columns |= decode_columns([d for _, d in results])

@@ -109,7 +109,6 @@ def _plan_input(config: AnnotateConfig, paths: RunPaths) -> tuple[list[Shard], l
         check_input(config.input)
         init_ray(config.ray.address)
         refs = [_plan_table_file.remote(config.input, fs, path, i, paths) for i, path in enumerate(files)]
-        results = []
         try:
             results = ray.get(refs)
         except ray.exceptions.RayTaskError as err:
@@ -164,27 +163,25 @@ def decode_batch(batch: pa.Table, options) -> pa.Table:
     return Decoder(options)(batch)
 
 
-_FETCHERS: dict[str, Fetcher] = {}
+_OPERATORS: dict[str, tuple[str, object]] = {}
+
+
+def _worker_operator(kind: str, key: str, build):
+    """One operator of a kind per worker process, rebuilt only when its settings change: thread pools, DNS
+    caches, processors and tokenizers outlive the batch instead of being set up again for each one."""
+    held = _OPERATORS.get(kind)
+    if held is None or held[0] != key:
+        held = _OPERATORS[kind] = (key, build())
+    return held[1]
 
 
 def fetch_batch(batch: pa.Table, download, decode) -> pa.Table:
-    """Download + decode; the Fetcher (and its thread pool) lives as long as the worker process."""
     key = download.model_dump_json() + decode.model_dump_json()
-    if key not in _FETCHERS:
-        _FETCHERS.clear()
-        _FETCHERS[key] = Fetcher(download, decode)
-    return _FETCHERS[key](batch)
-
-
-_PREPROCESSORS: dict[str, ClipPreprocessor] = {}
+    return _worker_operator("fetch", key, lambda: Fetcher(download, decode))(batch)
 
 
 def preprocess_batch(batch: pa.Table, model_path: str) -> pa.Table:
-    """The checkpoint's image processor and tokenizer, loaded once per worker process (not per batch)."""
-    if model_path not in _PREPROCESSORS:
-        _PREPROCESSORS.clear()
-        _PREPROCESSORS[model_path] = ClipPreprocessor(model_path)
-    return _PREPROCESSORS[model_path](batch)
+    return _worker_operator("preprocess", model_path, lambda: ClipPreprocessor(model_path))(batch)
 
 
 def output_tables(part: pa.Table) -> dict[str, pa.Table]:
@@ -458,9 +455,9 @@ def annotate(config: AnnotateConfig, overwrite: bool = False, progress: bool = T
         paths.write_text(stats, paths.join("logs", "ray_data_stats.txt"))
         paths.remove(paths.join("_staging"))
     pipeline_done = time.time()
-    summary = summarize(shards, paths, config, started, sum(s.rows for s in pending), len(shards) - len(pending))
-    # this run's stages (empty when nothing was left to do)
-    summary["stage_throughput"] = stage_throughput(stats, sum(s.rows for s in pending))
+    pending_rows = sum(s.rows for s in pending)
+    summary = summarize(shards, paths, config, started, pending_rows, len(shards) - len(pending))
+    summary["stage_throughput"] = stage_throughput(stats, pending_rows)  # this run's stages (empty if none ran)
     summary["seconds"] = {"plan": round(planned - started, 2), "ray_start": round(ray_ready - planned, 2),
                           "pipeline": round(pipeline_done - ray_ready, 2)}
     paths.write_json(summary, paths.summary)
