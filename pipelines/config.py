@@ -27,11 +27,16 @@ class ConfigError(ValueError):
     """A configuration problem, phrased as one line naming the field."""
 
 
-def subset_folder(name: str) -> str:
-    """RUN-relative folder of subset NAME (subsets/NAME), once NAME is a plain folder name."""
+def check_name(name: str) -> str:
+    """NAME, once it is a plain folder name (of a subset, caption set or evaluation: RunPaths.subset(NAME), ...)."""
     if not name or name.startswith(".") or not re.fullmatch(r"[\w.=+-]+", name):
         raise ConfigError(f"name: {name!r} is not a valid subset name (letters, digits, . _ - = +)")
-    return f"subsets/{name}"
+    return name
+
+
+def subset_folder(name: str) -> str:
+    """RUN-relative folder of subset NAME (subsets/NAME), once NAME is a plain folder name."""
+    return f"subsets/{check_name(name)}"
 
 
 class InputConfig(Options):

@@ -10,7 +10,19 @@
       embeddings/SHARD.parquet    key -> image_emb, text_emb (when the embed stage runs)
       _done/SHARD.json       a shard is finished when (and only when) this exists
       _staging/SHARD/...     parts of shards in progress; removed when a shard is committed
+      logs/                  Ray Data's stage statistics of the last annotate run
 
+    and what the later passes add (each pass's module documents its files):
+      metadata/ID.parquet    entry_id -> entry of MetaCLIP metadata match lists refer to   (match)
+      match/                 _match.json, shards/SHARD.parquet, entry_counts.parquet       (match, metaclip)
+      subsets/NAME/          manifest.parquet (the kept keys), decisions, stats.json, ...  (select, metaclip)
+      dedup/                 semdedup.parquet/.json, semdedup-centroids.parquet,           (semdedup, decontam)
+                             decontam-HASH.parquet/.json
+      captions/NAME/         a caption set: _settings.json, parts/, _summary.json          (recaption)
+      audit/NAME/            tags/, concepts, counts and the report of a concept list      (audit)
+      evaluate/NAME/         proxy-CLIP evaluations of subsets                             (evaluate)
+
+NAME is checked by the caller (pipelines.config.check_name) before it becomes part of a path.
 Local paths and fsspec URLs (s3://...) go through the same code.
 """
 
@@ -25,6 +37,7 @@ from functools import cached_property
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+import yaml
 
 # S3 answers bursts of 503 SlowDown / 500 InternalError on busy prefixes; botocore retries them with backoff,
 # but its default (legacy mode, 5 attempts) gives up within seconds, which a run of hours will hit. Set here,
@@ -38,6 +51,12 @@ class RunPaths:
 
     def __init__(self, url: str):
         self.url = str(url)
+
+    @staticmethod
+    def absolute(url: str) -> str:
+        """A local path made absolute, as Ray workers (which need not share the driver's directory) must see
+        it; an fsspec URL unchanged."""
+        return str(url) if "://" in str(url) else os.path.abspath(url)
 
     @cached_property
     def fs(self) -> fsspec.AbstractFileSystem:
@@ -87,6 +106,51 @@ class RunPaths:
     @property
     def config(self) -> str:
         return self.join("config.yaml")
+
+    # -- the later passes' outputs
+    def metadata(self, metadata_id: str) -> str:
+        """RUN/metadata/ID.parquet: the entries that match lists made with metadata ID refer to."""
+        return self.join("metadata", f"{metadata_id}.parquet")
+
+    @property
+    def match(self) -> str:
+        """RUN/match: the standalone match pass (`tailor match`)."""
+        return self.join("match")
+
+    @property
+    def match_info(self) -> str:
+        return self.join("match", "_match.json")
+
+    def match_shard(self, shard: str) -> str:
+        return self.join("match", "shards", f"{shard}.parquet")
+
+    @property
+    def entry_counts(self) -> str:
+        return self.join("match", "entry_counts.parquet")
+
+    def subset(self, name: str, file: str | None = None) -> str:
+        """RUN/subsets/NAME, or the file FILE in it."""
+        return self.join("subsets", name, *([file] if file else []))
+
+    def subset_manifest(self, name: str) -> str:
+        return self.subset(name, "manifest.parquet")
+
+    def dedup(self, file: str) -> str:
+        """RUN/dedup/FILE: semdedup.parquet, semdedup.json, semdedup-centroids.parquet, _semdedup_work,
+        decontam-HASH.parquet and .json."""
+        return self.join("dedup", file)
+
+    def captions(self, name: str) -> str:
+        """RUN/captions/NAME: a caption set (`tailor recaption`)."""
+        return self.join("captions", name)
+
+    def audit(self, name: str) -> str:
+        """RUN/audit/NAME: the audit of concept list NAME."""
+        return self.join("audit", name)
+
+    def evaluation(self, name: str) -> str:
+        """RUN/evaluate/NAME: a proxy-CLIP evaluation of subsets."""
+        return self.join("evaluate", name)
 
     # -- writes that are all-or-nothing: a reader never sees half a file
     def _atomic(self, path: str, write) -> None:
@@ -159,6 +223,14 @@ class RunPaths:
     def read_json(self, path: str) -> dict:
         with self.fs.open(path, "r") as f:
             return json.load(f)
+
+    def read_config(self) -> dict | None:
+        """RUN/config.yaml as annotate recorded it (a mapping, {} when empty), or None when there is none.
+        pipelines.config.load_config(base=...) makes it an AnnotateConfig."""
+        if not self.exists(self.config):
+            return None
+        with self.fs.open(self.config, "r") as f:
+            return yaml.safe_load(f) or {}
 
     def exists(self, path: str) -> bool:
         return self.fs.exists(path)
