@@ -29,9 +29,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.config import ConfigError, subset_folder
+from pipelines.config import ConfigError, check_name
 from pipelines.duck import connect, run_sql, scan, sql, to_arrow
-from pipelines.match import metadata_path
 from pipelines.storage import RunPaths
 
 log = logging.getLogger(__name__)
@@ -52,8 +51,8 @@ class Matches:
 def find_matches(run: str, source: Source = "auto") -> Matches:
     """RUN/match/shards when the standalone pass finished (preferred), else annotations with match lists."""
     paths = RunPaths(run)
-    if source in ("auto", "match") and paths.exists(paths.join("match", "_match.json")):
-        info = paths.read_json(paths.join("match", "_match.json"))
+    if source in ("auto", "match") and paths.exists(paths.match_info):
+        info = paths.read_json(paths.match_info)
         if info.get("summary") is not None:
             return Matches("match", paths.list("match/shards", ".parquet"), info["settings"]["metadata_id"])
         if source == "match":
@@ -102,7 +101,7 @@ def register_matches(con: duckdb.DuckDBPyConnection, run: str, matches: Matches,
                                    duckdb.ColumnExpression(group_by).cast(duckdb.sqltype("VARCHAR")).alias("image"))
         rel = rel.join(image, "key = image_key", how="left").select("key, image, metaclip_entries")
     rel.create_view("matches")
-    scan(con, paths, [metadata_path(paths, matches.metadata_id)]).create_view("entries")
+    scan(con, paths, [paths.metadata(matches.metadata_id)]).create_view("entries")
 
 
 def entry_counts(run: str, source: Source = "auto", threads: int | None = None) -> pa.Table:
@@ -117,12 +116,12 @@ def write_entry_counts(run: str) -> dict:
     """After `tailor match`: RUN/match/entry_counts.parquet, and the totals of the matching."""
     paths = RunPaths(run)
     matches = Matches("match", paths.list("match/shards", ".parquet"),
-                      paths.read_json(paths.join("match", "_match.json"))["settings"]["metadata_id"])
+                      paths.read_json(paths.match_info)["settings"]["metadata_id"])
     with connect() as con:
         register_matches(con, run, matches)
         counts = run_sql(con, "metaclip_entry_counts")
         totals = run_sql(con, "metaclip_match_summary").to_pylist()[0]
-    paths.write_parquet(counts, paths.join("match", "entry_counts.parquet"))
+    paths.write_parquet(counts, paths.entry_counts)
     matched_entries = int(np.count_nonzero(counts.column("count").to_numpy()))
     return {**totals, "entries": counts.num_rows, "entries_matched": matched_entries}
 
@@ -130,7 +129,7 @@ def write_entry_counts(run: str) -> dict:
 def _counts_for(con: duckdb.DuckDBPyConnection, run: str, matches: Matches, text_only: bool) -> None:
     """View `entry_counts`: the stored table of the standalone pass (all captions), else computed now."""
     paths = RunPaths(run)
-    stored = paths.join("match", "entry_counts.parquet")
+    stored = paths.entry_counts
     if text_only and matches.kind == "match" and paths.exists(stored):
         scan(con, paths, [stored]).create_view("entry_counts")
     else:
@@ -176,7 +175,7 @@ def balance_subset(run: str, name: str, t: float, seed: int, group_by: str | Non
                    source: Source = "auto", threads: int | None = None, plot: bool = True,
                    text_only: bool = False) -> dict:
     """Balance and write RUN/subsets/NAME/ (manifest, decisions, entry_stats, stats.json, plot)."""
-    folder = subset_folder(name)
+    check_name(name)
     paths = RunPaths(run)
     matches = find_matches(run, source)
     with connect(threads) as con:
@@ -190,14 +189,13 @@ def balance_subset(run: str, name: str, t: float, seed: int, group_by: str | Non
         "made_at": datetime.now(UTC).isoformat(timespec="seconds"),
         **balance_stats(per_entry, decisions, t),
     }
-    paths.write_parquet(decisions.filter(decisions.column("kept")).select(["key"]),
-                        paths.join(folder, "manifest.parquet"))
-    paths.write_parquet(decisions, paths.join(folder, "decisions.parquet"))
-    paths.write_parquet(per_entry, paths.join(folder, "entry_stats.parquet"))
-    paths.write_json(stats, paths.join(folder, "stats.json"))
+    paths.write_parquet(decisions.filter(decisions.column("kept")).select(["key"]), paths.subset_manifest(name))
+    paths.write_parquet(decisions, paths.subset(name, "decisions.parquet"))
+    paths.write_parquet(per_entry, paths.subset(name, "entry_stats.parquet"))
+    paths.write_json(stats, paths.subset(name, "stats.json"))
     if plot:
         png = plot_entry_counts(per_entry, t)
-        with paths.fs.open(paths.join(folder, "entry_counts.png"), "wb") as f:
+        with paths.fs.open(paths.subset(name, "entry_counts.png"), "wb") as f:
             f.write(png)
     return stats
 

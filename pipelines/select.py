@@ -44,8 +44,11 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from operators.options import Options
-from pipelines.config import ConfigError, subset_folder
+from pipelines.config import ConfigError, check_name
+from pipelines.decontam import decontaminate
 from pipelines.duck import connect, scan, sql, write_query
+from pipelines.metaclip import find_matches
+from pipelines.semdedup import semdedup
 from pipelines.storage import RunPaths
 
 log = logging.getLogger(__name__)
@@ -225,8 +228,6 @@ class SemDedup(Step):
     seed: int = 0
 
     def prepare(self, con: duckdb.DuckDBPyConnection, run: str) -> None:
-        from pipelines.semdedup import semdedup
-
         path = semdedup(run, eps=self.eps, n_clusters=self.n_clusters, seed=self.seed)
         scan(con, RunPaths(run), [path]).create_view("semdedup")
 
@@ -241,15 +242,12 @@ class MetaclipBalance(Step):
     source: Literal["auto", "match", "annotations"] = "auto"
 
     def prepare(self, con: duckdb.DuckDBPyConnection, run: str) -> None:
-        from pipelines.match import metadata_path
-        from pipelines.metaclip import find_matches
-
         paths = RunPaths(run)
         matches = find_matches(run, self.source)
         scan(con, paths, matches.files).select("key, metaclip_entries").create_view("all_matches")
         con.execute("CREATE OR REPLACE TEMP TABLE matches AS SELECT m.key, m.metaclip_entries "
                     "FROM all_matches AS m SEMI JOIN pool USING (key)")
-        scan(con, paths, [metadata_path(paths, matches.metadata_id)]).create_view("entries")
+        scan(con, paths, [paths.metadata(matches.metadata_id)]).create_view("entries")
         con.execute(f"CREATE OR REPLACE TEMP TABLE entry_counts AS {sql('metaclip_entry_counts')}")
         con.execute(sql("metaclip_draw"))
         con.execute(f"CREATE OR REPLACE TEMP TABLE metaclip_decisions AS {sql('metaclip_balance')}",
@@ -271,8 +269,6 @@ class Decontaminate(Step):
         return self
 
     def prepare(self, con: duckdb.DuckDBPyConnection, run: str) -> None:
-        from pipelines.decontam import decontaminate
-
         path = decontaminate(run, self.eval_path, max_cosine=self.max_cosine, max_hamming=self.max_hamming)
         scan(con, RunPaths(run), [path]).create_view("contaminated")
 
@@ -416,12 +412,12 @@ def _load_pool(con: duckdb.DuckDBPyConnection, paths: RunPaths, files: list[str]
 
 def select(run: str, recipe: Recipe, name: str, threads: int | None = None, overwrite: bool = False) -> dict:
     """Apply a recipe to a finished run and write RUN/subsets/NAME/; returns the stats."""
-    folder = subset_folder(name)
+    check_name(name)
     paths = RunPaths(run)
-    if paths.exists(paths.join(folder)):
+    if paths.exists(paths.subset(name)):
         if not overwrite:
-            raise ConfigError(f"{run}/{folder} exists; pick another --name or pass --overwrite")
-        paths.remove(paths.join(folder))
+            raise ConfigError(f"{run}/subsets/{name} exists; pick another --name or pass --overwrite")
+        paths.remove(paths.subset(name))
     files = _check_run(run, paths)
     started = time.time()
     steps: list[Step] = [Status(), *recipe.steps]
@@ -447,10 +443,10 @@ def select(run: str, recipe: Recipe, name: str, threads: int | None = None, over
                           "step_name": pa.array([s.name for s in steps], pa.string())})
         con.register("step_names", names)
         kept = con.sql("SELECT count(*) FROM pool").fetchall()[0][0]
-        write_query(con, paths, "SELECT key FROM pool ORDER BY key", paths.join(folder, "manifest.parquet"))
+        write_query(con, paths, "SELECT key FROM pool ORDER BY key", paths.subset_manifest(name))
         write_query(con, paths, "SELECT a.key, d.key IS NULL AS kept, coalesce(d.reason, 'kept') AS reason, "
                     "n.step_name AS step, d.detail FROM all_keys AS a LEFT JOIN decided AS d USING (key) "
-                    "LEFT JOIN step_names AS n USING (step) ORDER BY a.key", paths.join(folder, "decisions.parquet"))
+                    "LEFT JOIN step_names AS n USING (step) ORDER BY a.key", paths.subset(name, "decisions.parquet"))
     stats = {
         "run": run, "subset": name, "recipe_source": recipe.source, "description": recipe.description,
         "made_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -461,8 +457,8 @@ def select(run: str, recipe: Recipe, name: str, threads: int | None = None, over
         "seconds": round(time.time() - started, 3),
     }
     paths.write_text(f"# resolved recipe of subset {name!r} of {run} ({stats['made_at']})\n"
-                     + yaml.safe_dump(recipe.to_dict(), sort_keys=False), paths.join(folder, "recipe.yaml"))
-    paths.write_json(stats, paths.join(folder, "stats.json"))  # last: the subset is complete
+                     + yaml.safe_dump(recipe.to_dict(), sort_keys=False), paths.subset(name, "recipe.yaml"))
+    paths.write_json(stats, paths.subset(name, "stats.json"))  # last: the subset is complete
     return stats
 
 
