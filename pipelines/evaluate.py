@@ -117,7 +117,7 @@ def train_and_score(shards: list[str], eval_images, eval_ids: np.ndarray, classn
 def _check_subsets(paths: RunPaths, subsets: list[str]) -> None:
     import pyarrow.parquet as pq
 
-    from pipelines.materialize import subset_manifest
+    from pipelines.subsets import subset_manifest
 
     if not subsets:
         raise ConfigError("--subsets: name at least one subset")
@@ -146,8 +146,8 @@ def evaluate(run: str, subsets: list[str], eval_set: str, config: ProxyConfig | 
              concepts: str = "demo", name: str = "default", progress: bool = False) -> dict:
     import ray
 
-    from pipelines.annotate import init_ray
     from pipelines.concepts import load_concepts
+    from pipelines.engine import init_ray
     from pipelines.materialize import materialize
 
     started = time.time()

@@ -69,8 +69,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from pipelines.config import ConfigError, subset_folder
+from operators.caption import mix_captions
+from pipelines.config import ConfigError
+from pipelines.duck import connect, run_sql, scan, sql
+from pipelines.engine import init_ray
+from pipelines.recaption import caption_set_parts, read_captions
 from pipelines.storage import RunPaths
+from pipelines.subsets import SubsetError, subset_manifest
 
 log = logging.getLogger(__name__)
 
@@ -197,9 +202,6 @@ def read_samples(run: RunPaths, keys: pa.Array, sources: list[str], caption_sour
 def with_mixed_captions(run: RunPaths, samples: pa.Table, caption_source: str, mix: dict) -> pa.Table:
     """Add `mixed_caption` (the new caption of caption set mix["captions"] with probability mix["p"], fixed
     per key by mix["seed"]; else the original) and `caption_origin` (recaption | original)."""
-    from operators.caption import mix_captions
-    from pipelines.recaption import read_captions
-
     new = read_captions(run, mix["captions"], samples.column("key").combine_chunks())
     keys = samples.column("key").to_pylist()
     captions, origin = mix_captions(keys, samples.column(caption_source).to_pylist(), [new.get(k) for k in keys],
@@ -247,17 +249,6 @@ def parquet_copy(samples: pa.Table, caption_source: str, json_columns: list[str]
 
 # ---------------------------------------------------------------- the driver
 
-def subset_manifest(paths: RunPaths, name: str) -> str:
-    """RUN/subsets/NAME/manifest.parquet, or a one-line error listing the subsets there are."""
-    manifest = paths.join(subset_folder(name), "manifest.parquet")
-    if paths.exists(manifest):
-        return manifest
-    have = [p.rsplit("/", 1)[-1] for p in paths.list("subsets")
-            if paths.exists(f"{p}/manifest.parquet")]
-    listed = ", ".join(have) if have else "none yet; make one with `tailor select` or `tailor metaclip-balance`"
-    raise MaterializeError(f"{paths.url} has no subset {name!r} (subsets: {listed})")
-
-
 def _check_out(out: RunPaths, overwrite: bool) -> list[str]:
     """OUT's entries, refusing a non-empty OUT without overwrite, and any OUT holding files not ours."""
     if not out.fs.exists(out.root):
@@ -283,19 +274,14 @@ def _clear_out(out: RunPaths, entries: list[str]) -> None:
 
 
 def _stored_format(paths: RunPaths) -> str:
-    import yaml
-
-    if not paths.exists(paths.config):
+    config = paths.read_config()
+    if config is None:
         return "jpg"
-    with paths.fs.open(paths.config, "r") as f:
-        config = yaml.safe_load(f) or {}
     return str((config.get("decode") or {}).get("encode_format", "jpg"))
 
 
 def plan(con, paths: RunPaths, manifest: str, skip_missing: bool, caption_source: str) -> dict:
     """Check the subset against the run and leave table `kept` (materialize_keys.sql) in `con`; return the facts."""
-    from pipelines.duck import run_sql, scan, sql
-
     annotations = paths.list("annotations", ".parquet")
     if not annotations:
         raise MaterializeError(f"{paths.url} has no annotations (run `tailor annotate` first)")
@@ -321,8 +307,6 @@ def plan(con, paths: RunPaths, manifest: str, skip_missing: bool, caption_source
 
 def _shard_batches(con, samples_per_shard: int) -> Iterator[pa.Table]:
     """The sorted (key, shard) stream, cut into tables of samples_per_shard rows (the last: the rest)."""
-    from pipelines.duck import sql
-
     reader = con.sql(sql("materialize_order")).to_arrow_reader(min(samples_per_shard, 1 << 16))
     pending: list[pa.RecordBatch] = []
     held = 0
@@ -339,17 +323,11 @@ def _shard_batches(con, samples_per_shard: int) -> Iterator[pa.Table]:
         yield pa.Table.from_batches(pending).combine_chunks()
 
 
-def _absolute(url: str) -> str:
-    return str(url) if "://" in str(url) else os.path.abspath(url)  # as Ray workers will see it
-
-
 def _write_shards(con, run: str, out: str, total: int, samples_per_shard: int, caption_source: str,
                   default_format: str, parquet: bool, window: int | None, progress: bool, name: str,
                   mix: dict | None) -> list[dict]:
     """One Ray task per output shard, a bounded window in flight; the shards' index entries."""
     import ray
-
-    from pipelines.annotate import init_ray
 
     n_shards = -(-total // samples_per_shard)
     width = max(5, len(str(n_shards - 1)))
@@ -405,18 +383,17 @@ def materialize(run: str, name: str, out: str, samples_per_shard: int = 10000, p
     captions: a caption set of RUN (tailor recaption): KEY.txt is its caption with probability `mix`, fixed per
         key by `mix_seed`, else the caption_source text; KEY.json says which (caption_origin).
     """
-    from pipelines.duck import connect
-
     started = time.time()
     if samples_per_shard < 1:
         raise MaterializeError(f"samples_per_shard: must be >= 1 (got {samples_per_shard})")
-    run, out = _absolute(run), _absolute(out).rstrip("/")
+    run, out = RunPaths.absolute(run), RunPaths.absolute(out).rstrip("/")  # as Ray workers will see them
     paths, out_paths = RunPaths(run), RunPaths(out)
-    manifest = subset_manifest(paths, name)
+    try:
+        manifest = subset_manifest(paths, name)
+    except SubsetError as err:
+        raise MaterializeError(str(err)) from None
     mix_spec = None
     if captions is not None:
-        from pipelines.recaption import caption_set_parts
-
         if not 0.0 <= mix <= 1.0:
             raise MaterializeError(f"mix: the share of new captions must be within [0, 1] (got {mix})")
         caption_set_parts(paths, captions)

@@ -29,7 +29,6 @@ alignment (CLIP score, captions naming what the image shows) and tail coverage.
 from __future__ import annotations
 
 import logging
-import os
 import time
 import uuid
 from datetime import UTC, datetime
@@ -42,7 +41,7 @@ from pydantic import Field
 
 from operators.caption import CAPTION_SCHEMA, CaptionOptions
 from operators.options import Options
-from pipelines.config import ConfigError, subset_folder
+from pipelines.config import ConfigError, check_name
 from pipelines.storage import RunPaths
 
 log = logging.getLogger(__name__)
@@ -62,7 +61,7 @@ class RecaptionConfig(Options):
 
 def captions_folder(name: str) -> str:
     """RUN-relative folder of caption set NAME (captions/NAME); the same naming rule as subsets."""
-    return "captions/" + subset_folder(name).split("/", 1)[1]
+    return "captions/" + check_name(name)
 
 
 def _settings(config: RecaptionConfig, subset: str) -> dict:
@@ -103,7 +102,7 @@ def _check_model(options: CaptionOptions) -> str:
 def plan(paths: RunPaths, subset: str, name: str) -> tuple[pa.Table, dict]:
     """Pending (key, shard) of the subset, sorted by shard and key, and the facts (keys, done, not in run)."""
     from pipelines.duck import connect, run_sql, scan
-    from pipelines.materialize import subset_manifest
+    from pipelines.subsets import subset_manifest
 
     manifest = subset_manifest(paths, subset)
     annotations = paths.list("annotations", ".parquet")
@@ -227,7 +226,7 @@ def _run(items: list[dict], run: str, out: str, config: RecaptionConfig, model_p
          clip_path: str | None, progress: bool) -> int:
     import ray
 
-    from pipelines.annotate import embed_actor_resources
+    from pipelines.engine import embed_actor_resources
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress
@@ -312,14 +311,14 @@ def concept_audit(run: str, name: str, concepts_name: str) -> tuple[pa.Table, di
 def recaption(run: str, subset: str, config: RecaptionConfig | None = None, name: str | None = None,
               progress: bool = False) -> dict:
     """Caption the subset's pending keys, rescore, audit; return (and write) the summary."""
-    from pipelines.annotate import init_ray
     from pipelines.audit import run_embed_model
     from pipelines.duck import connect, run_sql
+    from pipelines.engine import init_ray
     from pipelines.models import resolve_model
 
     started = time.time()
     config = config or RecaptionConfig()
-    run = str(run) if "://" in str(run) else os.path.abspath(run)
+    run = RunPaths.absolute(run)
     paths = RunPaths(run)
     if not paths.exists(paths.summary):
         raise ConfigError(f"run: {run} has no run.json: annotate it to the end first")
