@@ -130,7 +130,7 @@ def main() -> None:
                      "generate_s": round(time.time() - started, 1)}
     print(f"data: {args.n} x {args.dim} in {results['generate_s']} s", flush=True)
 
-    from pipelines.annotate import init_ray
+    from pipelines.engine import init_ray
     from pipelines.semdedup import semdedup
 
     t0 = time.perf_counter()

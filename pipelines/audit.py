@@ -31,7 +31,6 @@ misalignment count images (sql/audit_counts.sql, sql/audit_misalignment.sql).
 from __future__ import annotations
 
 import logging
-import os
 import time
 from datetime import UTC, datetime
 from typing import Literal
@@ -95,7 +94,7 @@ class AuditOptions(Options):
 
 
 def audit_dir(paths: RunPaths, name: str) -> str:
-    return paths.join("audit", name)
+    return paths.audit(name)
 
 
 # ---------------------------------------------------------------- tagging
@@ -146,13 +145,9 @@ class ShardTagger:
 
 def run_embed_model(paths: RunPaths) -> str | None:
     """The embed model of the run (RUN/config.yaml's embed.model), or None without embeddings."""
-    import yaml
-
     if not paths.exists(paths.config) or not paths.list("embeddings", ".parquet"):
         return None
-    with paths.fs.open(paths.config, "r") as f:
-        raw = yaml.safe_load(f)
-    embed = (raw or {}).get("embed")
+    embed = paths.read_config().get("embed")
     if not embed:
         return None
     return embed.get("model")
@@ -168,7 +163,7 @@ def concept_embeddings(concepts: Concepts, model: str, options: AuditOptions) ->
 
 def tag_run(run: str, options: AuditOptions, progress: bool = False) -> dict:
     """Write RUN/audit/NAME/tags/ (reused when the settings are unchanged); return the settings."""
-    run = str(run) if "://" in str(run) else os.path.abspath(run)
+    run = RunPaths.absolute(run)
     paths = RunPaths(run)
     shards = paths.committed_shards()
     if not shards:
@@ -227,7 +222,7 @@ def _tag_local(pending: list[str], kwargs: dict) -> dict[str, int]:
 def _tag_ray(pending: list[str], kwargs: dict, progress: bool) -> dict[str, int]:
     import ray
 
-    from pipelines.annotate import init_ray
+    from pipelines.engine import init_ray
 
     init_ray(None)
     ray.data.DataContext.get_current().enable_progress_bars = progress
@@ -247,7 +242,7 @@ def _register(con, paths: RunPaths, name: str, subset: str | None = None) -> Non
     out = audit_dir(paths, name)
     tags = scan(con, paths, paths.list(f"audit/{name}/tags", ".parquet"))
     if subset is not None:
-        manifest = paths.join("subsets", subset, "manifest.parquet")
+        manifest = paths.subset_manifest(subset)
         if not paths.exists(manifest):
             raise ConfigError(f"--subset {subset}: {manifest} does not exist")
         scan(con, paths, [manifest]).select("key").create_view("subset_keys")
@@ -307,7 +302,7 @@ def audit_run(run: str, options: AuditOptions | None = None, subset: str | None 
     """Tag (or reuse tags), count, compare with a subset, fit accuracies; write tables and the report."""
     started = time.time()
     options = options or AuditOptions()
-    run = str(run) if "://" in str(run) else os.path.abspath(run)
+    run = RunPaths.absolute(run)
     paths = RunPaths(run)
     accuracy_table = read_accuracy(accuracy) if accuracy is not None else None  # a bad file fails before tagging
     settings = tag_run(run, options, progress)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from datetime import UTC, datetime
 
@@ -36,14 +35,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import yaml
 
 from operators import status as st
 from operators.decode import decode_image
 from operators.decontam import OUTPUT_SCHEMA, EvalIndex
+from operators.embed import ClipEmbedder, ClipPreprocessor
 from operators.semdedup import normalize
 from pipelines.config import AnnotateConfig, ConfigError, load_config
 from pipelines.duck import parquet_url
+from pipelines.engine import init_ray
+from pipelines.models import resolve_model
 from pipelines.storage import RunPaths
 
 log = logging.getLogger(__name__)
@@ -90,10 +91,10 @@ def _parquet_images(fs, path: str, eval_path: str) -> list[tuple[str, bytes]]:
 
 
 def run_config(paths: RunPaths) -> AnnotateConfig:
-    if not paths.exists(paths.config):
+    raw = paths.read_config()
+    if raw is None:
         raise ConfigError(f"decontaminate: {paths.url} is not a run folder (no config.yaml)")
-    with paths.fs.open(paths.config, "r") as f:
-        return load_config(base=yaml.safe_load(f.read()))
+    return load_config(base=raw)
 
 
 def prepare_eval_set(images: list[tuple[str, bytes]], config: AnnotateConfig,
@@ -123,9 +124,6 @@ def prepare_eval_set(images: list[tuple[str, bytes]], config: AnnotateConfig,
 
 def embed_images(encoded: list[bytes], config: AnnotateConfig) -> np.ndarray:
     """Image embeddings with the run's model (CPU, in this process), as annotate computes them."""
-    from operators.embed import ClipEmbedder, ClipPreprocessor
-    from pipelines.models import resolve_model
-
     model_path = resolve_model(config.embed.model)
     preprocess = ClipPreprocessor(model_path)
     embedder = ClipEmbedder(model_path, config.embed.model_copy(update={"device": "cpu", "probes": {}}))
@@ -182,8 +180,6 @@ def decontaminate(run: str, eval_path: str, max_cosine: float | None = 0.95, max
     for a remote run)."""
     import ray
 
-    from pipelines.annotate import init_ray
-
     if max_cosine is None and max_hamming is None:
         raise ConfigError("decontaminate: set max_cosine, max_hamming or both")
     if max_cosine is not None and not -1 <= max_cosine <= 1:
@@ -191,7 +187,7 @@ def decontaminate(run: str, eval_path: str, max_cosine: float | None = 0.95, max
     if max_hamming is not None and not 0 <= max_hamming <= 64:
         raise ConfigError(f"decontaminate: max_hamming must be in [0, 64] (got {max_hamming})")
     started = time.time()
-    run = str(run) if "://" in str(run) else os.path.abspath(run)
+    run = RunPaths.absolute(run)
     paths = RunPaths(run)
     config = run_config(paths)
     shards = [p.rsplit("/", 1)[-1].removesuffix(".parquet") for p in paths.list("annotations", ".parquet")]
@@ -207,7 +203,7 @@ def decontaminate(run: str, eval_path: str, max_cosine: float | None = 0.95, max
     settings = {"max_cosine": max_cosine, "max_hamming": max_hamming, "decode": config.decode.model_dump(mode="json"),
                 "model": config.embed.model if config.embed and max_cosine is not None else None}
     name = f"decontam-{_fingerprint(images, settings)}"
-    target, info_path = paths.join("dedup", f"{name}.parquet"), paths.join("dedup", f"{name}.json")
+    target, info_path = paths.dedup(f"{name}.parquet"), paths.dedup(f"{name}.json")
     if not overwrite and paths.exists(target) and paths.exists(info_path):
         log.info("decontaminate: reusing %s", target)
         return parquet_url(paths, target)

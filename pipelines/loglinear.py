@@ -27,8 +27,10 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.audit_report import _save, plot_loglinear
 from pipelines.config import ConfigError
 from pipelines.duck import connect, run_sql, to_arrow
+from pipelines.storage import RunPaths
 
 EDGES = 12  # the paper's numpy.linspace(..., num=12)
 MIN_BINS = 3  # non-empty bins among 1..EDGES-2 needed for a correlation worth the name
@@ -128,9 +130,6 @@ def analyse(points: pa.Table, edges: int = EDGES, source: str = "log-linear") ->
 
 def write(result: LogLinear, out: str) -> list[str]:
     """OUT/loglinear.json (LogLinear.summary) and OUT/loglinear.png; OUT a folder or fsspec URL."""
-    from pipelines.audit_report import _save, plot_loglinear
-    from pipelines.storage import RunPaths
-
     paths = RunPaths(out)
     files = [paths.join("loglinear.json"), paths.join("loglinear.png")]
     paths.write_json(result.summary(), files[0])

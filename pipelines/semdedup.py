@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 import uuid
 from datetime import UTC, datetime
@@ -46,6 +45,7 @@ import pyarrow.parquet as pq
 from operators.semdedup import cluster_order, greedy_dedup, normalize, split_cluster
 from pipelines.config import ConfigError
 from pipelines.duck import parquet_url
+from pipelines.engine import init_ray
 from pipelines.storage import RunPaths
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ SCHEMA = pa.schema([("key", pa.string()), ("cluster", pa.int32()), ("part", pa.i
 
 
 def table_path(paths: RunPaths) -> str:
-    return paths.join("dedup", "semdedup.parquet")
+    return paths.dedup("semdedup.parquet")
 
 
 def default_clusters(n: int) -> int:
@@ -229,14 +229,12 @@ def semdedup(run: str, eps: float = 0.05, n_clusters: int | None = None, seed: i
     """
     import ray
 
-    from pipelines.annotate import init_ray
-
     if not 0 <= eps < 2:
         raise ConfigError(f"semdedup: eps must be in [0, 2) (got {eps})")
     if max_cluster_size < 2:
         raise ConfigError(f"semdedup: max_cluster_size must be at least 2 (got {max_cluster_size})")
     started = time.time()
-    run = str(run) if "://" in str(run) else os.path.abspath(run)  # as the tasks will see it
+    run = RunPaths.absolute(run)  # as the tasks will see it
     paths = RunPaths(run)
     shards = paths.list("embeddings", ".parquet")
     if not shards:
@@ -251,8 +249,8 @@ def semdedup(run: str, eps: float = 0.05, n_clusters: int | None = None, seed: i
     settings = {"eps": eps, "n_clusters": k, "seed": seed, "max_cluster_size": max_cluster_size, "niter": niter,
                 "sample_per_centroid": SAMPLE_PER_CENTROID, "version": VERSION,
                 "embeddings": _fingerprint(paths, shards, rows)}
-    target, info_path = table_path(paths), paths.join("dedup", "semdedup.json")
-    centroids_path = paths.join("dedup", "semdedup-centroids.parquet")
+    target, info_path = table_path(paths), paths.dedup("semdedup.json")
+    centroids_path = paths.dedup("semdedup-centroids.parquet")
     previous = paths.read_json(info_path).get("settings") if paths.exists(info_path) else None
     if not overwrite and previous == settings and paths.exists(target):
         log.info("semdedup: reusing %s (same settings)", target)
@@ -277,7 +275,7 @@ def semdedup(run: str, eps: float = 0.05, n_clusters: int | None = None, seed: i
     cpus = int(ray.cluster_resources().get("CPU", 1))
     n_buckets = buckets or max(math.ceil(total * dim * 2 / BUCKET_BYTES), 2 * cpus)
     n_buckets = max(1, min(n_buckets, len(centroids)))
-    work = paths.join("dedup", "_semdedup_work", uuid.uuid4().hex)  # a concurrent pass has its own
+    work = f"{paths.dedup('_semdedup_work')}/{uuid.uuid4().hex}"  # a concurrent pass has its own
     assign_task = ray.remote(num_cpus=1)(assign_shard)
     centroid_ref = ray.put(centroids)
     sizes = np.sum(ray.get([assign_task.remote(put, s, centroid_ref, n_buckets, work) for s in shards]), axis=0)

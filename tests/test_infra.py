@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT
+from helpers import ROOT
 
 from operators.embed import EmbedOptions
-from pipelines.annotate import embed_actor_resources
 from pipelines.cli import build_parser
 from pipelines.config import load_config
+from pipelines.engine import embed_actor_resources
 
 INFRA = ROOT / "infra"
 IMAGE_ROOT = "/opt/tailor/src"  # WORKDIR of infra/Dockerfile: the repository's files live there in the image
