@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import demo_config
+from helpers import demo_config
 from PIL import Image
 
 from pipelines.annotate import annotate

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import shared_data, write_manifest
+from helpers import shared_data, write_manifest
 
 from operators.concepts import ConceptMatcher, Concepts, ImageConceptTagger, SoftmaxTagger
 from pipelines import audit as audit_module

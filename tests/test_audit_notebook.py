@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import write_manifest
+from helpers import write_manifest
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "concept_coverage.ipynb"
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import DEMO_CONFIG
+from helpers import DEMO_CONFIG
 
 pytestmark = pytest.mark.slow
 

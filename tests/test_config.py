@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import DEMO_CONFIG
+from helpers import DEMO_CONFIG
 
 from pipelines.config import ConfigError, load_config
 

@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import shared_data
+from helpers import shared_data
 from PIL import Image
 
 from operators import status as st

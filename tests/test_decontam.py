@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import shared_data
+from helpers import shared_data
 
 from operators.decontam import EvalIndex
 from pipelines.config import ConfigError

@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import demo_config, served_demo_web, write_manifest
+from helpers import demo_config, served_demo_web, write_manifest
 from PIL import Image
 
 from pipelines.config import ConfigError

@@ -22,7 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import DEMO_CONFIG
+from helpers import DEMO_CONFIG
 from s3_faults import FaultyS3Proxy, moto_s3, s3fs_for
 
 pytestmark = pytest.mark.slow

@@ -23,7 +23,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import DEMO_CONFIG, ROOT, demo_config, shared_data
+from helpers import DEMO_CONFIG, ROOT, demo_config, shared_data
 
 from pipelines.config import ConfigError, InputConfig, load_config
 from pipelines.sources import InputError, check_input, iter_table_batches, plan_table_file

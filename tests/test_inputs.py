@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
-from conftest import demo_config, served_demo_web
+from helpers import demo_config, served_demo_web
 
 from pipelines.annotate import annotate
 from pipelines.sources import InputError

@@ -13,7 +13,7 @@ import re
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import shared_data
+from helpers import shared_data
 from match_oracle import PUNCTS_TO_WRAP, SpanOracle, metaclip_substr_matching, spaced_entries
 
 from operators.match import MetaclipMatcher

@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from conftest import write_manifest
+from helpers import write_manifest
 
 from pipelines.materialize import MaterializeError, materialize
 

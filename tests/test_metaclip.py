@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import demo_config
+from helpers import demo_config
 from match_oracle import metaclip_substr_matching, reference_decisions, spaced_entries
 
 from operators.match import MatchOptions

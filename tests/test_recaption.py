@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import tiny_vlms
-from conftest import run_with_truth, write_manifest
+from helpers import run_with_truth, write_manifest
 from PIL import Image
 
 from operators.caption import Captioner, CaptionOptions, mix_captions

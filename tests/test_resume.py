@@ -10,7 +10,7 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import DEMO_CONFIG
+from helpers import DEMO_CONFIG
 
 pytestmark = pytest.mark.slow
 

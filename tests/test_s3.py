@@ -9,7 +9,7 @@ import sys
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import DEMO_CONFIG
+from helpers import DEMO_CONFIG
 
 pytestmark = pytest.mark.slow
 

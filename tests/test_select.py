@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import run_with_truth
+from helpers import run_with_truth
 
 from pipelines.config import ConfigError
 from pipelines.select import RECIPES, load_recipe, near_masks, parse_recipe, select

@@ -1,0 +1,61 @@
+"""Helpers the test modules share (`from helpers import ...`): paths, the demo config, a served demo web, hand-made
+subsets. Fixtures live in conftest.py, which also installs the network guard before any test module is imported."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_CONFIG = ROOT / "pipelines" / "configs" / "demo.yaml"
+TEST_SLOW_SECONDS = 6.0  # the demo web's slow/stall pages outlast the demo config's 2 s timeout
+
+
+def shared_data() -> Path:
+    """The team's real sample data (../shared/data beside the project), wherever this checkout lives.
+
+    TAILOR_SHARED_DATA wins; then ../shared/data; then the workplace's /work/shared/data (a clean clone
+    in a temporary folder has no ../shared). Missing data fails the tests that need it, loudly.
+    """
+    candidates = [os.environ.get("TAILOR_SHARED_DATA"), ROOT.parent / "shared" / "data", "/work/shared/data"]
+    for candidate in filter(None, candidates):
+        if (Path(candidate) / "coco-mini").is_dir():
+            return Path(candidate)
+    raise FileNotFoundError(f"shared sample data not found (looked in {candidates}); set TAILOR_SHARED_DATA")
+
+
+@contextlib.contextmanager
+def served_demo_web(out: Path, n: int, seed: int):
+    """Build a demo web into `out` and serve it on 127.0.0.1; yields (server, out)."""
+    from pipelines.demo_web.build import build_demo_web
+    from pipelines.demo_web.serve import DemoWebServer
+
+    build_demo_web(out, n=n, seed=seed)
+    with DemoWebServer(out, slow_seconds=TEST_SLOW_SECONDS) as server:
+        yield server, out
+
+
+def demo_config(urls: str | Path, output: str | Path, *overrides: str):
+    from pipelines.config import load_config
+
+    return load_config(DEMO_CONFIG, [f"input.path={urls}", f"output={output}", *overrides])
+
+
+def write_manifest(run: Path, name: str, keys: list[str]) -> None:
+    """A hand-made subset: RUN/subsets/NAME/manifest.parquet listing `keys`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = run / "subsets" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"key": pa.array(keys, pa.string())}), folder / "manifest.parquet")
+
+
+def run_with_truth(demo_run) -> tuple[Path, list[dict], dict]:
+    """(run folder, its annotation rows, the demo web's ground truth by demo_id) of the session's demo run."""
+    import pyarrow.parquet as pq
+
+    _, run, web = demo_run
+    truth = {r["demo_id"]: r for r in pq.read_table(web / "truth.parquet").to_pylist()}
+    return run, pq.read_table(run / "annotations").to_pylist(), truth
