@@ -36,6 +36,7 @@ from operators.embed import ClipEmbedder, ClipPreprocessor
 from operators.fetch import Fetcher
 from operators.text import CaptionText
 from pipelines.config import AnnotateConfig, ConfigError, load_config
+from pipelines.console import ProgressLine
 from pipelines.match import add_match_stage
 from pipelines.models import resolve_model
 from pipelines.sources import (
@@ -197,7 +198,7 @@ def output_tables(part: pa.Table) -> dict[str, pa.Table]:
 
 def write_parts(batch: pa.Table, paths: RunPaths) -> pa.Table:
     """Write this batch's rows as staging parts, one per shard; return what was written."""
-    shards, parts, rows = [], [], []
+    shards, parts, rows, ok = [], [], [], []
     for shard in pc.unique(batch.column("shard")).to_pylist():
         part = batch.filter(pc.equal(batch.column("shard"), shard))
         name = uuid.uuid4().hex
@@ -207,8 +208,9 @@ def write_parts(batch: pa.Table, paths: RunPaths) -> pa.Table:
         shards.append(shard)
         parts.append(name)
         rows.append(part.num_rows)
+        ok.append(pc.sum(pc.equal(part.column("status"), st.OK)).as_py() or 0)
     return pa.table({"shard": pa.array(shards, pa.string()), "part": pa.array(parts, pa.string()),
-                     "rows": pa.array(rows, pa.int64())})
+                     "rows": pa.array(rows, pa.int64()), "ok": pa.array(ok, pa.int64())})
 
 
 # ---------------------------------------------------------------- commit
@@ -338,20 +340,27 @@ def embed_actor_resources(options, cluster_gpus: float) -> dict:
     return {"num_gpus": 1, "num_cpus": 0.5} if use_gpu else {"num_gpus": 0, "num_cpus": options.cpus_per_actor}
 
 
-def _run_pending(pending: list[Shard], config: AnnotateConfig, paths: RunPaths) -> str:
+def _run_pending(pending: list[Shard], config: AnnotateConfig, paths: RunPaths, progress: bool) -> str:
     expected = {s.id: s.rows for s in pending}
+    line = ProgressLine(sum(expected.values())) if progress else None
     written: dict[str, int] = collections.defaultdict(int)
     parts: dict[str, list[str]] = collections.defaultdict(list)
     commits = []
     kinds = ["images", "embeddings"] if config.embed is not None else ["images"]
     ds = _build_dataset(pending, config, paths)
-    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+    # prefetch_batches=0: with Ray's default of 1 the iterator holds each finished block until the next one
+    # arrives, so a shard whose rows are all written is not committed while a slow shard is still running
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0):
         for row in batch.to_pylist():
             shard = row["shard"]
             written[shard] += row["rows"]
             parts[shard].append(row["part"])
+            if line is not None:
+                line.update(row["rows"], row["ok"])
             if written[shard] == expected[shard]:
                 commits.append(commit_shard.remote(paths, shard, parts.pop(shard), expected[shard], kinds))
+    if line is not None:
+        line.close()
     log.info("all parts written; waiting for %d shard commits", len(commits))
     failed = []
     for ref in commits:  # every commit is awaited, so a failed one is reported once, not also as "unhandled"
@@ -392,7 +401,33 @@ def summarize(shards: list[Shard], paths: RunPaths, config: AnnotateConfig, star
         },
         "rows_processed_this_run": processed_rows,
         "rows_per_s_this_run": round(processed_rows / wall, 1) if wall > 0 else None,
+        "hint": blocked_hint(statuses),
     }
+
+
+# the setting to look at when one status took (most of) the rows and none came through (`error` says more)
+SETTING_OF_STATUS = {
+    st.BLOCKED_ADDRESS: "hosts resolved to private or loopback addresses, which download.allow_networks refuses "
+                        "unless their network is listed (e.g. --set 'download.allow_networks=[\"127.0.0.0/8\"]')",
+    st.TIMEOUT: "see download.timeout (and download.threads against a slow server)",
+    st.TOO_LARGE: "see download.max_bytes and decode.max_pixels",
+    st.TOO_SMALL: "see decode.min_image_size",
+    st.BAD_ASPECT_RATIO: "see decode.max_aspect_ratio",
+    st.OPTED_OUT: "the servers opt out of AI use (download.disallowed_header_directives)",
+    st.CONNECTION_ERROR: "no host answered (DNS or connection failures): can the workers reach the network?",
+    st.INVALID_URL: "no URL could be requested: is input.url_column the URL column?",
+}
+
+
+def blocked_hint(statuses: collections.Counter) -> str | None:
+    """When no row came through and one failure status took most of them, the setting to look at."""
+    if not statuses or statuses.get(st.OK, 0):
+        return None
+    status, rows = statuses.most_common(1)[0]
+    total = sum(statuses.values())
+    if rows * 2 < total or status not in SETTING_OF_STATUS:
+        return None
+    return f"{rows} of {total} rows are {status}: {SETTING_OF_STATUS[status]}"
 
 
 class StorageError(ConfigError):
@@ -422,8 +457,10 @@ def storage_errors(output: str):
         raise StorageError(f"storage error: {text} (run folder {output})") from None
 
 
-def annotate(config: AnnotateConfig, overwrite: bool = False, progress: bool = True) -> dict:
-    """Run (or resume) annotation into config.output and return the run summary."""
+def annotate(config: AnnotateConfig, overwrite: bool = False, progress: bool = True,
+             ray_progress: bool = False) -> dict:
+    """Run (or resume) annotation into config.output and return the run summary. `progress`: tailor's
+    progress line on stderr; `ray_progress`: Ray Data's own per-operator bars as well."""
     started = time.time()
     paths = RunPaths(config.output)
     with storage_errors(config.output):
@@ -437,7 +474,7 @@ def annotate(config: AnnotateConfig, overwrite: bool = False, progress: bool = T
     ray_ready = time.time()
     log.info("ray ready after %.1f s", ray_ready - started)
     context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = progress
+    context.enable_progress_bars = ray_progress
     # Ray Data's default reserves half the CPUs for the light stages (load, download, write), which on a
     # small node leaves the CPU-bound decode one task at a time; the budget follows demand instead.
     context.op_resource_reservation_enabled = False
@@ -451,7 +488,7 @@ def annotate(config: AnnotateConfig, overwrite: bool = False, progress: bool = T
     stats = ""
     if pending:
         with storage_errors(config.output):
-            stats = _run_pending(pending, config, paths)
+            stats = _run_pending(pending, config, paths, progress)
         paths.write_text(stats, paths.join("logs", "ray_data_stats.txt"))
         paths.remove(paths.join("_staging"))
     pipeline_done = time.time()

@@ -23,6 +23,8 @@ def _print_summary(summary: dict) -> None:
     for stage, counts in summary["stages"].items():
         failed = ", ".join(f"{k} {v}" for k, v in counts["failed"].items()) or "none"
         print(f"stage {stage:<9} in {counts['rows_in']:>7}  ok {counts['rows_ok']:>7}  failed: {failed}")
+    if summary.get("hint"):
+        print(f"no row came through: {summary['hint']}")
 
 
 def _annotate(args: argparse.Namespace) -> int:
@@ -41,7 +43,8 @@ def _annotate(args: argparse.Namespace) -> int:
         check_input(config.input)  # a mistake in the input is told in a second, before Ray is even imported
     from pipelines.annotate import annotate
 
-    summary = annotate(config, overwrite=args.overwrite, progress=not args.no_progress)
+    summary = annotate(config, overwrite=args.overwrite, progress=not args.no_progress,
+                       ray_progress=args.verbose and not args.no_progress)
     _print_summary(summary)
     print(f"annotations: {config.output}/annotations/  summary: {config.output}/run.json")
     return 0
@@ -88,7 +91,8 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"serving the demo web at {server.base_url}", flush=True)
         config = load_config(CONFIGS / "demo.yaml",
                              [f"input.path={web / 'urls.parquet'}", f"output={out / 'run'}", *(args.set or [])])
-        summary = annotate(config, overwrite=True, progress=not args.no_progress)
+        summary = annotate(config, overwrite=True, progress=not args.no_progress,
+                           ray_progress=args.verbose and not args.no_progress)
     _print_summary(summary)
     annotations = pq.read_table(out / "run" / "annotations").to_pylist()
     truth = {r["demo_id"]: r for r in pq.read_table(web / "truth.parquet").to_pylist()}
@@ -488,12 +492,45 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `tailor` command. Run as the command (no argv), Ray's native lines go to a log file unless -v;
+    called with argv (tests, notebooks), the console is left as it is."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:  # Ray's and Ray Data's INFO lines (execution plans, auth notes) stay in Ray's logs
         os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(Path(__file__).parent / "ray_data_logging.yaml"))
         os.environ.setdefault("TAILOR_RAY_LOG_LEVEL", "ERROR")
+    if argv is None and not args.verbose:
+        return _quiet(args)
+    return _dispatch(args)
+
+
+def _quiet(args: argparse.Namespace) -> int:
+    """Run the command with descriptor 2 in a log file (Ray's C++ lines); Ray is shut down inside, so
+    its shutdown lines land there too. The log is deleted after a success; after a failure its tail is
+    shown and the file kept."""
+    from pipelines.console import native_stderr_to
+
+    code = 1
+    try:
+        with native_stderr_to() as log_path:
+            try:
+                code = _dispatch(args)
+            finally:
+                if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+                    sys.modules["ray"].shutdown()
+    finally:
+        if code != 0 and os.path.getsize(log_path):
+            with open(log_path, errors="replace") as f:
+                tail = f.readlines()[-20:]
+            print(f"tailor: Ray's native log (last {len(tail)} lines, kept in {log_path}):", file=sys.stderr)
+            sys.stderr.writelines(tail)
+        else:
+            os.remove(log_path)
+    return code
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     from pipelines.config import ConfigError
     from pipelines.metadata import MetadataError
     from pipelines.sources import InputError

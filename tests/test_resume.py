@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import collections
+import http.server
+import io
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
+import PIL.Image
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from helpers import DEMO_CONFIG
@@ -62,3 +68,73 @@ def test_sigkill_then_rerun_equals_clean_run(demo_web, tmp_path):
     assert images.select(["key", "width", "height"]).equals(
         pq.read_table(clean / "images").sort_by("key").select(["key", "width", "height"]))
     assert not (killed / "_staging").exists()
+
+
+class _GatedImages(http.server.BaseHTTPRequestHandler):
+    """/ok/N.jpg answers at once; /gated/N.jpg waits until the test opens the gate. Counts requests."""
+    gate = threading.Event()
+    requests: collections.Counter = collections.Counter()
+    body = b""
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        type(self).requests[self.path] += 1
+        if self.path.startswith("/gated/"):
+            self.gate.wait(timeout=600)
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(self.body)))
+            self.end_headers()
+            self.wfile.write(self.body)
+        except OSError:
+            pass  # the killed run's connections
+
+    def log_message(self, *args):
+        pass
+
+
+def test_shards_commit_while_the_last_one_still_downloads(tmp_path):
+    """The first shards are committed while the last shard's downloads hang; a SIGKILL then loses only the
+    unfinished shard, and the rerun fetches only its rows."""
+    image = io.BytesIO()
+    PIL.Image.new("RGB", (64, 48), (200, 30, 30)).save(image, "JPEG")
+    _GatedImages.body = image.getvalue()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _GatedImages)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    urls = [f"{base}/ok/{i}.jpg" for i in range(100)] + [f"{base}/gated/{i}.jpg" for i in range(50)]
+    table = tmp_path / "urls.parquet"
+    pq.write_table(pa.table({"url": urls, "caption": [f"a red photo {i}" for i in range(150)]}), table)
+    run = tmp_path / "run"
+    command = _command(table, run) + ["--set", "embed=null", "--set", "download.timeout=300",
+                                      "--set", "download.retries=0", "--set", "ray.batch_size=50"]
+    log = tmp_path / "first-run.log"
+    try:
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(command, start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.time() + 300
+        while time.time() < deadline and len(list((run / "_done").glob("*.json"))) < 2:
+            assert proc.poll() is None, f"the run ended before its first shards were committed: {log.read_text()}"
+            time.sleep(0.1)
+        assert len(list((run / "_done").glob("*.json"))) == 2, "the first two shards were not committed in time"
+        assert proc.poll() is None
+        assert sum(n for path, n in _GatedImages.requests.items() if path.startswith("/gated/")) > 0
+        assert not _GatedImages.gate.is_set()  # the last shard's downloads are still waiting
+        assert "rows done 100/150 (100 in 2/3 committed shards" in _status(run)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+        time.sleep(3)
+        assert len(pq.read_table(run / "annotations")) == 100
+
+        _GatedImages.requests.clear()
+        _GatedImages.gate.set()
+        rerun = subprocess.run(command, timeout=600, capture_output=True, text=True)
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        assert "(2 were already done)" in rerun.stdout
+        assert not any(path.startswith("/ok/") for path in _GatedImages.requests)  # done shards not refetched
+        assert sorted(_GatedImages.requests) == sorted(f"/gated/{i}.jpg" for i in range(50))
+        done = pq.read_table(run / "annotations")
+        assert done.num_rows == 150 and set(done.column("status").to_pylist()) == {"ok"}
+    finally:
+        _GatedImages.gate.set()
+        server.shutdown()
