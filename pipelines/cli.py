@@ -27,6 +27,19 @@ def _print_summary(summary: dict) -> None:
         print(f"no row came through: {summary['hint']}")
 
 
+def _config_path(name: str) -> Path:
+    """A shipped annotate config by bare name (`demo`, `laion-style`), as recipes are named; else a path."""
+    from pipelines.config import ConfigError
+
+    if "/" in name or os.sep in name or name.endswith((".yaml", ".yml")):
+        return Path(name)
+    shipped = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
+    if name not in shipped:
+        raise ConfigError(f"config {name}: no shipped config of that name (shipped: {', '.join(shipped)}; "
+                          "a file is named by a path ending in .yaml, e.g. ./my-config.yaml)")
+    return CONFIGS / f"{name}.yaml"
+
+
 def _annotate(args: argparse.Namespace) -> int:
     from pipelines.config import load_config
     from pipelines.sources import check_input
@@ -37,7 +50,7 @@ def _annotate(args: argparse.Namespace) -> int:
         overrides.append(f"input.path={args.input}")
     if args.output:
         overrides.append(f"output={args.output}")
-    config = load_config(args.config, overrides)
+    config = load_config(_config_path(args.config), overrides)
     paths = RunPaths(config.output)
     if args.overwrite or not paths.exists(paths.plan):
         check_input(config.input)  # a mistake in the input is told in a second, before Ray is even imported
@@ -337,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("annotate", help="download, decode and hash every input row (Ray Data)")
-    p.add_argument("--config", required=True, help="pipeline YAML, e.g. pipelines/configs/demo.yaml")
+    p.add_argument("--config", required=True, help="a shipped config by name (demo, laion-style) or a YAML path")
     p.add_argument("--input", help="override input.path")
     p.add_argument("--output", help="override output (the run folder)")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE",

@@ -65,3 +65,15 @@ def test_cli_reports_one_line_and_exit_code_2(tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "decode.resize_mode" in lines[0], proc.stderr
+
+
+def test_annotate_config_by_shipped_name(tmp_path, capsys):
+    """`--config demo` is the shipped config, as `--recipe demo` is the shipped recipe; an unknown name
+    lists the shipped ones."""
+    from pipelines.cli import main
+
+    assert main(["annotate", "--config", "nope", "--input", "x.parquet", "--output", str(tmp_path / "r")]) == 2
+    assert "shipped: demo, laion-style" in capsys.readouterr().err
+    assert main(["annotate", "--config", "demo", "--input", str(tmp_path / "missing.parquet"),
+                 "--output", str(tmp_path / "r")]) == 2
+    assert "input not found" in capsys.readouterr().err  # the config was found and read
