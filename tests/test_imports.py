@@ -1,0 +1,187 @@
+"""The project's modules import each other without cycles.
+
+Every `import pipelines...` / `from operators... import ...` in operators/ and pipelines/ counts, at module
+level and inside functions alike (a function-local import is a dependency too; hiding one in a function
+only defers the cycle). Imports under `if TYPE_CHECKING:` never run and are left out. Importing a.b.c runs
+a/__init__ and a/b/__init__ first, so those count as well.
+"""
+
+from __future__ import annotations
+
+import ast
+import itertools
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("operators", "pipelines")
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def project_modules() -> dict[str, Path]:
+    return {module_name(p): p for package in PACKAGES for p in sorted((ROOT / package).rglob("*.py"))}
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _imports(tree: ast.AST):
+    """Every Import/ImportFrom node, anywhere in the tree, except the bodies of `if TYPE_CHECKING:`."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            for child in node.orelse:
+                yield from _imports(ast.Module(body=[child], type_ignores=[]))
+            continue
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            yield node
+        yield from _imports(node)
+
+
+def _with_parents(name: str, modules: dict[str, Path]) -> set[str]:
+    """`name` and the packages above it that are project modules (their __init__ runs first)."""
+    parts = name.split(".")
+    return {".".join(parts[:i]) for i in range(1, len(parts) + 1)} & modules.keys()
+
+
+def _resolve(node: ast.Import | ast.ImportFrom, importer: str, modules: dict[str, Path]) -> set[str]:
+    if isinstance(node, ast.Import):
+        return set().union(*(_with_parents(alias.name, modules) for alias in node.names))
+    base = node.module or ""
+    if node.level:  # relative: from the importer's package
+        package = importer.split(".") if modules[importer].name == "__init__.py" else importer.split(".")[:-1]
+        package = package[: len(package) - (node.level - 1)]
+        base = ".".join(filter(None, [*package, base]))
+    targets = _with_parents(base, modules)
+    for alias in node.names:  # `from pipelines import audit`: the submodule
+        if f"{base}.{alias.name}" in modules:
+            targets.add(f"{base}.{alias.name}")
+    return targets
+
+
+def imported_by(source: str, name: str, modules: dict[str, Path]) -> dict[str, int]:
+    """{project module that module `name` (whose text is `source`) imports: line of the first such import}."""
+    edges: dict[str, int] = {}
+    for node in _imports(ast.parse(source)):
+        for target in _resolve(node, name, modules):
+            if target != name:
+                edges.setdefault(target, node.lineno)
+    return edges
+
+
+def import_graph() -> dict[str, dict[str, int]]:
+    """module -> {imported project module: line of the first such import}."""
+    modules = project_modules()
+    return {name: imported_by(path.read_text(), name, modules) for name, path in modules.items()}
+
+
+def knots(graph: dict[str, dict[str, int]]) -> list[set[str]]:
+    """The strongly connected components of more than one module: each holds at least one cycle."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[set[str]] = []
+
+    def visit(node: str) -> None:  # Tarjan; the graph is a few dozen modules, recursion is fine
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(graph.get(node, {})):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = set()
+            while True:
+                top = stack.pop()
+                on_stack.discard(top)
+                component.add(top)
+                if top == node:
+                    break
+            if len(component) > 1:
+                components.append(component)
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return components
+
+
+def cycles(graph: dict[str, dict[str, int]]) -> list[list[str]]:
+    """One cycle (a list of modules, the first repeated at the end) per knot."""
+    return [_cycle_in(graph, knot) for knot in knots(graph)]
+
+
+def _cycle_in(graph: dict[str, dict[str, int]], component: set[str]) -> list[str]:
+    """A shortest cycle through the component's first module (breadth-first back to it)."""
+    start = min(component)
+    came_from: dict[str, str] = {}
+    frontier = [start]
+    while frontier:
+        following = []
+        for node in frontier:
+            for target in sorted(graph[node]):
+                if target not in component:
+                    continue
+                if target == start:
+                    path = [node]
+                    while path[-1] != start:
+                        path.append(came_from[path[-1]])
+                    return [start, *reversed(path[:-1]), start] if node != start else [start, start]
+                if target not in came_from:
+                    came_from[target] = node
+                    following.append(target)
+        frontier = following
+    raise AssertionError(f"no cycle through {start} in {sorted(component)}")
+
+
+def describe(graph: dict[str, dict[str, int]], cycle: list[str]) -> str:
+    modules = project_modules()
+    steps = [f"  {a} -> {b}  ({modules[a].relative_to(ROOT)}:{graph[a][b]})" for a, b in itertools.pairwise(cycle)]
+    return " -> ".join(cycle) + "\n" + "\n".join(steps)
+
+
+def test_graph_sees_module_level_and_local_imports():
+    graph = import_graph()
+    assert "pipelines.storage" in graph["pipelines.duck"]  # module level
+    assert "pipelines.models" in graph["pipelines.models.train_demo_clip"]  # the parent package of .training
+    assert "pipelines.demo_web.world" in graph["pipelines.models.train_demo_clip"]  # `from pkg import module`
+    source = """
+from typing import TYPE_CHECKING
+import pipelines.sources
+if TYPE_CHECKING:
+    from pipelines.annotate import annotate
+else:
+    from pipelines.select import select
+def run():
+    from pipelines.metaclip import balance
+    class Step:
+        def go(self):
+            from operators import table
+"""
+    edges = imported_by(source, "pipelines.example", project_modules())
+    assert edges == {"pipelines": 3, "pipelines.sources": 3, "pipelines.select": 7, "pipelines.metaclip": 9,
+                     "operators": 12, "operators.table": 12}
+
+
+def test_cycle_finder_finds_a_cycle():
+    graph = {"a": {"b": 1}, "b": {"c": 2}, "c": {"a": 3, "d": 4}, "d": {}}
+    assert cycles(graph) == [["a", "b", "c", "a"]]
+    assert cycles({"a": {"b": 1}, "b": {}}) == []
+
+
+def test_no_import_cycles():
+    graph = import_graph()
+    found = knots(graph)
+    assert not found, "import cycles among the project's modules:\n" + "\n".join(
+        f"{describe(graph, _cycle_in(graph, knot))}\n  (all modules in this knot: {', '.join(sorted(knot))})"
+        for knot in found)
