@@ -49,7 +49,7 @@ from pipelines.sources import (
     plan_table_file,
 )
 from pipelines.storage import RunPaths
-from pipelines.throughput import stage_throughput
+from pipelines.throughput import StatsFormatError, stage_throughput
 
 log = logging.getLogger(__name__)
 
@@ -494,7 +494,11 @@ def annotate(config: AnnotateConfig, overwrite: bool = False, progress: bool = T
     pipeline_done = time.time()
     pending_rows = sum(s.rows for s in pending)
     summary = summarize(shards, paths, config, started, pending_rows, len(shards) - len(pending))
-    summary["stage_throughput"] = stage_throughput(stats, pending_rows)  # this run's stages (empty if none ran)
+    try:
+        summary["stage_throughput"] = stage_throughput(stats, pending_rows)  # this run's stages (empty if none ran)
+    except StatsFormatError as err:
+        log.warning("per-stage throughput left out of run.json: %s", err)
+        summary["stage_throughput"] = {"unreadable": str(err)}
     summary["seconds"] = {"plan": round(planned - started, 2), "ray_start": round(ray_ready - planned, 2),
                           "pipeline": round(pipeline_done - ray_ready, 2)}
     paths.write_json(summary, paths.summary)

@@ -5,7 +5,8 @@ it, the wall time of the stage, the summed time of its tasks, and from those `ro
 `rows_per_task_s` (per task or actor: about rows/s per CPU for the CPU stages, per replica for a model).
 Ray Data fuses consecutive operators into one task (decode -> preprocess -> embed on a CPU-only node);
 the stages of a fused operator share its numbers and name each other under `fused_with`.
-Anything that does not parse is left out: the numbers inform sizing, they never fail a run.
+Text this parser cannot read raises `StatsFormatError` (a Ray upgrade that changes the format shows up in
+the tests, not as silently missing numbers); annotate records the error in run.json instead of failing.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ _TOTAL = re.compile(r"Remote wall time: .*?, (?P<total>[\d.]+\s*\w+) total")
 _ROWS = re.compile(r"Total (?P<which>input|output) num rows: (?P<n>\d+) rows")
 
 
+class StatsFormatError(ValueError):
+    """Ray Data's stats text is not in the format this parser reads."""
+
+
 def _seconds(text: str) -> float | None:
     match = re.fullmatch(r"([\d.]+)\s*(\w+)", text.strip())
     if not match or match.group(2) not in _UNITS:
@@ -43,6 +48,8 @@ def stage_throughput(stats: str, rows_in: int | None = None) -> dict[str, dict]:
     """
     found: dict[str, dict] = {}
     matches = list(_OPERATOR.finditer(stats or ""))
+    if stats and stats.strip() and not matches:
+        raise StatsFormatError(f"no 'Operator N name: ... produced in T' line in Ray Data stats: {stats[:80]!r}")
     for i, op in enumerate(matches):
         body = stats[op.end(): matches[i + 1].start() if i + 1 < len(matches) else len(stats)]
         body = body.split("\nDataset throughput", 1)[0]
@@ -55,11 +62,11 @@ def stage_throughput(stats: str, rows_in: int | None = None) -> dict[str, dict]:
         wall = _seconds(op.group("wall"))
         total = _TOTAL.search(body)
         task_s = _seconds(total.group("total")) if total else None
-        if rows is None or wall is None:
-            continue
-        entry = {"rows": rows, "wall_s": round(wall, 3), "rows_per_s": round(rows / wall, 1) if wall else None}
-        if task_s is not None:
-            entry |= {"task_s": round(task_s, 3), "rows_per_task_s": round(rows / task_s, 1) if task_s else None}
+        if rows is None or wall is None or task_s is None:
+            raise StatsFormatError(f"operator {op.group('name')!r}: rows, wall time or task time unreadable in "
+                                   f"{body.strip()[:200]!r}")
+        entry = {"rows": rows, "wall_s": round(wall, 3), "rows_per_s": round(rows / wall, 1) if wall else None,
+                 "task_s": round(task_s, 3), "rows_per_task_s": round(rows / task_s, 1) if task_s else None}
         for stage in stages:
             fused = [s for s in stages if s != stage]
             found[stage] = entry | ({"fused_with": fused} if fused else {})

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pipelines.throughput import stage_throughput
+import pytest
+
+from pipelines.throughput import StatsFormatError, stage_throughput
 
 # an excerpt of a real demo run's Dataset.stats() (Ray 2.60): decode, preprocess and the model fused into one task
 STATS = """Operator 0 FromItems: 1 tasks executed, 16 blocks produced in 0.03s
@@ -43,4 +45,23 @@ def test_stage_throughput_from_ray_data_stats():
                                  "rows_per_task_s": 42.3}
     assert found["decode"]["fused_with"] == ["preprocess", "embed"] and found["embed"]["rows_per_task_s"] == 97.2
     assert found["write"]["rows"] == 1000  # rows through the stage, not the part-metadata rows it emits
-    assert stage_throughput("") == {} and stage_throughput("not Ray Data stats") == {}
+    assert stage_throughput("") == {}
+
+
+def test_text_the_parser_cannot_read_fails_loudly():
+    with pytest.raises(StatsFormatError, match="no 'Operator N"):
+        stage_throughput("not Ray Data stats")
+    garbled = STATS.replace("* Remote wall time: 85.01ms min, 4.54s max, 1.82s mean, 23.64s total", "* wall: ?")
+    with pytest.raises(StatsFormatError, match="download_batch"):
+        stage_throughput(garbled)
+
+
+def test_this_ray_versions_stats_parse_completely(demo_run):
+    """The stats text of a live run (this Ray version, not a frozen excerpt) yields every stage the pipeline
+    ran, each with rows, wall time and task time."""
+    summary, run, _ = demo_run
+    found = stage_throughput((run / "logs" / "ray_data_stats.txt").read_text(), summary["rows_in"])
+    assert {"load", "fetch", "preprocess", "embed", "write"} <= set(found)
+    assert found == summary["stage_throughput"]
+    for stage in found.values():
+        assert stage["rows"] == summary["rows_in"] and stage["wall_s"] > 0 and stage["task_s"] > 0
