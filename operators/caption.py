@@ -41,15 +41,9 @@ from PIL import Image
 from pydantic import Field, model_validator
 
 from operators.options import Options
+from operators.status import DECODE_ERROR, EMPTY_CAPTION, GENERATION_ERROR, NO_ALT_TEXT, NO_IMAGE, OK
 
 log = logging.getLogger(__name__)
-
-OK = "ok"
-NO_IMAGE = "no_image"
-DECODE_ERROR = "decode_error"
-NO_ALT_TEXT = "no_alt_text"
-EMPTY_CAPTION = "empty_caption"
-GENERATION_ERROR = "generation_error"
 
 CAPTION_SCHEMA = pa.schema([
     ("key", pa.string()), ("status", pa.string()), ("error", pa.string()), ("caption", pa.string()),

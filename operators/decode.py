@@ -38,7 +38,7 @@ from pydantic import Field
 
 from operators import status as st
 from operators.options import Options
-from operators.table import replace_columns
+from operators.table import replace_columns, require_columns
 
 ResizeMode = Literal["no", "keep_ratio", "center_crop", "border", "keep_ratio_largest"]
 _SWAPS_AXES = {5, 6, 7, 8}
@@ -287,6 +287,7 @@ class Decoder:
         prepare_decoder()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        require_columns(batch, ("status", "error", "image"), "decode")
         statuses = batch.column("status").to_pylist()
         errors = batch.column("error").to_pylist()
         images = batch.column("image").to_pylist()

@@ -40,7 +40,7 @@ from pydantic import Field, field_validator
 
 from operators import status as st
 from operators.options import Options
-from operators.table import replace_columns
+from operators.table import replace_columns, require_columns
 
 _CHUNK = 64 * 1024
 _RETRYABLE_HTTP = {408, 425, 429, 500, 502, 503, 504}
@@ -292,6 +292,7 @@ class Downloader:
         self.directives = {d.strip().lower() for d in options.disallowed_header_directives}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        require_columns(batch, ("url",), "download")
         urls = batch.column("url").to_pylist()
         workers = max(1, min(self.options.threads, len(urls)))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="download") as pool:

@@ -21,7 +21,7 @@ import pyarrow as pa
 from operators import status as st
 from operators.decode import Decoded, DecodeOptions, decode_columns, decode_image, prepare_decoder
 from operators.download import Downloader, DownloadOptions, Fetched, download_columns
-from operators.table import replace_columns
+from operators.table import replace_columns, require_columns
 
 
 class Fetcher:
@@ -46,6 +46,7 @@ class Fetcher:
         return fetched, decoded
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        require_columns(batch, ("url",), "fetch")
         urls = batch.column("url").to_pylist()
         results = list(self._pool.map(self._one, urls))
         columns = download_columns([f for f, _ in results], with_body=False)

@@ -34,3 +34,9 @@ STAGE_OF_STATUS = {
     TOO_SMALL: "decode",
     BAD_ASPECT_RATIO: "decode",
 }
+
+# captioning (recaption: one caption-set row per sample, its own status vocabulary beside the one above)
+NO_IMAGE = "no_image"                  # the sample has no stored image (its annotation row is not ok)
+NO_ALT_TEXT = "no_alt_text"            # the prompt needs the original alt-text and the row has none
+EMPTY_CAPTION = "empty_caption"        # the model generated no text
+GENERATION_ERROR = "generation_error"  # the model failed on the batch

@@ -20,7 +20,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from operators.options import Options
-from operators.table import replace_columns
+from operators.table import replace_columns, require_columns
 
 
 class TextOptions(Options):
@@ -55,6 +55,7 @@ class CaptionText:
         return language_identifier(tuple(languages) if languages else None)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        require_columns(batch, ("caption",), "caption text features")
         langs, scores, words, chars = [], [], [], []
         identifier = self.identifier if self.options.language_id else None
         for caption in batch.column("caption").to_pylist():
