@@ -16,9 +16,7 @@ duplicating a row.
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
-import os
 import time
 import uuid
 import warnings
@@ -37,6 +35,7 @@ from operators.fetch import Fetcher
 from operators.text import CaptionText
 from pipelines.config import AnnotateConfig, ConfigError, load_config
 from pipelines.console import ProgressLine
+from pipelines.engine import embed_actor_resources, init_ray, storage_errors
 from pipelines.match import add_match_stage
 from pipelines.models import resolve_model
 from pipelines.sources import (
@@ -59,15 +58,6 @@ OUTPUT_KINDS = ["annotations", "images", "embeddings"]
 
 
 # ---------------------------------------------------------------- Ray
-
-def init_ray(address: str | None) -> None:
-    """Join the configured cluster (or RAY_ADDRESS, as under `ray job submit`); else start a private local Ray."""
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS") or "local"
-    level = getattr(logging, os.environ.get("TAILOR_RAY_LOG_LEVEL", "WARNING").upper(), logging.WARNING)
-    ray.init(address=address, include_dashboard=False, configure_logging=True, logging_level=level)
-
 
 # ---------------------------------------------------------------- planning
 
@@ -333,13 +323,6 @@ def _add_embed_stages(ds: ray.data.Dataset, config: AnnotateConfig) -> ray.data.
                           compute=ray.data.ActorPoolStrategy(size=options.num_actors), **resources)
 
 
-def embed_actor_resources(options, cluster_gpus: float) -> dict:
-    """What each model actor asks Ray for: one whole GPU where the cluster has GPUs (device auto or cuda),
-    else `cpus_per_actor` CPUs. infra/ manifests size their GPU groups by this (tests/test_infra.py)."""
-    use_gpu = options.device == "cuda" or (options.device == "auto" and cluster_gpus >= 1)
-    return {"num_gpus": 1, "num_cpus": 0.5} if use_gpu else {"num_gpus": 0, "num_cpus": options.cpus_per_actor}
-
-
 def _run_pending(pending: list[Shard], config: AnnotateConfig, paths: RunPaths, progress: bool) -> str:
     expected = {s.id: s.rows for s in pending}
     line = ProgressLine(sum(expected.values())) if progress else None
@@ -428,33 +411,6 @@ def blocked_hint(statuses: collections.Counter) -> str | None:
     if rows * 2 < total or status not in SETTING_OF_STATUS:
         return None
     return f"{rows} of {total} rows are {status}: {SETTING_OF_STATUS[status]}"
-
-
-class StorageError(ConfigError):
-    """The run's storage failed (a folder that cannot be written, S3 refusing): one line, printed by the CLI
-    (exit 2), no traceback."""
-
-
-@contextlib.contextmanager
-def storage_errors(output: str):
-    """An OSError from the run folder, raised here or in any Ray task (PermissionError from a read-only
-    folder or a 403 from S3, a full disk), becomes one line naming the output. Nothing half-written looks
-    complete: a shard counts as done only once its marker exists, and run.json is written last."""
-    try:
-        yield
-    except ConfigError:
-        raise  # already one line (a bad model name is not a storage problem, whatever it wraps)
-    except Exception as err:
-        cause, seen = err, set()
-        while cause is not None and id(cause) not in seen:  # the OSError itself, not Ray's wrapper of it
-            if isinstance(cause, OSError) and not isinstance(cause, ray.exceptions.RayError):
-                break
-            seen.add(id(cause))
-            cause = getattr(cause, "cause", None) or cause.__cause__ or cause.__context__
-        if not isinstance(cause, OSError):
-            raise
-        text = " ".join(f"{type(cause).__name__}: {cause}".split())
-        raise StorageError(f"storage error: {text} (run folder {output})") from None
 
 
 def annotate(config: AnnotateConfig, overwrite: bool = False, progress: bool = True,
