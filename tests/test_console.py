@@ -6,6 +6,7 @@ import io
 import subprocess
 import sys
 
+import pytest
 from helpers import DEMO_CONFIG
 
 from pipelines.console import ProgressLine
@@ -23,6 +24,7 @@ def test_progress_line_off_a_terminal_prints_a_line_per_interval_and_one_at_the_
     assert printed[1].startswith("rows 200/1,000 (20%)") and "eta" in printed[1]
 
 
+@pytest.mark.slow
 def test_annotate_console_is_tailors_and_names_the_setting_that_blocked_every_row(demo_web, tmp_path):
     """The demo web on loopback without download.allow_networks: every fetchable row is refused by the
     private-address guard. The console shows the progress line, the summary and the setting to change;

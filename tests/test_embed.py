@@ -170,6 +170,7 @@ def test_pipeline_embeddings_equal_direct_model_call(ray_local, demo_web, reques
     assert failed.column("clip_score").null_count == failed.num_rows
 
 
+@pytest.mark.slow
 def test_unloadable_model_is_a_one_line_config_error(ray_local, demo_web, tmp_path):
     from pipelines.config import ConfigError
 

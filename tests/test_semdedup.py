@@ -126,6 +126,7 @@ def test_semdedup_removes_planted_duplicates_one_per_group(ray_local, tmp_path):
     assert info.num_rows == len(vectors)
 
 
+@pytest.mark.slow
 def test_semdedup_equals_brute_force_reference(ray_local, tmp_path):
     from pipelines.semdedup import semdedup
 
@@ -154,6 +155,7 @@ def test_semdedup_equals_brute_force_reference(ray_local, tmp_path):
         assert table.dup_of.notna().sum() > 0
 
 
+@pytest.mark.slow
 def test_semdedup_deterministic_and_reused(ray_local, tmp_path):
     from pipelines.semdedup import semdedup
 
@@ -206,6 +208,7 @@ def test_semdedup_flags_demo_exact_duplicates(demo_run):
     assert flagged.dup_group.notna().all()  # no false positive outside the planted duplicate groups
 
 
+@pytest.mark.slow
 def test_semdedup_cli(ray_local, tmp_path, capsys):
     from pipelines.cli import main
 

@@ -56,6 +56,7 @@ def test_text_the_parser_cannot_read_fails_loudly():
         stage_throughput(garbled)
 
 
+@pytest.mark.slow
 def test_this_ray_versions_stats_parse_completely(demo_run):
     """The stats text of a live run (this Ray version, not a frozen excerpt) yields every stage the pipeline
     ran, each with rows, wall time and task time."""
