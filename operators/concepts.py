@@ -29,8 +29,9 @@ bag-of-words ids are kept as `text_concepts_bag`, so both definitions can be cou
 (list<int32>: the paper's pure bag rule), `text_variants` (list<int32>: the names/synonyms that
 matched, nested rule; a variant id indexes `Concepts.variants()`).
 
-Image: concept text embeddings (prompt templates averaged over a concept's names, e.g.
-"a photo of a {}.") against each stored, L2-normalised image embedding; no image is read again.
+Image: concept text embeddings (operators/clip.py ClipTextTower.ensemble: prompt templates, e.g.
+"a photo of a {}.", averaged over a concept's name and synonyms) against each stored, L2-normalised
+image embedding; no image is read again.
 Taggers are pluggable (`TAGGERS`): `softmax` tags a concept when softmax(temperature * cosine)
 over the concept list is >= threshold (the paper's "probability >= 0.7" with CLIP zero-shot as
 the tagger), `cosine` when the cosine itself is >= threshold.
@@ -53,13 +54,13 @@ from typing import Protocol
 import numpy as np
 import pyarrow as pa
 
-from operators.table import replace_columns
+from operators.clip import softmax, to_matrix
+from operators.table import replace_columns, require_columns
 
 log = logging.getLogger(__name__)
 
 IDS = pa.list_(pa.int32())
 _TOKEN = re.compile(r"[^\W_]+")
-DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.",)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,10 @@ class Concepts:
     def variants(self) -> list[tuple[int, str]]:
         """(concept id, text) for every name then synonym; the list index is the variant id."""
         return [(k, text) for k, name in enumerate(self.names) for text in (name, *self.synonyms[k])]
+
+    def all_names(self) -> list[tuple[str, ...]]:
+        """Per concept, its name then its synonyms (what a prompt ensemble averages over)."""
+        return [(name, *synonyms) for name, synonyms in zip(self.names, self.synonyms, strict=True)]
 
     @property
     def id(self) -> str:
@@ -278,6 +283,7 @@ class ConceptMatcher:
         return not self.variant_sets[v] <= remaining
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        require_columns(batch, ("caption",), "concept matching")
         nested, bag, variants = [], [], []
         for caption in batch.column("caption").to_pylist():
             c, b, v = self.match(caption)
@@ -310,10 +316,7 @@ class SoftmaxTagger:
     name: str = "softmax"
 
     def scores(self, cosine: np.ndarray) -> np.ndarray:
-        logits = self.temperature * cosine
-        logits -= logits.max(axis=1, keepdims=True)
-        prob = np.exp(logits)
-        return prob / prob.sum(axis=1, keepdims=True)
+        return softmax(self.temperature * cosine, axis=1)
 
     def tags(self, scores: np.ndarray) -> np.ndarray:
         return scores >= self.threshold
@@ -367,6 +370,7 @@ class ImageConceptTagger:
         return ids, top.astype(np.int32), best.astype(np.float32)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        require_columns(batch, ("image_emb",), "image concept tagging")
         column = batch.column("image_emb").combine_chunks()
         n = batch.num_rows
         valid = np.asarray(column.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
@@ -375,53 +379,9 @@ class ImageConceptTagger:
         best = np.zeros(n, dtype=np.float32)
         rows = np.flatnonzero(valid)
         if len(rows):
-            dim = column.type.list_size
-            flat = column.take(pa.array(rows)).flatten().to_numpy(zero_copy_only=False)
-            tagged, top[rows], best[rows] = self.tag(np.asarray(flat, dtype=np.float32).reshape(len(rows), dim))
+            tagged, top[rows], best[rows] = self.tag(to_matrix(column.take(pa.array(rows))))
             for r, t in zip(rows.tolist(), tagged, strict=True):
                 ids[r] = t
         return replace_columns(batch, {"image_concepts": pa.array(ids, IDS),
                                        "image_top": pa.array(top, pa.int32(), mask=~valid),
                                        "image_top_score": pa.array(best, pa.float32(), mask=~valid)})
-
-
-class ConceptTextEncoder:
-    """A CLIP-family checkpoint's text tower: prompt templates x names -> one unit vector per concept."""
-
-    def __init__(self, model_path: str, device: str = "cpu"):
-        import torch
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
-
-        self.torch = torch
-        self.device = "cuda" if device == "auto" and torch.cuda.is_available() else (
-            "cpu" if device == "auto" else device)
-        self.model = AutoModel.from_pretrained(model_path).to(self.device).eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        config = AutoConfig.from_pretrained(model_path)
-        self.pad_to_max = getattr(config, "model_type", "") in {"siglip", "siglip2"}
-        scale = getattr(self.model, "logit_scale", None)
-        self.logit_scale = float(scale.detach().exp()) if scale is not None else None
-
-    def encode(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
-        from operators.embed import _features
-
-        out = []
-        for start in range(0, len(texts), batch_size):
-            tokens = self.tokenizer(list(texts[start:start + batch_size]), truncation=True, return_tensors="pt",
-                                    padding="max_length" if self.pad_to_max else True)
-            inputs = {k: v.to(self.device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
-            with self.torch.inference_mode():
-                emb = _features(self.model.get_text_features(**inputs)).float()
-            out.append(self.torch.nn.functional.normalize(emb, dim=-1).cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
-
-    def concepts(self, concepts: Concepts, templates: Sequence[str] = DEFAULT_TEMPLATES) -> np.ndarray:
-        """Mean of the prompt embeddings of every name and synonym of a concept, re-normalised: (C, D)."""
-        variants = concepts.variants()
-        prompts = [template.format(text) for _, text in variants for template in templates]
-        emb = self.encode(prompts)
-        owner = np.repeat(np.array([k for k, _ in variants]), len(templates))
-        sums = np.zeros((len(concepts), emb.shape[1]), dtype=np.float64)
-        np.add.at(sums, owner, emb)
-        sums /= np.linalg.norm(sums, axis=1, keepdims=True)
-        return sums.astype(np.float32)

@@ -13,7 +13,8 @@ columns and adds `image_emb`, `text_emb` (L2-normalised, fixed-size lists), `cli
 computed (no second model pass). Rows that are not ok get nulls.
 
 Any Hugging Face CLIP-family checkpoint that `AutoModel` loads and that has
-`get_image_features` / `get_text_features` works (CLIPModel, SiglipModel, ...).
+`get_image_features` / `get_text_features` works (CLIPModel, SiglipModel, ...). Device, dtype,
+features, the padding rule of the text tower and the probe prompts' text tower come from operators/clip.py.
 """
 
 from __future__ import annotations
@@ -29,13 +30,22 @@ from PIL import Image
 from pydantic import Field, model_validator
 
 from operators import status as st
+from operators.clip import (
+    ClipTextTower,
+    image_features,
+    pads_to_context,
+    pick_device,
+    pick_dtype,
+    softmax,
+    text_context,
+    text_features,
+)
 from operators.options import Options
 from operators.table import replace_columns
 
 log = logging.getLogger(__name__)
 
 MODEL_INPUTS = ["pixel_values", "input_ids", "attention_mask"]
-_SIGLIP_TYPES = {"siglip", "siglip2"}
 
 
 class ProbeOptions(Options):
@@ -69,11 +79,6 @@ class EmbedOptions(Options):
         return self
 
 
-def _features(output) -> object:
-    """transformers 4 returns the projected tensor; 5 returns an output whose pooler_output is it."""
-    return output if hasattr(output, "dim") else output.pooler_output
-
-
 class ClipPreprocessor:
     """Image processor + tokenizer of the checkpoint; no model weights are loaded."""
 
@@ -83,9 +88,8 @@ class ClipPreprocessor:
         config = AutoConfig.from_pretrained(model_path)
         self.image_processor = AutoImageProcessor.from_pretrained(model_path)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        text_config = getattr(config, "text_config", config)
-        self.context = int(getattr(text_config, "max_position_embeddings", 77))
-        self.pad_to_max = getattr(config, "model_type", "") in _SIGLIP_TYPES  # SigLIP was trained so
+        self.context = text_context(config)
+        self.pad_to_max = pads_to_context(config)  # else the embedder pads each batch to its longest text
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
@@ -123,27 +127,24 @@ class ClipEmbedder:
 
         self.torch = torch
         self.options = options
-        if options.device == "auto":
-            self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        else:
-            self.device = options.device
-        dtype = getattr(torch, options.dtype)
-        if self.device == "cpu" and dtype == torch.float16:
-            dtype = torch.float32  # half precision matmuls are slow or missing on CPUs
+        self.device = pick_device(options.device)
+        self.dtype = getattr(torch, pick_dtype(options.dtype, self.device))
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # a "Loading weights" bar per actor would interleave with tailor's output
-        self.model = AutoModel.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
-        self.dtype = dtype
+        self.model = AutoModel.from_pretrained(model_path, dtype=self.dtype).to(self.device).eval()
         config = AutoConfig.from_pretrained(model_path)
         vision = getattr(config, "vision_config", config)
         size = int(getattr(vision, "image_size", 224))
         self.pixel_shape = (int(getattr(vision, "num_channels", 3)), size, size)
-        self.pad_id = int(AutoTokenizer.from_pretrained(model_path).pad_token_id or 0)
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.pad_id = int(tokenizer.pad_token_id or 0)
         self.pixel_scale, self.pixel_shift = self._normalisation(model_path)
         self.dim = int(getattr(config, "projection_dim", 0) or self._probe_dim())
         self.store = pa.float16() if options.storage_dtype == "float16" else pa.float32()
-        self.probes = {name: self._probe_bank(model_path, probe) for name, probe in options.probes.items()}
+        text_tower = ClipTextTower(self.model, tokenizer)
+        self.probes = {name: (text_tower.encode(probe.positive + probe.negative), len(probe.positive))
+                       for name, probe in options.probes.items()}
 
     def _normalisation(self, model_path: str):
         """The image processor's rescale and normalise, as x * scale + shift per channel (on the device)."""
@@ -162,21 +163,10 @@ class ClipEmbedder:
         return scale.to(self.device), shift.to(self.device)
 
     def _probe_dim(self) -> int:
+        """The embedding size, from one model call on a blank image (configs without projection_dim)."""
         with self.torch.inference_mode():
             dummy = self.torch.zeros((1, *self.pixel_shape), dtype=self.dtype, device=self.device)
-            return int(_features(self.model.get_image_features(pixel_values=dummy)).shape[-1])
-
-    def _probe_bank(self, model_path: str, probe: ProbeOptions) -> tuple[np.ndarray, int]:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(model_path)
-        prompts = probe.positive + probe.negative
-        tokens = tokenizer(prompts, truncation=True, padding=True, return_tensors="pt")
-        with self.torch.inference_mode():
-            emb = _features(self.model.get_text_features(**{k: v.to(self.device) for k, v in tokens.items()
-                                                            if k in ("input_ids", "attention_mask")}))
-            emb = self.torch.nn.functional.normalize(emb.float(), dim=-1)
-        return emb.cpu().numpy(), len(probe.positive)
+            return int(image_features(self.model, dummy).shape[-1])
 
     def _embed(self, pixels: pa.BinaryArray, ids: list[list[int]],
                mask: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -196,25 +186,20 @@ class ClipEmbedder:
                 warnings.simplefilter("ignore", UserWarning)
                 pixel_values = torch.from_numpy(image).to(self.device, copy=True)  # uint8: 1 byte per value moved
             pixel_values = (pixel_values.float() * self.pixel_scale + self.pixel_shift).to(self.dtype)
-            img = _features(self.model.get_image_features(pixel_values=pixel_values))
-            txt = _features(self.model.get_text_features(
-                input_ids=torch.from_numpy(input_ids).to(self.device),
-                attention_mask=torch.from_numpy(attention).to(self.device)))
-            img = torch.nn.functional.normalize(img.float(), dim=-1)
-            txt = torch.nn.functional.normalize(txt.float(), dim=-1)
+            img = image_features(self.model, pixel_values)
+            txt = text_features(self.model, torch.from_numpy(input_ids).to(self.device),
+                                torch.from_numpy(attention).to(self.device))
         return img.cpu().numpy(), txt.cpu().numpy()
 
     def _probe_scores(self, image_emb: np.ndarray) -> dict[str, np.ndarray]:
+        """Per probe: the max cosine to its positives, or (with negatives) their softmax probability mass."""
         scores = {}
         for name, (bank, n_pos) in self.probes.items():
             cos = image_emb @ bank.T
             if n_pos == len(bank):
                 scores[name] = cos.max(axis=1)
             else:
-                logits = self.options.probes[name].temperature * cos
-                logits -= logits.max(axis=1, keepdims=True)
-                prob = np.exp(logits)
-                scores[name] = prob[:, :n_pos].sum(axis=1) / prob.sum(axis=1)
+                scores[name] = softmax(self.options.probes[name].temperature * cos, axis=1)[:, :n_pos].sum(axis=1)
         return scores
 
     def __call__(self, batch: pa.Table) -> pa.Table:

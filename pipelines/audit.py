@@ -41,7 +41,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from operators.concepts import DEFAULT_TEMPLATES, IDS, ConceptMatcher, Concepts, ImageConceptTagger, make_tagger
+from operators.clip import DEFAULT_TEMPLATES
+from operators.concepts import IDS, ConceptMatcher, Concepts, ImageConceptTagger, make_tagger
 from operators.options import Options
 from pipelines.concepts import concept_list_name, load_concepts
 from pipelines.config import ConfigError
@@ -154,11 +155,11 @@ def run_embed_model(paths: RunPaths) -> str | None:
 
 
 def concept_embeddings(concepts: Concepts, model: str, options: AuditOptions) -> np.ndarray:
-    from operators.concepts import ConceptTextEncoder
+    """(C, D) concept text embeddings: the model's prompt ensemble over each concept's name and synonyms."""
+    from operators.clip import ClipTextTower
     from pipelines.models import resolve_model
 
-    encoder = ConceptTextEncoder(resolve_model(model), options.device)
-    return encoder.concepts(concepts, options.templates)
+    return ClipTextTower.load(resolve_model(model), options.device).ensemble(concepts.all_names(), options.templates)
 
 
 def tag_run(run: str, options: AuditOptions, progress: bool = False) -> dict:

@@ -16,6 +16,7 @@ Evaluation sets: a folder in ImageFolder layout (LABEL/IMAGE; "_" in a folder na
 Parquet with columns image (bytes) and label. Every label must name a concept of the concept list (or one of
 its synonyms): per-concept accuracy is reported beside the concept's frequency. The demo web generator makes
 one (`tailor demo-web eval-set`). Images of any size are squashed to the proxy's input, like training images.
+A class's zero-shot text embedding averages the prompts of its name and synonyms, as the audit's tagger does.
 """
 
 from __future__ import annotations
@@ -100,14 +101,15 @@ def _check_image(data: bytes | None, at: str, path: str) -> None:
 
 # ---------------------------------------------------------------- one proxy (a Ray task)
 
-def train_and_score(shards: list[str], eval_images, eval_ids: np.ndarray, classnames: list[str],
+def train_and_score(shards: list[str], eval_images, eval_ids: np.ndarray, classes: list[tuple[str, ...]],
                     config: ProxyConfig, seed: int) -> dict:
+    """Train one proxy on the shards; correct zero-shot predictions per class (classes: each one's names)."""
     from pipelines.proxy import read_shards, train, zero_shot
 
     _, images, captions = read_shards(shards)
     model, tokenizer, info = train(images, captions, config, seed)
-    predicted = zero_shot(model, tokenizer, eval_images, classnames, config)
-    correct = np.zeros(len(classnames), dtype=np.int64)
+    predicted = zero_shot(model, tokenizer, eval_images, classes, config)
+    correct = np.zeros(len(classes), dtype=np.int64)
     np.add.at(correct, eval_ids, predicted == eval_ids)
     return {**info, "samples": len(images), "correct": correct.tolist()}
 
@@ -159,7 +161,8 @@ def evaluate(run: str, subsets: list[str], eval_set: str, config: ProxyConfig | 
     concept_list = load_concepts(concepts)
     eval_images, eval_ids = load_eval_set(eval_set, concept_list)
     classes = sorted(set(eval_ids.tolist()))
-    classnames = [concept_list.names[k] for k in classes]
+    names = concept_list.all_names()
+    class_names = [names[k] for k in classes]  # name and synonyms: the audit's prompt ensemble
     class_index = {k: i for i, k in enumerate(classes)}
     eval_class = np.array([class_index[k] for k in eval_ids.tolist()], dtype=np.int64)
     frequency, pool = _frequencies(run, subsets, concepts)
@@ -177,7 +180,7 @@ def evaluate(run: str, subsets: list[str], eval_set: str, config: ProxyConfig | 
     use_gpu = config.device != "cpu" and ray.cluster_resources().get("GPU", 0) >= 1
     task = ray.remote(train_and_score).options(num_cpus=config.threads, num_gpus=1 if use_gpu else 0)
     images_ref, ids_ref = ray.put(eval_images), ray.put(eval_class)
-    refs = {(s, seed): task.remote(shards[s], images_ref, ids_ref, classnames, config, seed)
+    refs = {(s, seed): task.remote(shards[s], images_ref, ids_ref, class_names, config, seed)
             for s in subsets for seed in config.seeds}
     results = {key: ray.get(ref) for key, ref in refs.items()}
 

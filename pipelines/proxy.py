@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 from pydantic import Field
 
+from operators.clip import DEFAULT_TEMPLATES, ClipTextTower, image_features, pick_device, text_features
 from operators.options import Options
 from pipelines.models.training import clipped_step, cosine_with_warmup
 
@@ -51,7 +52,7 @@ class ProxyConfig(Options):
     seeds: list[int] = Field([0], min_length=1, description="one training run per seed; accuracies are averaged")
     threads: int = Field(2, ge=1, description="torch threads (and CPUs a training task reserves)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    templates: list[str] = Field(["a photo of a {}."], min_length=1, description="zero-shot prompt templates")
+    templates: list[str] = Field(list(DEFAULT_TEMPLATES), min_length=1, description="zero-shot prompt templates")
 
     @property
     def steps(self) -> int:
@@ -76,11 +77,18 @@ def read_shards(urls: Sequence[str]) -> tuple[list[str], list[bytes], list[str]]
     return keys, images, captions
 
 
+def image_processor(size: int):
+    """CLIP's image processor on the whole image squashed to size x size (the demo CLIP's, and every proxy's)."""
+    from transformers import CLIPImageProcessor
+
+    # not a centre crop: demo pages have aspect ratios up to 3, and a crop would cut away the very shapes
+    # the caption names
+    return CLIPImageProcessor(size={"height": size, "width": size}, do_center_crop=False)
+
+
 def pixel_tensor(images: Sequence[bytes | Image.Image], size: int):
     """Squash to size x size, CLIP normalisation: a float32 (N, 3, size, size) tensor."""
     import torch
-
-    from pipelines.models.train_demo_clip import image_processor
 
     processor = image_processor(size)
     decoded = [im if isinstance(im, Image.Image) else Image.open(io.BytesIO(im)).convert("RGB") for im in images]
@@ -114,14 +122,6 @@ def load_tokenizer(name: str):
     return AutoTokenizer.from_pretrained(resolve_model(name))
 
 
-def _device(config: ProxyConfig) -> str:
-    import torch
-
-    if config.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return config.device
-
-
 def locked_model(config: ProxyConfig):
     """A CLIP checkpoint with its image tower frozen and a freshly initialised text tower (seeded by the caller)."""
     from transformers import CLIPModel
@@ -139,15 +139,11 @@ def locked_model(config: ProxyConfig):
 
 
 def _image_embeddings(model, pixels, device):
+    """Unit image embeddings of (N, 3, H, W) pixels, 256 per model call, on device."""
     import torch
 
-    from operators.embed import _features
-
-    out = []
     with torch.inference_mode():
-        for start in range(0, len(pixels), 256):
-            emb = _features(model.get_image_features(pixel_values=pixels[start:start + 256].to(device)))
-            out.append(torch.nn.functional.normalize(emb.float(), dim=-1))
+        out = [image_features(model, pixels[start:start + 256].to(device)) for start in range(0, len(pixels), 256)]
     return torch.cat(out).clone()
 
 
@@ -155,10 +151,7 @@ def _contrastive_loss(model, image_emb, input_ids, attention_mask):
     """CLIP's symmetric loss with precomputed (locked) image embeddings."""
     import torch
 
-    from operators.embed import _features
-
-    text = torch.nn.functional.normalize(_features(model.get_text_features(
-        input_ids=input_ids, attention_mask=attention_mask)).float(), dim=-1)
+    text = text_features(model, input_ids, attention_mask)
     logits = model.logit_scale.exp() * image_emb @ text.T
     target = torch.arange(len(text), device=text.device)
     return (torch.nn.functional.cross_entropy(logits, target) + torch.nn.functional.cross_entropy(logits.T, target)) / 2
@@ -171,7 +164,7 @@ def train(images: Sequence[bytes], captions: Sequence[str], config: ProxyConfig,
     torch.manual_seed(seed)
     torch.set_num_threads(config.threads)
     torch.use_deterministic_algorithms(True)
-    device = _device(config)
+    device = pick_device(config.device)
     tokenizer = load_tokenizer(config.tokenizer)
     locked = config.image_tower != "scratch"
     model = (locked_model(config) if locked else build_model(config, tokenizer)).to(device)
@@ -209,27 +202,18 @@ def train(images: Sequence[bytes], captions: Sequence[str], config: ProxyConfig,
                               "device": device}
 
 
-def zero_shot(model, tokenizer, images: Sequence[bytes], classnames: Sequence[str], config: ProxyConfig) -> np.ndarray:
-    """Predicted class index per image: argmax cosine against the mean embedding of the prompt templates."""
+def zero_shot(model, tokenizer, images: Sequence[bytes], classes: Sequence[Sequence[str]],
+              config: ProxyConfig) -> np.ndarray:
+    """Predicted class index per image: argmax cosine against each class's prompt ensemble over its names
+    (name and synonyms) and config.templates, as the audit's tagger builds it."""
     import torch
 
-    from operators.embed import _features
-
     device = next(model.parameters()).device
-    prompts = [t.format(name) for name in classnames for t in config.templates]
-    tokens = tokenizer(prompts, padding="max_length", truncation=True, max_length=config.context,
-                       return_tensors="pt")
+    text = torch.from_numpy(ClipTextTower(model, tokenizer).ensemble(classes, config.templates)).to(device)
+    size = model.config.vision_config.image_size
+    predictions = []
     with torch.inference_mode():
-        text = _features(model.get_text_features(input_ids=tokens["input_ids"].to(device),
-                                                 attention_mask=tokens["attention_mask"].to(device)))
-        text = torch.nn.functional.normalize(text.float(), dim=-1)
-        text = text.reshape(len(classnames), len(config.templates), -1).mean(dim=1)
-        text = torch.nn.functional.normalize(text, dim=-1)
-        predictions = []
-        size = model.config.vision_config.image_size
         for start in range(0, len(images), 256):
-            pixels = pixel_tensor(images[start:start + 256], size).to(device)
-            image = torch.nn.functional.normalize(_features(model.get_image_features(pixel_values=pixels)).float(),
-                                                  dim=-1)
+            image = image_features(model, pixel_tensor(images[start:start + 256], size).to(device))
             predictions.append((image @ text.T).argmax(dim=1).cpu().numpy())
     return np.concatenate(predictions) if predictions else np.zeros(0, dtype=np.int64)

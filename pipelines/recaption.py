@@ -40,6 +40,7 @@ import pyarrow.dataset as pads
 from pydantic import Field
 
 from operators.caption import CAPTION_SCHEMA, CaptionOptions
+from operators.clip import to_matrix
 from operators.options import Options
 from pipelines.config import ConfigError, check_name
 from pipelines.storage import RunPaths
@@ -182,9 +183,9 @@ class RescoreStage:
     """CLIP score of each new caption: the run's text tower on the new text, cosine with the stored image_emb."""
 
     def __init__(self, model_path: str | None):
-        from operators.concepts import ConceptTextEncoder
+        from operators.clip import ClipTextTower
 
-        self.encoder = ConceptTextEncoder(model_path) if model_path else None
+        self.text_tower = ClipTextTower.load(model_path) if model_path else None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         """clip_score of each caption; where a row has several candidates, the best-scoring one becomes its
@@ -195,10 +196,10 @@ class RescoreStage:
         candidates = batch.column("candidates").to_pylist()
         emb = batch.column("image_emb")
         rows = [i for i in range(n) if captions[i] and emb[i].is_valid]
-        if self.encoder is not None and rows:
+        if self.text_tower is not None and rows:
             texts = [candidates[i] or [captions[i]] for i in rows]
-            flat = self.encoder.encode([t for options in texts for t in options])
-            image = np.asarray([emb[i].as_py() for i in rows], dtype=np.float32)
+            flat = self.text_tower.encode([t for options in texts for t in options])
+            image = to_matrix(emb.take(rows))
             image /= np.maximum(np.linalg.norm(image, axis=1, keepdims=True), 1e-12)
             at = 0
             for j, i in enumerate(rows):

@@ -45,9 +45,10 @@ from transformers import (
 
 from pipelines.demo_web import world
 from pipelines.demo_web.render import flatten, render_image
+from pipelines.models.train_demo_clip import IMAGE_SIZE as CLIP_SIZE
 from pipelines.models.train_demo_clip import OUT as DEMO_CLIP
-from pipelines.models.train_demo_clip import image_processor
 from pipelines.models.training import clipped_step, cosine_with_warmup
+from pipelines.proxy import image_processor
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ SWIN_SIZE = 96
 
 
 def processor_for(kind: str):
-    return image_processor() if kind == "clip" else image_processor(SWIN_SIZE)
+    return image_processor(CLIP_SIZE if kind == "clip" else SWIN_SIZE)
 
 
 def target_caption(concepts: list[str]) -> str:

@@ -41,14 +41,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import CLIPImageProcessor, CLIPModel, PreTrainedTokenizerFast
+from transformers import CLIPModel, PreTrainedTokenizerFast
 
-from operators.concepts import DEFAULT_TEMPLATES
-from operators.embed import _features
+from operators.clip import DEFAULT_TEMPLATES, class_means, ensemble_prompts, text_features, tokenize
 from pipelines.demo_web import world
 from pipelines.demo_web.render import flatten, render_image
 from pipelines.models.training import clipped_step, cosine_with_warmup
-from pipelines.proxy import ProxyConfig
+from pipelines.proxy import ProxyConfig, image_processor
 from pipelines.proxy import build_model as build_clip
 
 log = logging.getLogger(__name__)
@@ -124,24 +123,25 @@ def with_image_size(model: CLIPModel, size: int) -> CLIPModel:
     return resized
 
 
-def concept_loss(model: CLIPModel, image_emb: torch.Tensor, prompts: dict, concepts: list[list[str]]) -> torch.Tensor:
-    """Zero-shot classification as the audit's tagger does it: softmax over every concept's prompt,
+def concept_prompts(tokenizer: PreTrainedTokenizerFast, config) -> tuple[dict, list[int]]:
+    """The audit's prompt ensemble of every demo concept, tokenized for the model: (tokens, prompts per concept)."""
+    prompts, counts = ensemble_prompts([[c] for c in world.CONCEPTS], DEFAULT_TEMPLATES)
+    return tokenize(tokenizer, prompts, config), counts
+
+
+def concept_loss(model: CLIPModel, image_emb: torch.Tensor, prompts: tuple[dict, list[int]],
+                 concepts: list[list[str]]) -> torch.Tensor:
+    """Zero-shot classification as the audit's tagger does it: softmax over every concept's prompt ensemble,
     the probability split evenly between the concepts an image shows (UniCL-style label supervision)."""
-    text = _features(model.get_text_features(**prompts))
-    logits = model.logit_scale.exp() * torch.nn.functional.normalize(image_emb, dim=-1) @ \
-        torch.nn.functional.normalize(text, dim=-1).T
+    tokens, counts = prompts
+    text = class_means(text_features(model, **tokens), counts)
+    logits = model.logit_scale.exp() * torch.nn.functional.normalize(image_emb, dim=-1) @ text.T
     index = {c: k for k, c in enumerate(world.CONCEPTS)}
     target = torch.zeros_like(logits)
     for row, names in enumerate(concepts):
         for name in names:
             target[row, index[name]] = 1.0 / len(names)
     return torch.nn.functional.cross_entropy(logits, target)
-
-
-def image_processor(size: int = IMAGE_SIZE) -> CLIPImageProcessor:
-    # the whole image squashed to a square, not a centre crop: demo pages have aspect ratios up to 3,
-    # and a crop would cut away the very shapes the caption names
-    return CLIPImageProcessor(size={"height": size, "width": size}, do_center_crop=False)
 
 
 def train(out: Path, steps: int, batch_size: int, seed: int, threads: int, init: Path | None = None,
@@ -162,8 +162,7 @@ def train(out: Path, steps: int, batch_size: int, seed: int, threads: int, init:
     processor = image_processor(image_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     schedule = cosine_with_warmup(optimizer, steps)
-    prompts = tokenizer([DEFAULT_TEMPLATES[0].format(c) for c in world.CONCEPTS], padding=True, return_tensors="pt")
-    prompts = {k: prompts[k] for k in ("input_ids", "attention_mask")}
+    prompts = concept_prompts(tokenizer, model.config)
     model.train()
     started = time.time()
     losses = []
@@ -171,7 +170,7 @@ def train(out: Path, steps: int, batch_size: int, seed: int, threads: int, init:
         pairs = [sample_pair(rng, image_size, zipf_share) for _ in range(batch_size)]
         images, texts, concepts = zip(*pairs, strict=True)
         pixels = processor(images=list(images), return_tensors="pt")["pixel_values"]
-        tokens = tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt")
+        tokens = tokenize(tokenizer, texts, model.config)
         out_ = model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"], pixel_values=pixels,
                      return_loss=True)
         loss = out_.loss
