@@ -102,9 +102,15 @@ class AnnotateConfig(Options):
 
     def differences(self, other: AnnotateConfig) -> list[str]:
         """The fields the fingerprint covers that differ, as `field: mine != other's`."""
-        found: list[str] = []
-        _differences(self._relevant(), other._relevant(), "", found)
-        return found
+        return differences(self._relevant(), other._relevant())
+
+
+def differences(mine: dict[str, Any], theirs: dict[str, Any]) -> list[str]:
+    """The fields (dotted, sorted, nested dicts followed) whose values differ, as `field: mine != other's`:
+    one rule for every "made with the same settings?" check (annotate's config, pipelines/passes.py)."""
+    found: list[str] = []
+    _differences(mine, theirs, "", found)
+    return found
 
 
 def _differences(mine: Any, theirs: Any, prefix: str, found: list[str]) -> None:

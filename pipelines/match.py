@@ -32,8 +32,8 @@ import pyarrow.parquet as pq
 from operators.match import MatchOptions, MetaclipMatcher
 from operators.table import replace_columns
 from pipelines.config import ConfigError
-from pipelines.engine import init_ray
 from pipelines.metadata import Metadata, load_metadata
+from pipelines.passes import Pass
 from pipelines.storage import RunPaths
 
 if TYPE_CHECKING:
@@ -126,10 +126,9 @@ def match_run(run: str, options: MatchOptions | None = None, actors: int | None 
 
     from pipelines.metaclip import write_entry_counts  # here: DuckDB would add 0.2 s to every annotate worker
 
-    started = time.time()
     options = options or MatchOptions()
-    run = RunPaths.absolute(run)  # as the actors will see it
-    paths = RunPaths(run)
+    this = Pass(run)
+    run, paths = this.run, this.paths
     shards = paths.committed_shards()
     if not shards:
         raise ConfigError(f"{run}: no annotated shards to match (no RUN/_done/*.json); run `tailor annotate` first")
@@ -137,15 +136,11 @@ def match_run(run: str, options: MatchOptions | None = None, actors: int | None 
     settings = {"metadata_id": metadata.id, "metadata": options.metadata, "punctuation": options.punctuation,
                 "entries": len(metadata.entries)}
     info_path = paths.match_info
+    check = this.settings(info_path, settings, fields=("metadata_id", "punctuation"))  # what changes the matches
     if overwrite:
         paths.remove(paths.match)
-    elif paths.exists(info_path):
-        previous = paths.read_json(info_path)["settings"]
-        if (previous["metadata_id"], previous["punctuation"]) != (metadata.id, options.punctuation):
-            raise ConfigError(
-                f"{run}/match holds matches made with other settings (metadata {previous['metadata_id']}, "
-                f"punctuation {previous['punctuation']}; now {metadata.id}, {options.punctuation}); "
-                "use --overwrite to redo them")
+    else:
+        check.refuse(f"{run}/match", "use --overwrite to redo them")
     paths.write_json({"settings": settings, "summary": None}, info_path)
     save_metadata(paths, metadata)
     del metadata
@@ -155,7 +150,7 @@ def match_run(run: str, options: MatchOptions | None = None, actors: int | None 
     log.info("%d annotated shards, %d already matched, %d to do", len(shards), len(shards) - len(pending),
              len(pending))
     if pending:
-        init_ray(None)
+        this.start_ray()
         ray.data.DataContext.get_current().enable_progress_bars = progress
         n_actors = actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
         ds = ray.data.from_items([{"shard": s} for s in pending], override_num_blocks=len(pending))
@@ -171,7 +166,7 @@ def match_run(run: str, options: MatchOptions | None = None, actors: int | None 
                                        f"annotations have {shards[row['shard']]}")
     matched_at = time.time()
     totals = write_entry_counts(run)
-    wall = time.time() - started
+    wall = this.seconds()
     summary = {
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "wall_time_s": round(wall, 2),
@@ -181,5 +176,5 @@ def match_run(run: str, options: MatchOptions | None = None, actors: int | None 
         "rows_per_s_this_run": round(sum(shards[s] for s in pending) / wall, 1) if wall > 0 else None,
         "rows_per_actor_s": round(sum(shards[s] for s in pending) / actor_seconds) if actor_seconds else None,
     }
-    paths.write_json({"settings": settings, "summary": summary}, info_path)
+    this.write_summary({"settings": settings, "summary": summary}, info_path)
     return summary

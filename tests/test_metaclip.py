@@ -217,7 +217,7 @@ def test_match_pass_resumes_refuses_other_settings_and_redoes_on_overwrite(demo_
     summary = match_run(str(run), MatchOptions(metadata=str(concepts_file)), progress=False)
     assert summary["shards"] == {"total": 4, "skipped_already_done": 3}
     assert match_lists(run / "match" / "shards") == before
-    with pytest.raises(ConfigError, match="other settings"):
+    with pytest.raises(ConfigError, match="other settings \\(punctuation: faithful != fixed; stored != now\\)"):
         match_run(str(run), MatchOptions(metadata=str(concepts_file), punctuation="fixed"), progress=False)
     assert cli(["match", str(run), "--metadata", str(run / "nope.txt")]) == 2
     assert "metadata file not found" in capsys.readouterr().err
