@@ -15,6 +15,7 @@ COMPARED = ["status", "original_width", "original_height", "width", "height", "s
             "n_bytes"]
 
 
+@pytest.mark.slow
 def test_fetch_equals_download_then_decode_on_every_demo_page(demo_web):
     _, out = demo_web
     urls = pq.read_table(out / "urls.parquet")

@@ -16,6 +16,8 @@ from helpers import write_manifest
 
 from pipelines.materialize import MaterializeError, materialize
 
+pytestmark = pytest.mark.slow  # every test here reads the session's annotated demo run
+
 PER_SHARD = 40
 
 
@@ -140,7 +142,6 @@ def test_missing_subset_is_one_clear_line(subset, tmp_path, capsys):
     assert "no subset 'nope'" in err and len(err.splitlines()) == 1
 
 
-@pytest.mark.slow
 def test_keys_without_an_image_fail_or_are_skipped_and_counted(demo_run, tmp_path):
     _, run, _ = demo_run
     annotations = pq.read_table(run / "annotations", columns=["key", "status"]).to_pylist()
