@@ -29,7 +29,6 @@ alignment (CLIP score, captions naming what the image shows) and tail coverage.
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from datetime import UTC, datetime
 
@@ -43,6 +42,7 @@ from operators.caption import CAPTION_SCHEMA, CaptionOptions
 from operators.clip import to_matrix
 from operators.options import Options
 from pipelines.config import ConfigError, check_name
+from pipelines.passes import Pass
 from pipelines.storage import RunPaths
 
 log = logging.getLogger(__name__)
@@ -314,13 +314,11 @@ def recaption(run: str, subset: str, config: RecaptionConfig | None = None, name
     """Caption the subset's pending keys, rescore, audit; return (and write) the summary."""
     from pipelines.audit import run_embed_model
     from pipelines.duck import connect, run_sql
-    from pipelines.engine import init_ray
     from pipelines.models import resolve_model
 
-    started = time.time()
     config = config or RecaptionConfig()
-    run = RunPaths.absolute(run)
-    paths = RunPaths(run)
+    this = Pass(run)
+    run, paths = this.run, this.paths
     if not paths.exists(paths.summary):
         raise ConfigError(f"run: {run} has no run.json: annotate it to the end first")
     name = name or f"{subset}.{config.captions.prompt}"
@@ -329,12 +327,8 @@ def recaption(run: str, subset: str, config: RecaptionConfig | None = None, name
     model_path = _check_model(config.captions)
     settings = _settings(config, subset)
     info = f"{out}/_settings.json"
-    if paths.exists(info):
-        previous = paths.read_json(info)
-        if previous != settings:
-            changed = sorted(k for k in settings if previous.get(k) != settings[k])
-            raise ConfigError(f"captions set {name!r} was made with other settings ({', '.join(changed)} differ); "
-                              "pick another --name, or delete the folder to start over")
+    this.settings(info, settings, key=None).refuse(f"captions set {name!r}",
+                                                   "pick another --name, or delete the folder to start over")
     pending, facts = plan(paths, subset, name)
     clip_model = run_embed_model(paths)
     clip_path = resolve_model(clip_model) if clip_model else None
@@ -344,7 +338,7 @@ def recaption(run: str, subset: str, config: RecaptionConfig | None = None, name
     items = work_items(pending, config.rows_per_task)
     written = 0
     if items:
-        init_ray(None)
+        this.start_ray()
         log.info("recaption %s: %d keys in %d tasks (%d already captioned)", name, pending.num_rows, len(items),
                  facts["done"])
         written = _run(items, run, out, config, model_path, clip_path if config.rescore else None, progress)
@@ -361,8 +355,7 @@ def recaption(run: str, subset: str, config: RecaptionConfig | None = None, name
         table, audit = concept_audit(run, name, config.concepts)
         paths.write_parquet(table, f"{out}/concepts.parquet")
         summary["concepts"] = {"list": config.concepts, **audit}
-    summary["seconds"] = round(time.time() - started, 2)
+    summary["seconds"] = round(this.seconds(), 2)
     summary["captions_per_s"] = round(written / summary["seconds"], 2) if written else None
     summary["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
-    paths.write_json(summary, f"{out}/_summary.json")
-    return summary
+    return this.write_summary(summary, f"{out}/_summary.json")

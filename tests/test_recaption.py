@@ -125,7 +125,7 @@ def test_materialize_mixes_new_captions_per_key_deterministically(demo, mismatch
 def test_a_rerun_with_other_settings_is_refused(demo, mismatched):
     run, _, _ = demo
     config = RecaptionConfig(captions=CaptionOptions(generation={"num_beams": 2}))
-    with pytest.raises(ConfigError, match="other settings"):
+    with pytest.raises(ConfigError, match=r"other settings \(generation.num_beams: 1 != 2; stored != now\)"):
         recaption(str(run), "mismatched", config, name="mismatched.demo")
 
 
