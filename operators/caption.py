@@ -40,6 +40,7 @@ import pyarrow as pa
 from PIL import Image
 from pydantic import Field, model_validator
 
+from operators.clip import pick_device, pick_dtype
 from operators.options import Options
 from operators.status import DECODE_ERROR, EMPTY_CAPTION, GENERATION_ERROR, NO_ALT_TEXT, NO_IMAGE, OK
 
@@ -181,12 +182,8 @@ class Captioner:
         self.options = options
         self.spec = options.prompt_spec()
         self.model_name = model_name or options.model
-        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if options.device == "auto" else options.device
-        dtype = options.dtype
-        if dtype == "auto":
-            dtype = "bfloat16" if self.device == "cuda" else "float32"
-        if self.device == "cpu" and dtype == "float16":
-            dtype = "float32"  # half precision matmuls are slow or missing on CPUs
+        self.device = pick_device(options.device)
+        dtype = pick_dtype(options.dtype, self.device)  # auto: bfloat16 on GPU, float32 on CPU (and no CPU float16)
         self.model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=getattr(torch, dtype))
         self.model = self.model.to(self.device).eval()
         self.processor, self.tokenizer, self.takes_text, self.chat = load_processor(model_path)
