@@ -42,10 +42,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from operators.clip import to_matrix
 from operators.semdedup import cluster_order, greedy_dedup, normalize, split_cluster
 from pipelines.config import ConfigError
 from pipelines.duck import parquet_url
-from pipelines.engine import init_ray
+from pipelines.passes import Pass
 from pipelines.storage import RunPaths
 
 log = logging.getLogger(__name__)
@@ -78,10 +79,7 @@ def _read_shard(paths: RunPaths, shard: str, columns: list[str]) -> pa.Table:
 
 def _vectors(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """A fixed-size-list column as an (n, d) float32 array, rows normalised."""
-    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    d = array.type.list_size
-    flat = array.flatten().to_numpy(zero_copy_only=False)
-    return normalize(flat.reshape(len(array), d))
+    return normalize(to_matrix(column))
 
 
 def _shard_rows(paths: RunPaths, shards: list[str]) -> list[int]:
@@ -212,8 +210,7 @@ def _remove_if_empty(paths: RunPaths, folder: str) -> None:
 
 def _read_centroids(paths: RunPaths, path: str) -> np.ndarray:
     with paths.fs.open(path, "rb") as f:
-        column = pq.read_table(f).sort_by("cluster").column("centroid").combine_chunks()
-    return column.flatten().to_numpy().reshape(len(column), column.type.list_size).astype(np.float32)
+        return to_matrix(pq.read_table(f).sort_by("cluster").column("centroid"))
 
 
 def semdedup(run: str, eps: float = 0.05, n_clusters: int | None = None, seed: int = 0,
@@ -233,9 +230,8 @@ def semdedup(run: str, eps: float = 0.05, n_clusters: int | None = None, seed: i
         raise ConfigError(f"semdedup: eps must be in [0, 2) (got {eps})")
     if max_cluster_size < 2:
         raise ConfigError(f"semdedup: max_cluster_size must be at least 2 (got {max_cluster_size})")
-    started = time.time()
-    run = RunPaths.absolute(run)  # as the tasks will see it
-    paths = RunPaths(run)
+    this = Pass(run)
+    started, run, paths = this.started, this.run, this.paths
     shards = paths.list("embeddings", ".parquet")
     if not shards:
         raise ConfigError(f"{run}: no image embeddings (RUN/embeddings/*.parquet); annotate with an embed section")
@@ -251,16 +247,18 @@ def semdedup(run: str, eps: float = 0.05, n_clusters: int | None = None, seed: i
                 "embeddings": _fingerprint(paths, shards, rows)}
     target, info_path = table_path(paths), paths.dedup("semdedup.json")
     centroids_path = paths.dedup("semdedup-centroids.parquet")
-    previous = paths.read_json(info_path).get("settings") if paths.exists(info_path) else None
-    if not overwrite and previous == settings and paths.exists(target):
+    check = this.settings(info_path, settings)  # other settings are not refused: the table is recomputed in place
+    if not overwrite and check.same and paths.exists(target):
         log.info("semdedup: reusing %s (same settings)", target)
         return parquet_url(paths, target)
+    if not overwrite and check.previous is not None and not check.same:
+        log.info("semdedup: recomputing %s, made with other settings (%s)", target, check.describe())
     # only eps or max_cluster_size changed: the clustering is the same, skip sampling and training
-    reuse_centroids = (not overwrite and previous is not None and paths.exists(centroids_path)
-                       and all(previous.get(name) == settings[name] for name in CLUSTERING_SETTINGS))
+    reuse_centroids = (not overwrite and check.previous is not None and paths.exists(centroids_path)
+                       and not check.differences(CLUSTERING_SETTINGS))
     paths.remove(info_path)  # until this pass finishes, nothing here is reusable
 
-    init_ray(None)
+    this.start_ray()
     put = ray.put(paths)
     # 1. the centroids
     if reuse_centroids:
@@ -313,9 +311,9 @@ def semdedup(run: str, eps: float = 0.05, n_clusters: int | None = None, seed: i
     }
     seconds = {"sample_and_train": trained_at - started, "assign": assigned_at - trained_at,
                "dedup": deduped_at - assigned_at, "total": time.time() - started}
-    paths.write_json({"settings": settings, "counts": counts,
-                      "seconds": {name: round(s, 2) for name, s in seconds.items()},
-                      "finished_at": datetime.now(UTC).isoformat(timespec="seconds")}, info_path)
+    this.write_summary({"settings": settings, "counts": counts,
+                        "seconds": {name: round(s, 2) for name, s in seconds.items()},
+                        "finished_at": datetime.now(UTC).isoformat(timespec="seconds")}, info_path)
     log.info("semdedup: %d points, %d duplicates (eps %g, %d clusters) in %.1f s", counts["points"], dropped,
              eps, len(centroids), seconds["total"])
     return parquet_url(paths, target)
