@@ -37,14 +37,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from operators import status as st
+from operators.clip import to_matrix
 from operators.decode import decode_image
 from operators.decontam import OUTPUT_SCHEMA, EvalIndex
 from operators.embed import ClipEmbedder, ClipPreprocessor
 from operators.semdedup import normalize
 from pipelines.config import AnnotateConfig, ConfigError, load_config
 from pipelines.duck import parquet_url
-from pipelines.engine import init_ray
 from pipelines.models import resolve_model
+from pipelines.passes import Pass
 from pipelines.storage import RunPaths
 
 log = logging.getLogger(__name__)
@@ -132,8 +133,7 @@ def embed_images(encoded: list[bytes], config: AnnotateConfig) -> np.ndarray:
         chunk = encoded[start:start + EMBED_BATCH]
         batch = pa.table({"status": [st.OK] * len(chunk), "image": pa.array(chunk, pa.binary()),
                           "caption": [""] * len(chunk)})
-        emb = embedder(preprocess(batch)).column("image_emb").combine_chunks()
-        out.append(emb.flatten().to_numpy(zero_copy_only=False).reshape(len(chunk), emb.type.list_size))
+        out.append(to_matrix(embedder(preprocess(batch)).column("image_emb")))
     return normalize(np.concatenate(out))
 
 
@@ -151,9 +151,8 @@ def flag_shard(paths: RunPaths, shard: str, index: EvalIndex, max_cosine: float 
             emb = pq.read_table(f, columns=["key", "image_emb"])
         emb = emb.filter(pc.is_valid(emb.column("image_emb")))
         position = pc.index_in(emb.column("key"), value_set=rows.column("key")).to_numpy(zero_copy_only=False)
-        array = emb.column("image_emb").combine_chunks()
-        stored = array.flatten().to_numpy(zero_copy_only=False).reshape(len(array), array.type.list_size)
-        vectors = np.zeros((rows.num_rows, array.type.list_size), dtype=np.float32)
+        stored = to_matrix(emb.column("image_emb"))
+        vectors = np.zeros((rows.num_rows, stored.shape[1]), dtype=np.float32)
         found = ~np.isnan(position.astype(float))
         target = position[found].astype(np.int64)
         vectors[target] = normalize(stored[found])
@@ -186,9 +185,8 @@ def decontaminate(run: str, eval_path: str, max_cosine: float | None = 0.95, max
         raise ConfigError(f"decontaminate: max_cosine must be in [-1, 1] (got {max_cosine})")
     if max_hamming is not None and not 0 <= max_hamming <= 64:
         raise ConfigError(f"decontaminate: max_hamming must be in [0, 64] (got {max_hamming})")
-    started = time.time()
-    run = RunPaths.absolute(run)
-    paths = RunPaths(run)
+    this = Pass(run)
+    started, run, paths = this.started, this.run, this.paths
     config = run_config(paths)
     shards = [p.rsplit("/", 1)[-1].removesuffix(".parquet") for p in paths.list("annotations", ".parquet")]
     if not shards:
@@ -204,21 +202,24 @@ def decontaminate(run: str, eval_path: str, max_cosine: float | None = 0.95, max
                 "model": config.embed.model if config.embed and max_cosine is not None else None}
     name = f"decontam-{_fingerprint(images, settings)}"
     target, info_path = paths.dedup(f"{name}.parquet"), paths.dedup(f"{name}.json")
-    if not overwrite and paths.exists(target) and paths.exists(info_path):
+    # NAME hashes the settings and the evaluation images: other settings write another table, never refused.
+    # eval_path, stored beside them, changes nothing (the images' bytes do), so it is not compared.
+    check = this.settings(info_path, settings, fields=tuple(settings))
+    if not overwrite and check.same and paths.exists(target):
         log.info("decontaminate: reusing %s", target)
         return parquet_url(paths, target)
 
     names, vectors, hashes, skipped = prepare_eval_set(images, config, embed=max_cosine is not None)
     index = EvalIndex(names, vectors, hashes if max_hamming is not None else None)
     prepared_at = time.time()
-    init_ray(None)
+    this.start_ray()
     task = ray.remote(num_cpus=1)(flag_shard)
     index_ref, paths_ref = ray.put(index), ray.put(paths)
     parts = ray.get([task.remote(paths_ref, s, index_ref, max_cosine, max_hamming) for s in shards])
     table = pa.concat_tables([OUTPUT_SCHEMA.empty_table(), *parts]).sort_by("key")
     paths.write_parquet(table, target)
     by = table.column("by").to_pylist()
-    paths.write_json({
+    this.write_summary({
         "settings": settings | {"eval_path": str(eval_path)},
         "eval_images": len(names), "eval_skipped": skipped,
         "counts": {"contaminated": table.num_rows, **{k: by.count(k) for k in ("embedding", "phash", "both")}},
