@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
-import time
 from datetime import UTC, datetime
 
 import numpy as np
@@ -32,6 +30,7 @@ import pyarrow as pa
 from PIL import Image
 
 from pipelines.config import ConfigError, subset_folder
+from pipelines.passes import Pass
 from pipelines.proxy import ProxyConfig
 from pipelines.storage import RunPaths
 
@@ -149,13 +148,11 @@ def evaluate(run: str, subsets: list[str], eval_set: str, config: ProxyConfig | 
     import ray
 
     from pipelines.concepts import load_concepts
-    from pipelines.engine import init_ray
     from pipelines.materialize import materialize
 
-    started = time.time()
     config = config or ProxyConfig()
-    run = str(run) if "://" in str(run) else os.path.abspath(run)
-    paths = RunPaths(run)
+    this = Pass(run)  # no settings check: every evaluation recomputes its folder
+    run, paths = this.run, this.paths
     out = paths.join("evaluate", subset_folder(name).split("/", 1)[1])
     _check_subsets(paths, subsets)
     concept_list = load_concepts(concepts)
@@ -176,7 +173,7 @@ def evaluate(run: str, subsets: list[str], eval_set: str, config: ProxyConfig | 
         shards[subset] = [f"{out}/shards/{subset}/{s['name']}" for s in RunPaths(m["out"]).read_json(
             RunPaths(m["out"]).join("index.json"))["shards"]]
 
-    init_ray(None)
+    this.start_ray()
     use_gpu = config.device != "cpu" and ray.cluster_resources().get("GPU", 0) >= 1
     task = ray.remote(train_and_score).options(num_cpus=config.threads, num_gpus=1 if use_gpu else 0)
     images_ref, ids_ref = ray.put(eval_images), ray.put(eval_class)
@@ -216,14 +213,13 @@ def evaluate(run: str, subsets: list[str], eval_set: str, config: ProxyConfig | 
         "eval_classes": len(classes), "concepts": concepts, "tail_concepts_in_eval": len(set(classes) & tail),
         "proxy": config.model_dump(), "subsets": summary_subsets,
         "samples_per_s": round(float(np.mean([r["samples_per_s"] for r in runs if r["samples_per_s"]])), 1),
-        "wall_time_s": round(time.time() - started, 2),
+        "wall_time_s": round(this.seconds(), 2),
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     from pipelines.evaluate_report import write_plots
 
     summary["plots"] = write_plots(paths, out, summary, per_concept)
-    paths.write_json(summary, f"{out}/summary.json")
-    return summary
+    return this.write_summary(summary, f"{out}/summary.json")
 
 
 def _accuracies(acc: np.ndarray, classes: list[int], tail: set[int]) -> dict:
