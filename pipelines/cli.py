@@ -42,6 +42,8 @@ def _config_path(name: str) -> Path:
 
 def _annotate(args: argparse.Namespace) -> int:
     from pipelines.config import load_config
+    from pipelines.engine import storage_errors
+    from pipelines.metadata import load_metadata
     from pipelines.sources import check_input
     from pipelines.storage import RunPaths
 
@@ -52,8 +54,12 @@ def _annotate(args: argparse.Namespace) -> int:
         overrides.append(f"output={args.output}")
     config = load_config(_config_path(args.config), overrides)
     paths = RunPaths(config.output)
-    if args.overwrite or not paths.exists(paths.plan):
+    with storage_errors(config.output):  # no credentials for an s3:// output: one line, before Ray starts
+        fresh = args.overwrite or not paths.exists(paths.plan)
+    if fresh:
         check_input(config.input)  # a mistake in the input is told in a second, before Ray is even imported
+    if config.match is not None:
+        load_metadata(config.match.metadata)  # an unreadable metadata file, too (read again by the match stage)
     from pipelines.annotate import annotate
 
     summary = annotate(config, overwrite=args.overwrite, progress=not args.no_progress,

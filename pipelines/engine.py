@@ -50,12 +50,18 @@ def storage_errors(output: str):
         import ray
 
         cause, seen = err, set()
-        while cause is not None and id(cause) not in seen:  # the OSError itself, not Ray's wrapper of it
-            if isinstance(cause, OSError) and not isinstance(cause, ray.exceptions.RayError):
+        while cause is not None and id(cause) not in seen:  # the storage error itself, not Ray's wrapper of it
+            if _is_storage_error(cause) and not isinstance(cause, ray.exceptions.RayError):
                 break
             seen.add(id(cause))
             cause = getattr(cause, "cause", None) or cause.__cause__ or cause.__context__
-        if not isinstance(cause, OSError):
+        if cause is None or not _is_storage_error(cause):
             raise
         text = " ".join(f"{type(cause).__name__}: {cause}".split())
         raise StorageError(f"storage error: {text} (run folder {output})") from None
+
+
+def _is_storage_error(err: BaseException) -> bool:
+    """An OSError, or an error of the S3 client itself (no credentials, a refused request), which botocore
+    raises outside the OSError family."""
+    return isinstance(err, OSError) or type(err).__module__.split(".")[0] in ("botocore", "aiobotocore")

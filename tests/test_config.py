@@ -77,3 +77,35 @@ def test_annotate_config_by_shipped_name(tmp_path, capsys):
     assert main(["annotate", "--config", "demo", "--input", str(tmp_path / "missing.parquet"),
                  "--output", str(tmp_path / "r")]) == 2
     assert "input not found" in capsys.readouterr().err  # the config was found and read
+
+
+def test_unreadable_s3_output_or_metadata_is_one_line_before_ray(tmp_path, capsys, monkeypatch):
+    """No S3 credentials for the run folder or for the metadata file: exit 2 with one line naming it, and
+    Ray never started (the user fixes the command in seconds, not after Ray's start-up)."""
+    import sys
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines.cli import main
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance-metadata lookup (a non-loopback address)
+    urls = tmp_path / "urls.parquet"
+    pq.write_table(pa.table({"url": ["http://127.0.0.1:9/a.jpg"], "caption": ["a"]}), urls)
+    ray_was_imported = "ray" in sys.modules and sys.modules["ray"].is_initialized()
+
+    assert main(["annotate", "--config", "demo", "--input", str(urls), "--output", "s3://no-such-bucket/run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tailor: storage error: NoCredentialsError") and "s3://no-such-bucket/run" in err
+
+    assert main(["annotate", "--config", "demo", "--input", str(urls), "--output", str(tmp_path / "run"),
+                 "--set", "match.metadata=s3://no-such-bucket/metadata.json"]) == 2
+    err = capsys.readouterr().err
+    assert "metadata file s3://no-such-bucket/metadata.json cannot be read: NoCredentialsError" in err
+    assert len(err.strip().splitlines()) == 1
+    if not ray_was_imported:
+        assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()

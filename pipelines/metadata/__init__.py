@@ -61,6 +61,9 @@ def load_metadata(source: str | Path = "default") -> Metadata:
         raise MetadataError(f"metadata file not found: {path}") from None
     except UnicodeDecodeError as err:
         raise MetadataError(f"metadata file {path} is not UTF-8 text: {err}") from None
+    except Exception as err:  # a refused or unreachable store (no S3 credentials, 403, no such bucket): one line
+        text = " ".join(f"{type(err).__name__}: {err}".split())
+        raise MetadataError(f"metadata file {path} cannot be read: {text}") from None
     name = path.lower().removesuffix(".gz").removesuffix(".bz2").removesuffix(".xz").removesuffix(".zst")
     if name.endswith(".json") or text.lstrip().startswith("["):
         try:
