@@ -47,6 +47,7 @@ from operators.options import Options
 from pipelines.concepts import concept_list_name, load_concepts
 from pipelines.config import ConfigError
 from pipelines.duck import connect, run_sql, scan
+from pipelines.passes import Pass
 from pipelines.storage import RunPaths
 
 log = logging.getLogger(__name__)
@@ -164,8 +165,8 @@ def concept_embeddings(concepts: Concepts, model: str, options: AuditOptions) ->
 
 def tag_run(run: str, options: AuditOptions, progress: bool = False) -> dict:
     """Write RUN/audit/NAME/tags/ (reused when the settings are unchanged); return the settings."""
-    run = RunPaths.absolute(run)
-    paths = RunPaths(run)
+    this = Pass(run)
+    run, paths = this.run, this.paths
     shards = paths.committed_shards()
     if not shards:
         raise ConfigError(f"{run}: no annotated shards to audit (no RUN/_done/*.json); run `tailor annotate` first")
@@ -182,8 +183,10 @@ def tag_run(run: str, options: AuditOptions, progress: bool = False) -> dict:
         "tags_version": TAGS_VERSION,
     }
     info_path = f"{out}/_audit.json"
-    previous = paths.read_json(info_path).get("settings") if paths.exists(info_path) else None
-    if previous != settings:
+    check = this.settings(info_path, settings)  # other settings are not refused: the tags are redone
+    if not check.same:
+        if check.previous is not None:
+            log.info("audit %s: retagging, the tags were made with other settings (%s)", name, check.describe())
         paths.remove(f"{out}/tags")
     paths.write_json({"settings": settings, "summary": None}, info_path)
     paths.write_parquet(pa.table({
