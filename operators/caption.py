@@ -27,7 +27,6 @@ no_alt_text (a conditioned or length-controlled prompt, and the row has no alt-t
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -306,24 +305,3 @@ class Captioner:
             "captioned_at": pa.array([now] * n, pa.timestamp("ms", tz="UTC")),
             "candidates": pa.array(candidates, pa.list_(pa.string())),
         }, schema=CAPTION_SCHEMA)
-
-
-def mix_unit(key: str, seed: int) -> float:
-    """A uniform draw in [0, 1) fixed by (seed, key): the same sample gets the same choice in every run."""
-    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
-
-
-def mix_captions(keys: list[str], originals: list[str | None], new: list[str | None], p: float,
-                 seed: int) -> tuple[list[str | None], list[str]]:
-    """Per sample, the new caption with probability p (Recap-CLIP trains on 80% new), else the original;
-    a sample without a new caption keeps its original. Returns (captions, origin per sample)."""
-    captions, origin = [], []
-    for key, old, fresh in zip(keys, originals, new, strict=True):
-        if fresh and mix_unit(key, seed) < p:
-            captions.append(fresh)
-            origin.append("recaption")
-        else:
-            captions.append(old)
-            origin.append("original")
-    return captions, origin

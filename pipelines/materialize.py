@@ -53,6 +53,7 @@ Parquet copy keeps the original as original_caption.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -69,7 +70,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from operators.caption import mix_captions
 from pipelines.config import ConfigError
 from pipelines.duck import connect, run_sql, scan, sql
 from pipelines.engine import init_ray
@@ -443,3 +443,24 @@ def materialize(run: str, name: str, out: str, samples_per_shard: int = 10000, p
     }
     out_paths.write_json(summary, out_paths.join(SUCCESS))  # last: the output is complete
     return summary
+
+
+def mix_unit(key: str, seed: int) -> float:
+    """A uniform draw in [0, 1) fixed by (seed, key): the same sample gets the same choice in every run."""
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def mix_captions(keys: list[str], originals: list[str | None], new: list[str | None], p: float,
+                 seed: int) -> tuple[list[str | None], list[str]]:
+    """Per sample, the new caption with probability p (Recap-CLIP trains on 80% new), else the original;
+    a sample without a new caption keeps its original. Returns (captions, origin per sample)."""
+    captions, origin = [], []
+    for key, old, fresh in zip(keys, originals, new, strict=True):
+        if fresh and mix_unit(key, seed) < p:
+            captions.append(fresh)
+            origin.append("recaption")
+        else:
+            captions.append(old)
+            origin.append("original")
+    return captions, origin

@@ -21,10 +21,10 @@ import tiny_vlms
 from helpers import run_with_truth, write_manifest
 from PIL import Image
 
-from operators.caption import Captioner, CaptionOptions, mix_captions
+from operators.caption import Captioner, CaptionOptions
 from pipelines.config import ConfigError
 from pipelines.demo_web.world import find_concepts
-from pipelines.materialize import materialize
+from pipelines.materialize import materialize, mix_captions
 from pipelines.recaption import RecaptionConfig, recaption
 
 pytestmark = pytest.mark.slow
