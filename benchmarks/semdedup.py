@@ -131,13 +131,13 @@ def main() -> None:
     print(f"data: {args.n} x {args.dim} in {results['generate_s']} s", flush=True)
 
     from pipelines.engine import init_ray
-    from pipelines.semdedup import semdedup
+    from pipelines.semdedup import SemdedupOptions, semdedup
 
     t0 = time.perf_counter()
     init_ray(None)  # as in a select run, where Ray is up already
     results["ray_start_s"] = round(time.perf_counter() - t0, 1)
     t0 = time.perf_counter()
-    path = semdedup(str(run), eps=args.eps)
+    path = semdedup(str(run), SemdedupOptions(eps=args.eps))
     results["semdedup_s"] = round(time.perf_counter() - t0, 1)
     info = json.loads((run / "dedup" / "semdedup.json").read_text())
     results["semdedup_phases_s"] = info["seconds"]

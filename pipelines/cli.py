@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 CONFIGS = Path(__file__).parent / "configs"
+SEMDEDUP_FLAGS = {"n_clusters": "clusters"}  # the flag tailor semdedup had before its options model
 
 
 def _print_summary(summary: dict) -> None:
@@ -326,13 +327,14 @@ def _semdedup(args: argparse.Namespace) -> int:
 
     import fsspec
 
-    from pipelines.semdedup import semdedup
+    from pipelines.cli_options import options_from
+    from pipelines.semdedup import SemdedupOptions, semdedup
 
-    path = semdedup(args.run, eps=args.eps, n_clusters=args.clusters, seed=args.seed,
-                    max_cluster_size=args.max_cluster_size, overwrite=args.overwrite)
+    options = options_from(args, SemdedupOptions, SEMDEDUP_FLAGS)
+    path = semdedup(args.run, options, overwrite=args.overwrite)
     with fsspec.open(path.removesuffix(".parquet") + ".json", "r") as f:
         c = json.load(f)["counts"]
-    print(f"semdedup (eps {args.eps}): {c['duplicates']} duplicates of {c['points']} points in {c['clusters']} "
+    print(f"semdedup (eps {options.eps}): {c['duplicates']} duplicates of {c['points']} points in {c['clusters']} "
           f"clusters (largest {c['largest_cluster']}, split {c['split_clusters']}); table: {path}")
     return 0
 
@@ -351,6 +353,9 @@ def _decontaminate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pipelines.cli_options import add_options
+    from pipelines.verb_options import SemdedupOptions
+
     parser = argparse.ArgumentParser(prog="tailor", description="Curate web-scale image-text datasets.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -474,10 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("semdedup", help="SemDeDup over the image embeddings: RUN/dedup/semdedup.parquet")
     p.add_argument("run")
-    p.add_argument("--eps", type=float, default=0.05, help="duplicate when cosine to a kept point > 1 - eps")
-    p.add_argument("--clusters", type=int, help="k-means clusters (default about sqrt(points))")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-cluster-size", type=int, default=20_000, help="larger clusters are split")
+    add_options(p, SemdedupOptions, SEMDEDUP_FLAGS)
     p.add_argument("--overwrite", action="store_true", help="recompute even when the settings are unchanged")
     p.set_defaults(func=_semdedup)
 

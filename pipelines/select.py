@@ -48,7 +48,7 @@ from pipelines.config import ConfigError, check_name
 from pipelines.decontam import decontaminate
 from pipelines.duck import connect, scan, sql, write_query
 from pipelines.metaclip import find_matches
-from pipelines.semdedup import semdedup
+from pipelines.semdedup import SemdedupOptions, semdedup
 from pipelines.storage import RunPaths
 
 log = logging.getLogger(__name__)
@@ -220,15 +220,14 @@ class Boilerplate(Step):
                 "pattern": "|".join(f"(?:{p})" for p in patterns) or "x"}
 
 
-class SemDedup(Step):
+class SemDedup(Step, SemdedupOptions):
+    """Drop SemDeDup's duplicates; the fields (and their defaults) are SemdedupOptions', as `tailor semdedup`'s."""
+
     name: ClassVar[str] = "semdedup"
     sql_file: ClassVar[str] = "select_semdedup"
-    eps: float = Field(0.05, gt=0, lt=1, description="drop points with cosine > 1 - eps to a kept point")
-    n_clusters: int | None = Field(None, gt=0, description="k-means clusters (default: from the pool size)")
-    seed: int = 0
 
     def prepare(self, con: duckdb.DuckDBPyConnection, run: str) -> None:
-        path = semdedup(run, eps=self.eps, n_clusters=self.n_clusters, seed=self.seed)
+        path = semdedup(run, SemdedupOptions(**self.model_dump()))
         scan(con, RunPaths(run), [path]).create_view("semdedup")
 
 

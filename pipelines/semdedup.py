@@ -48,10 +48,10 @@ from pipelines.config import ConfigError
 from pipelines.duck import parquet_url
 from pipelines.passes import Pass
 from pipelines.storage import RunPaths
+from pipelines.verb_options import SemdedupOptions
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_CLUSTER_SIZE = 20_000
 SAMPLE_PER_CENTROID = 256  # faiss' default max_points_per_centroid
 BUCKET_BYTES = 128 << 20  # stored (float16) vector bytes one dedup task reads at most, roughly
 VERSION = 1
@@ -213,23 +213,17 @@ def _read_centroids(paths: RunPaths, path: str) -> np.ndarray:
         return to_matrix(pq.read_table(f).sort_by("cluster").column("centroid"))
 
 
-def semdedup(run: str, eps: float = 0.05, n_clusters: int | None = None, seed: int = 0,
-             max_cluster_size: int = DEFAULT_MAX_CLUSTER_SIZE, overwrite: bool = False,
-             niter: int = 20, buckets: int | None = None) -> str:
+def semdedup(run: str, options: SemdedupOptions | None = None, overwrite: bool = False) -> str:
     """Write (or reuse) RUN/dedup/semdedup.parquet for these settings and return its path (a URL for a remote run).
 
-    eps: a point is a duplicate when its cosine to a kept point exceeds 1 - eps.
-    n_clusters: k-means clusters (default about sqrt(points)). seed: k-means (and split) seed.
-    max_cluster_size: larger clusters are split (see module docs). niter: k-means iterations.
-    buckets: how the dedup work is partitioned into tasks (default: by vector bytes and CPUs);
-    it changes no result.
+    options: the settings (SemdedupOptions' fields and defaults; None: the defaults).
+    overwrite: recompute even when the settings are unchanged.
     """
     import ray
 
-    if not 0 <= eps < 2:
-        raise ConfigError(f"semdedup: eps must be in [0, 2) (got {eps})")
-    if max_cluster_size < 2:
-        raise ConfigError(f"semdedup: max_cluster_size must be at least 2 (got {max_cluster_size})")
+    options = options or SemdedupOptions()
+    eps, n_clusters, seed = options.eps, options.n_clusters, options.seed
+    max_cluster_size, niter, buckets = options.max_cluster_size, options.niter, options.buckets
     this = Pass(run)
     started, run, paths = this.started, this.run, this.paths
     shards = paths.list("embeddings", ".parquet")
@@ -240,8 +234,6 @@ def semdedup(run: str, eps: float = 0.05, n_clusters: int | None = None, seed: i
     if total == 0:
         raise ConfigError(f"{run}: the embeddings tables are empty")
     k = min(n_clusters or default_clusters(total), total)
-    if k < 1:
-        raise ConfigError(f"semdedup: n_clusters must be at least 1 (got {n_clusters})")
     settings = {"eps": eps, "n_clusters": k, "seed": seed, "max_cluster_size": max_cluster_size, "niter": niter,
                 "sample_per_centroid": SAMPLE_PER_CENTROID, "version": VERSION,
                 "embeddings": _fingerprint(paths, shards, rows)}

@@ -104,13 +104,13 @@ def test_split_cluster_bounds_parts():
 
 @pytest.mark.slow
 def test_semdedup_removes_planted_duplicates_one_per_group(ray_local, tmp_path):
-    from pipelines.semdedup import semdedup
+    from pipelines.semdedup import SemdedupOptions, semdedup
 
     vectors, group, bases = planted(2000, 80, 32, seed=3)
     keys = write_run(tmp_path / "run", vectors)
     eps = 0.01
     truth = groups_of(normalize(vectors.astype(np.float16)), 1 - eps)
-    path = semdedup(str(tmp_path / "run"), eps=eps, n_clusters=8)
+    path = semdedup(str(tmp_path / "run"), SemdedupOptions(eps=eps, n_clusters=8))
     table = pq.read_table(path).to_pandas().set_index("key").loc[keys]
     assert len(table) == len(vectors) and table.index.is_unique
     dropped = table.dup_of.notna().to_numpy()
@@ -128,13 +128,13 @@ def test_semdedup_removes_planted_duplicates_one_per_group(ray_local, tmp_path):
 
 @pytest.mark.slow
 def test_semdedup_equals_brute_force_reference(ray_local, tmp_path):
-    from pipelines.semdedup import semdedup
+    from pipelines.semdedup import SemdedupOptions, semdedup
 
     vectors, _, _ = planted(500, 40, 16, seed=4, noise=0.05)
     keys = np.array(write_run(tmp_path / "run", vectors))
     stored = normalize(vectors.astype(np.float16))
     for n_clusters in (1, 5):
-        path = semdedup(str(tmp_path / "run"), eps=0.03, n_clusters=n_clusters)
+        path = semdedup(str(tmp_path / "run"), SemdedupOptions(eps=0.03, n_clusters=n_clusters))
         table = pq.read_table(path).to_pandas()
         centroids = np.stack(pq.read_table(tmp_path / "run" / "dedup" / "semdedup-centroids.parquet")
                              .column("centroid").to_numpy(zero_copy_only=False)).astype(np.float32)
@@ -157,20 +157,21 @@ def test_semdedup_equals_brute_force_reference(ray_local, tmp_path):
 
 @pytest.mark.slow
 def test_semdedup_deterministic_and_reused(ray_local, tmp_path):
-    from pipelines.semdedup import semdedup
+    from pipelines.semdedup import SemdedupOptions, semdedup
 
     vectors, _, _ = planted(1500, 60, 32, seed=5)
     write_run(tmp_path / "run", vectors)
     run = str(tmp_path / "run")
-    first = pq.read_table(semdedup(run, eps=0.01, n_clusters=6, max_cluster_size=200, buckets=1))
+    settings = SemdedupOptions(eps=0.01, n_clusters=6, max_cluster_size=200, buckets=1)
+    first = pq.read_table(semdedup(run, settings))
     json_path = tmp_path / "run" / "dedup" / "semdedup.json"
     stamp = json_path.stat().st_mtime_ns
-    assert semdedup(run, eps=0.01, n_clusters=6, max_cluster_size=200, buckets=1).endswith("dedup/semdedup.parquet")
+    assert semdedup(run, settings).endswith("dedup/semdedup.parquet")
     assert json_path.stat().st_mtime_ns == stamp  # same settings: reused
-    again = pq.read_table(semdedup(run, eps=0.01, n_clusters=6, max_cluster_size=200, buckets=6, overwrite=True))
+    again = pq.read_table(semdedup(run, settings.model_copy(update={"buckets": 6}), overwrite=True))
     assert again.equals(first)  # another partition of the work, the same table
     assert pq.read_table(run + "/dedup/semdedup.parquet").column("part").to_numpy().max() > 0  # clusters were split
-    other = pq.read_table(semdedup(run, eps=0.2, n_clusters=6, max_cluster_size=200))
+    other = pq.read_table(semdedup(run, SemdedupOptions(eps=0.2, n_clusters=6, max_cluster_size=200)))
     assert json_path.stat().st_mtime_ns != stamp
     assert json.loads(json_path.read_text())["counts"]["centroids_reused"]  # only eps changed
     assert other.select(["key", "cluster", "rank"]).equals(first.select(["key", "cluster", "rank"]))
@@ -181,10 +182,10 @@ def test_semdedup_deterministic_and_reused(ray_local, tmp_path):
 def test_semdedup_flags_demo_exact_duplicates(demo_run):
     """On the demo run, copies of the same bytes (truth dup_kind 'exact' with their original) are
     duplicates of each other at a small eps, and nothing outside a duplicate group is flagged."""
-    from pipelines.semdedup import semdedup
+    from pipelines.semdedup import SemdedupOptions, semdedup
 
     _, run, web = demo_run
-    path = semdedup(str(run), eps=1e-4)
+    path = semdedup(str(run), SemdedupOptions(eps=1e-4))
     table = pq.read_table(path).to_pandas()
     annotations = pq.read_table(run / "annotations", columns=["key", "demo_id", "sha256"]).to_pandas()
     truth = pq.read_table(web / "truth.parquet", columns=["demo_id", "dup_group", "dup_kind"]).to_pandas()

@@ -1,0 +1,98 @@
+"""Command-line options built from an Options model, so a verb's defaults are written once (issue 18).
+
+    add_options(parser, SemdedupOptions, flags={"n_clusters": "clusters"})
+    ...
+    options = options_from(args, SemdedupOptions)      # pydantic validates; a bad value is one ConfigError line
+
+One `--field-name` per model field: the type from the annotation (int, float, str, bool, a Literal as
+choices, any of them `| None`), the help from the field's description followed by its default, which is
+the model's. The argparse default is None (not given), so the model's default applies: it is written
+nowhere else. A bool field defaulting to False is a `--name` switch; one defaulting to True is
+`--no-name`. `flags` renames a field's option (`n_clusters` -> `--clusters`), to keep a flag that
+existed before the option model; `skip` leaves fields out (set from elsewhere, or not on the command line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import types
+import typing
+from typing import Any, Literal
+
+from pydantic import ValidationError
+from pydantic_core import PydanticUndefined
+
+from operators.options import Options
+
+_SCALARS = (int, float, str)
+
+
+def _flag(name: str, flags: dict[str, str] | None) -> str:
+    return (flags or {}).get(name, name.replace("_", "-"))
+
+
+def _dest(model: type[Options], name: str) -> str:
+    return f"_{model.__name__}__{name}"  # no clash with the subcommand's other arguments
+
+
+def _scalar(annotation: Any) -> tuple[type, list | None]:
+    """(argparse type, choices) of an annotation, `X | None` unwrapped."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) != 1:
+            raise TypeError(f"cli_options: cannot make an option of {annotation}")
+        return _scalar(args[0])
+    if origin is Literal:
+        choices = list(typing.get_args(annotation))
+        return type(choices[0]), choices
+    if annotation in (*_SCALARS, bool):
+        return annotation, None
+    raise TypeError(f"cli_options: cannot make an option of {annotation}")
+
+
+def add_options(parser: argparse.ArgumentParser, model: type[Options], flags: dict[str, str] | None = None,
+                skip: tuple[str, ...] = ()) -> None:
+    """One option per field of `model` (see the module docs)."""
+    for name, field in model.model_fields.items():
+        if name in skip:
+            continue
+        kind, choices = _scalar(field.annotation)
+        required = field.default is PydanticUndefined and field.default_factory is None
+        description = field.description or ""
+        flag, dest = _flag(name, flags), _dest(model, name)
+        if kind is bool:
+            if field.default is True:
+                parser.add_argument(f"--no-{flag}", dest=dest, action="store_const", const=False, default=None,
+                                    help=description)
+            else:
+                parser.add_argument(f"--{flag}", dest=dest, action="store_const", const=True, default=None,
+                                    help=description)
+            continue
+        if required:
+            shown = " (required)"
+        else:
+            default = field.get_default(call_default_factory=True)
+            shown = "" if default is None else f" (default {default})"
+        parser.add_argument(f"--{flag}", dest=dest, type=kind, choices=choices, default=None, required=required,
+                            metavar=None if choices else flag.replace("-", "_").upper(),
+                            help=f"{description}{shown}".strip())
+
+
+def options_from(args: argparse.Namespace, model: type[Options], flags: dict[str, str] | None = None,
+                 **fields: Any):
+    """The model from the options given on the command line (and `fields`, for skipped ones); the rest
+    keep the model's defaults. A value the model refuses is a one-line ConfigError naming the option."""
+    from pipelines.config import ConfigError, _format_error  # not at import: building the parser stays light
+
+    given = {name: getattr(args, _dest(model, name)) for name in model.model_fields
+             if getattr(args, _dest(model, name), None) is not None}
+    try:
+        return model(**given, **fields)
+    except ValidationError as err:
+        loc = err.errors()[0]["loc"]
+        name = str(loc[0]) if loc else ""
+        message = _format_error(err).removeprefix("config error: ")
+        if name in given:
+            message = f"--{_flag(name, flags)}" + message.removeprefix(name)
+        raise ConfigError(f"option error: {message}") from None

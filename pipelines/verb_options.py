@@ -1,0 +1,25 @@
+"""The options of the pass verbs (semdedup, ...): one model per verb, read by the `tailor` subcommand
+(pipelines/cli_options.py builds its options from the model), the Python function and the select
+step alike, so each default is written once (issue 18).
+
+Kept apart from the passes themselves: this imports pydantic only, so building the command line
+(`tailor --help`) does not import numpy, pyarrow or Ray. Each pass module re-exports its model.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from operators.options import Options
+
+
+class SemdedupOptions(Options):
+    """The settings of a semdedup pass: `tailor semdedup`'s options, semdedup()'s and the select step's."""
+
+    eps: float = Field(0.05, ge=0, lt=2, description="duplicate when cosine to a kept point > 1 - eps")
+    n_clusters: int | None = Field(None, gt=0, description="k-means clusters (default about sqrt(points))")
+    seed: int = Field(0, description="k-means (and cluster split) seed")
+    max_cluster_size: int = Field(20_000, ge=2, description="larger clusters are split")
+    niter: int = Field(20, ge=1, description="k-means iterations")
+    buckets: int | None = Field(None, gt=0, description="dedup tasks (default: by vector bytes and CPUs); "
+                                                        "changes no result")

@@ -1,0 +1,67 @@
+"""Command-line options built from an Options model: types, defaults and help from it; a bad value is one line."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Literal
+
+import pytest
+from pydantic import Field
+
+from operators.options import Options
+from pipelines.cli_options import add_options, options_from
+from pipelines.config import ConfigError
+
+
+class Example(Options):
+    rate: float = Field(0.5, ge=0, le=1, description="a share")
+    count: int | None = Field(None, gt=0, description="how many (default: all)")
+    mode: Literal["fast", "slow"] = Field("fast", description="speed")
+    label: str = "x"
+    verbose: bool = Field(False, description="say more")
+    cache: bool = Field(True, description="keep results")
+
+
+def parser(flags=None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="t")
+    add_options(p, Example, flags)
+    return p
+
+
+def test_unset_options_keep_the_model_defaults():
+    assert options_from(parser().parse_args([]), Example) == Example()
+
+
+def test_each_kind_of_field_parses():
+    args = parser().parse_args(["--rate", "0.25", "--count", "3", "--mode", "slow", "--label", "y", "--verbose",
+                                "--no-cache"])
+    assert options_from(args, Example) == Example(rate=0.25, count=3, mode="slow", label="y", verbose=True,
+                                                  cache=False)
+
+
+def test_help_shows_descriptions_and_model_defaults():
+    text = parser().format_help()
+    assert "a share (default 0.5)" in text and "{fast,slow}" in text and "speed (default fast)" in text
+    assert "--no-cache" in text and "--verbose" in text
+
+
+def test_renamed_flag_and_a_refused_value_is_one_line_naming_the_flag():
+    p = parser({"count": "n"})
+    assert options_from(p.parse_args(["--n", "2"]), Example, {"count": "n"}).count == 2
+    with pytest.raises(ConfigError, match=r"^option error: --n: Input should be greater than 0 \(got 0\)$"):
+        options_from(p.parse_args(["--n", "0"]), Example, {"count": "n"})
+    with pytest.raises(SystemExit):  # not a number: argparse's own error, as for any typed option
+        p.parse_args(["--rate", "high"])
+
+
+def test_semdedup_cli_options_and_select_step_share_one_model():
+    from pipelines.cli import build_parser
+    from pipelines.select import parse_recipe
+    from pipelines.verb_options import SemdedupOptions
+
+    args = build_parser().parse_args(["semdedup", "run", "--clusters", "7"])
+    assert options_from(args, SemdedupOptions, {"n_clusters": "clusters"}) == SemdedupOptions(n_clusters=7)
+    step = parse_recipe({"steps": [{"step": "semdedup", "eps": 0.01}]}).steps[0]
+    assert isinstance(step, SemdedupOptions) and step.max_cluster_size == SemdedupOptions().max_cluster_size
+    with pytest.raises(ConfigError, match="eps"):
+        parse_recipe({"steps": [{"step": "semdedup", "eps": 5}]})
