@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 CONFIGS = Path(__file__).parent / "configs"
-SEMDEDUP_FLAGS = {"n_clusters": "clusters"}  # the flag tailor semdedup had before its options model
+SEMDEDUP_FLAGS = {"n_clusters": "clusters"}  # flags named as before the options models
+DECONTAM_FLAGS = {"eval_path": "eval"}
 
 
 def _print_summary(summary: dict) -> None:
@@ -343,10 +344,13 @@ def _decontaminate(args: argparse.Namespace) -> int:
     import fsspec
     import pyarrow.parquet as pq
 
-    from pipelines.decontam import decontaminate
+    from pipelines.cli_options import given, options_from
+    from pipelines.decontam import DecontamOptions, decontaminate
 
-    path = decontaminate(args.run, args.eval, max_cosine=None if args.max_cosine < 0 else args.max_cosine,
-                         max_hamming=None if args.max_hamming < 0 else args.max_hamming, overwrite=args.overwrite)
+    off = {name: None for name, value in given(args, DecontamOptions).items()  # negative on the command line: off
+           if name in ("max_cosine", "max_hamming") and value < 0}
+    options = options_from(args, DecontamOptions, DECONTAM_FLAGS, **off)
+    path = decontaminate(args.run, options, overwrite=args.overwrite)
     with fsspec.open(path, "rb") as f:
         print(f"{pq.read_metadata(f).num_rows} contaminated pool rows; table: {path}")
     return 0
@@ -354,7 +358,7 @@ def _decontaminate(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from pipelines.cli_options import add_options
-    from pipelines.verb_options import SemdedupOptions
+    from pipelines.verb_options import DecontamOptions, SemdedupOptions
 
     parser = argparse.ArgumentParser(prog="tailor", description="Curate web-scale image-text datasets.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -485,9 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("decontaminate", help="pool rows near an evaluation image set: RUN/dedup/decontam-*.parquet")
     p.add_argument("run")
-    p.add_argument("--eval", required=True, help="folder of images (local or fsspec URL) or a Parquet with images")
-    p.add_argument("--max-cosine", type=float, default=0.95, help="flag at cosine >= this (negative: off)")
-    p.add_argument("--max-hamming", type=int, default=4, help="flag at pHash distance <= this (negative: off)")
+    add_options(p, DecontamOptions, DECONTAM_FLAGS)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_decontaminate)
 

@@ -79,20 +79,26 @@ def add_options(parser: argparse.ArgumentParser, model: type[Options], flags: di
                             help=f"{description}{shown}".strip())
 
 
+def given(args: argparse.Namespace, model: type[Options]) -> dict[str, Any]:
+    """The fields of `model` whose options were given on the command line, as parsed (not validated)."""
+    return {name: getattr(args, _dest(model, name)) for name in model.model_fields
+            if getattr(args, _dest(model, name), None) is not None}
+
+
 def options_from(args: argparse.Namespace, model: type[Options], flags: dict[str, str] | None = None,
                  **fields: Any):
-    """The model from the options given on the command line (and `fields`, for skipped ones); the rest
-    keep the model's defaults. A value the model refuses is a one-line ConfigError naming the option."""
+    """The model from the options given on the command line, then `fields` (skipped ones, or values the
+    command reads its own way); the rest keep the model's defaults. A value the model refuses is a
+    one-line ConfigError naming the option."""
     from pipelines.config import ConfigError, _format_error  # not at import: building the parser stays light
 
-    given = {name: getattr(args, _dest(model, name)) for name in model.model_fields
-             if getattr(args, _dest(model, name), None) is not None}
+    values = given(args, model) | fields
     try:
-        return model(**given, **fields)
+        return model(**values)
     except ValidationError as err:
         loc = err.errors()[0]["loc"]
         name = str(loc[0]) if loc else ""
-        message = _format_error(err).removeprefix("config error: ")
-        if name in given:
+        message = _format_error(err).removeprefix("config error: ").removeprefix("<root>: ")
+        if name in values and name not in fields:
             message = f"--{_flag(name, flags)}" + message.removeprefix(name)
         raise ConfigError(f"option error: {message}") from None

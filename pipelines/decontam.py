@@ -47,6 +47,7 @@ from pipelines.duck import parquet_url
 from pipelines.models import resolve_model
 from pipelines.passes import Pass
 from pipelines.storage import RunPaths
+from pipelines.verb_options import DecontamOptions
 
 log = logging.getLogger(__name__)
 
@@ -173,18 +174,13 @@ def _fingerprint(images: list[tuple[str, bytes]], settings: dict) -> str:
     return digest.hexdigest()[:12]
 
 
-def decontaminate(run: str, eval_path: str, max_cosine: float | None = 0.95, max_hamming: int | None = 4,
-                  overwrite: bool = False) -> str:
+def decontaminate(run: str, options: DecontamOptions, overwrite: bool = False) -> str:
     """Write (or reuse) RUN/dedup/decontam-HASH.parquet, the contaminated pool keys; return its path (a URL
-    for a remote run)."""
+    for a remote run). options: the evaluation set and thresholds (DecontamOptions' fields and defaults);
+    overwrite: recompute even when the table exists."""
     import ray
 
-    if max_cosine is None and max_hamming is None:
-        raise ConfigError("decontaminate: set max_cosine, max_hamming or both")
-    if max_cosine is not None and not -1 <= max_cosine <= 1:
-        raise ConfigError(f"decontaminate: max_cosine must be in [-1, 1] (got {max_cosine})")
-    if max_hamming is not None and not 0 <= max_hamming <= 64:
-        raise ConfigError(f"decontaminate: max_hamming must be in [0, 64] (got {max_hamming})")
+    eval_path, max_cosine, max_hamming = options.eval_path, options.max_cosine, options.max_hamming
     this = Pass(run)
     started, run, paths = this.started, this.run, this.paths
     config = run_config(paths)

@@ -45,7 +45,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from operators.options import Options
 from pipelines.config import ConfigError, check_name
-from pipelines.decontam import decontaminate
+from pipelines.decontam import DecontamOptions, decontaminate
 from pipelines.duck import connect, scan, sql, write_query
 from pipelines.metaclip import find_matches
 from pipelines.semdedup import SemdedupOptions, semdedup
@@ -253,22 +253,15 @@ class MetaclipBalance(Step):
                     {"t": self.t, "seed": self.seed})
 
 
-class Decontaminate(Step):
+class Decontaminate(Step, DecontamOptions):
+    """Drop pool rows near an evaluation image set; the fields (and defaults) are DecontamOptions', as
+    `tailor decontaminate`'s."""
+
     name: ClassVar[str] = "decontaminate"
     sql_file: ClassVar[str] = "select_decontaminate"
-    eval_path: str = Field(description="folder (local or fsspec URL) of evaluation images, or a Parquet of them")
-    max_cosine: float | None = Field(0.95, ge=-1, le=1, description="image-embedding cosine at or above which "
-                                                                   "a pool image is contaminated; null: off")
-    max_hamming: int | None = Field(4, ge=0, le=32, description="pHash distance at or below which; null: off")
-
-    @model_validator(mode="after")
-    def _one_test(self) -> Decontaminate:
-        if self.max_cosine is None and self.max_hamming is None:
-            raise ValueError("give max_cosine, max_hamming or both")
-        return self
 
     def prepare(self, con: duckdb.DuckDBPyConnection, run: str) -> None:
-        path = decontaminate(run, self.eval_path, max_cosine=self.max_cosine, max_hamming=self.max_hamming)
+        path = decontaminate(run, DecontamOptions(**self.model_dump()))
         scan(con, RunPaths(run), [path]).create_view("contaminated")
 
 

@@ -8,7 +8,7 @@ Kept apart from the passes themselves: this imports pydantic only, so building t
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from operators.options import Options
 
@@ -23,3 +23,20 @@ class SemdedupOptions(Options):
     niter: int = Field(20, ge=1, description="k-means iterations")
     buckets: int | None = Field(None, gt=0, description="dedup tasks (default: by vector bytes and CPUs); "
                                                         "changes no result")
+
+
+class DecontamOptions(Options):
+    """The settings of a decontaminate pass: `tailor decontaminate`'s options, decontaminate()'s and the
+    select step's."""
+
+    eval_path: str = Field(description="folder of images (local or fsspec URL) or a Parquet with images")
+    max_cosine: float | None = Field(0.95, ge=-1, le=1, description="flag at image-embedding cosine >= this "
+                                     "(off: null in a recipe, negative on the command line)")
+    max_hamming: int | None = Field(4, ge=0, le=64, description="flag at pHash distance <= this "
+                                    "(off: null in a recipe, negative on the command line)")
+
+    @model_validator(mode="after")
+    def _one_test(self) -> DecontamOptions:
+        if self.max_cosine is None and self.max_hamming is None:
+            raise ValueError("set max_cosine, max_hamming or both")
+        return self

@@ -65,3 +65,14 @@ def test_semdedup_cli_options_and_select_step_share_one_model():
     assert isinstance(step, SemdedupOptions) and step.max_cluster_size == SemdedupOptions().max_cluster_size
     with pytest.raises(ConfigError, match="eps"):
         parse_recipe({"steps": [{"step": "semdedup", "eps": 5}]})
+
+
+def test_decontaminate_cli_negative_is_off_and_eval_is_required(capsys):
+    from pipelines.cli import main
+
+    assert main(["decontaminate", "run", "--eval", "e", "--max-cosine", "-1", "--max-hamming", "-1"]) == 2
+    assert capsys.readouterr().err.strip() == "tailor: option error: set max_cosine, max_hamming or both"
+    assert main(["decontaminate", "run", "--eval", "e", "--max-hamming", "65"]) == 2
+    assert "--max-hamming: Input should be less than or equal to 64 (got 65)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["decontaminate", "run"])

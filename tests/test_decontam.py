@@ -66,12 +66,13 @@ def eval_case(demo_run, tmp_path_factory):
 
 @pytest.mark.slow
 def test_decontaminate_flags_the_shown_pages_and_their_copies(eval_case):
-    from pipelines.decontam import decontaminate
+    from pipelines.decontam import DecontamOptions, decontaminate
 
     run, folder, _, expected, ok, names = eval_case
     # the demo CLIP is tiny: unrelated demo images reach cosine 0.99+, so only a tight cosine is precise here
     for max_cosine, max_hamming in [(0.9995, None), (None, 0), (0.9995, 0)]:
-        path = decontaminate(str(run), str(folder), max_cosine=max_cosine, max_hamming=max_hamming)
+        options = DecontamOptions(eval_path=str(folder), max_cosine=max_cosine, max_hamming=max_hamming)
+        path = decontaminate(str(run), options)
         assert Path(path).parent == run / "dedup" and Path(path).name.startswith("decontam-")
         flagged = pq.read_table(path).to_pandas().merge(ok[["key", "demo_id", "dup_group", "dup_kind",
                                                              "near_transform"]], on="key")
@@ -95,45 +96,46 @@ def test_decontaminate_flags_the_shown_pages_and_their_copies(eval_case):
 
 @pytest.mark.slow
 def test_decontaminate_unrelated_images_flag_nothing(eval_case):
-    from pipelines.decontam import decontaminate
+    from pipelines.decontam import DecontamOptions, decontaminate
 
     run, _, unrelated, _, _, _ = eval_case
-    path = decontaminate(str(run), str(unrelated), max_cosine=0.9995, max_hamming=4)
+    path = decontaminate(str(run), DecontamOptions(eval_path=str(unrelated), max_cosine=0.9995, max_hamming=4))
     assert pq.read_table(path).num_rows == 0
 
 
 @pytest.mark.slow
 def test_decontaminate_parquet_eval_set_equals_folder(eval_case, tmp_path):
-    from pipelines.decontam import decontaminate
+    from pipelines.decontam import DecontamOptions, decontaminate
 
     run, folder, _, _, _, _ = eval_case
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     table = pa.table({"name": [str(p.relative_to(folder)) for p in files],
                       "image": pa.array([p.read_bytes() for p in files], pa.binary())})
     pq.write_table(table, tmp_path / "eval.parquet")
-    from_folder = pq.read_table(decontaminate(str(run), str(folder), max_cosine=0.9995, max_hamming=0))
-    from_table = pq.read_table(decontaminate(str(run), str(tmp_path / "eval.parquet"), max_cosine=0.9995,
-                                             max_hamming=0))
+    options = DecontamOptions(eval_path=str(folder), max_cosine=0.9995, max_hamming=0)
+    from_folder = pq.read_table(decontaminate(str(run), options))
+    table_options = DecontamOptions(eval_path=str(tmp_path / "eval.parquet"), max_cosine=0.9995, max_hamming=0)
+    from_table = pq.read_table(decontaminate(str(run), table_options))
     assert from_table.equals(from_folder)
 
 
 @pytest.mark.slow
 def test_decontaminate_errors(eval_case, tmp_path):
-    from pipelines.decontam import decontaminate
+    from pipelines.decontam import DecontamOptions, decontaminate
 
     run, folder, _, _, _, _ = eval_case
     with pytest.raises(ConfigError, match="does not exist"):
-        decontaminate(str(run), str(tmp_path / "nowhere"))
+        decontaminate(str(run), DecontamOptions(eval_path=str(tmp_path / "nowhere")))
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no images here")
     with pytest.raises(ConfigError, match="holds no images"):
-        decontaminate(str(run), str(tmp_path / "empty"))
+        decontaminate(str(run), DecontamOptions(eval_path=str(tmp_path / "empty")))
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "x.png").write_bytes(b"not a png")
     with pytest.raises(ConfigError, match="none of the 1 evaluation images"):
-        decontaminate(str(run), str(tmp_path / "bad"))
-    with pytest.raises(ConfigError, match="set max_cosine, max_hamming or both"):
-        decontaminate(str(run), str(folder), max_cosine=None, max_hamming=None)
+        decontaminate(str(run), DecontamOptions(eval_path=str(tmp_path / "bad")))
+    with pytest.raises(ValueError, match="set max_cosine, max_hamming or both"):
+        decontaminate(str(run), DecontamOptions(eval_path=str(folder), max_cosine=None, max_hamming=None))
     # a run without embeddings: pHash only, or a clear error
     bare = tmp_path / "bare"
     bare.mkdir()
@@ -141,5 +143,6 @@ def test_decontaminate_errors(eval_case, tmp_path):
     config = (run / "config.yaml").read_text()
     (bare / "config.yaml").write_text(config.split("\nembed:")[0] + "\n" if "\nembed:" in config else config)
     with pytest.raises(ConfigError, match="no image embeddings"):
-        decontaminate(str(bare), str(folder), max_cosine=0.95)
-    assert pq.read_table(decontaminate(str(bare), str(folder), max_cosine=None, max_hamming=0)).num_rows > 0
+        decontaminate(str(bare), DecontamOptions(eval_path=str(folder), max_cosine=0.95))
+    phash_only = DecontamOptions(eval_path=str(folder), max_cosine=None, max_hamming=0)
+    assert pq.read_table(decontaminate(str(bare), phash_only)).num_rows > 0
