@@ -129,7 +129,7 @@ def main() -> None:
 
     import ray
 
-    from pipelines.materialize import materialize
+    from pipelines.materialize import MaterializeOptions, materialize
 
     run = work / "run"
     if args.run:
@@ -139,7 +139,8 @@ def main() -> None:
     kept = write_subset(run, "bench", args.keep if args.synthetic else 1.0)
     ray.init(num_cpus=args.cpus, include_dashboard=False)
 
-    materialize(str(run), "bench", str(work / "warm-up"), args.samples_per_shard, progress=False)  # Ray workers up
+    materialize(str(run), "bench", str(work / "warm-up"), MaterializeOptions(samples_per_shard=args.samples_per_shard),
+                progress=False)  # Ray workers up
     t = time.time()
     base = baseline(run, "bench", work / "baseline", args.samples_per_shard)
     base_s = time.time() - t
@@ -147,8 +148,9 @@ def main() -> None:
                "baseline_samples_per_s": round(base / base_s, 1)}
     for parquet in (False, True):
         t = time.time()
-        summary = materialize(str(run), "bench", str(work / f"tailor-{parquet}"), args.samples_per_shard,
-                              parquet=parquet, progress=False)
+        summary = materialize(str(run), "bench", str(work / f"tailor-{parquet}"),
+                              MaterializeOptions(samples_per_shard=args.samples_per_shard, parquet=parquet),
+                              progress=False)
         wall = time.time() - t
         results[f"tailor{'_with_parquet' if parquet else ''}_s"] = round(wall, 2)
         results[f"tailor{'_with_parquet' if parquet else ''}_samples_per_s"] = round(summary["samples"] / wall, 1)

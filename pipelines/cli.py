@@ -12,6 +12,7 @@ from pathlib import Path
 CONFIGS = Path(__file__).parent / "configs"
 SEMDEDUP_FLAGS = {"n_clusters": "clusters"}  # flags named as before the options models
 DECONTAM_FLAGS = {"eval_path": "eval"}
+MATERIALIZE_NOT_ON_CLI = ("caption_source", "window")  # Python-only hooks, as before the options model
 
 
 def _print_summary(summary: dict) -> None:
@@ -182,11 +183,11 @@ def _metaclip_balance(args: argparse.Namespace) -> int:
 
 
 def _materialize(args: argparse.Namespace) -> int:
-    from pipelines.materialize import materialize
+    from pipelines.cli_options import options_from
+    from pipelines.materialize import MaterializeOptions, materialize
 
-    s = materialize(args.run, args.name, args.out, samples_per_shard=args.samples_per_shard,
-                    parquet=not args.no_parquet, overwrite=args.overwrite, progress=not args.no_progress,
-                    skip_missing=args.skip_missing, captions=args.captions, mix=args.mix, mix_seed=args.mix_seed)
+    options = options_from(args, MaterializeOptions)
+    s = materialize(args.run, args.name, args.out, options, overwrite=args.overwrite, progress=not args.no_progress)
     skipped = f", skipped {s['skipped']['keys']} keys without an image" if s["skipped"]["keys"] else ""
     print(f"wrote {s['samples']} samples in {s['shards']} shards ({s['bytes'] / 1e6:.1f} MB) to {s['out']} "
           f"in {s['wall_time_s']} s ({s['samples_per_s']} samples/s){skipped}")
@@ -358,7 +359,7 @@ def _decontaminate(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from pipelines.cli_options import add_options
-    from pipelines.verb_options import DecontamOptions, SemdedupOptions
+    from pipelines.verb_options import DecontamOptions, MaterializeOptions, SemdedupOptions
 
     parser = argparse.ArgumentParser(prog="tailor", description="Curate web-scale image-text datasets.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -414,14 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p.add_argument("name", help="subset name (RUN/subsets/NAME/manifest.parquet)")
     p.add_argument("--out", required=True, help="output folder, local or fsspec URL (s3://...)")
-    p.add_argument("--samples-per-shard", type=int, default=10000)
-    p.add_argument("--no-parquet", action="store_true", help="tars only, no OUT/parquet/ copy")
+    add_options(p, MaterializeOptions, skip=MATERIALIZE_NOT_ON_CLI)
     p.add_argument("--overwrite", action="store_true", help="replace a previous materialize output in OUT")
-    p.add_argument("--skip-missing", action="store_true",
-                   help="leave out (and count) subset keys without a stored image instead of failing")
-    p.add_argument("--captions", help="caption set of RUN (tailor recaption) to mix into KEY.txt")
-    p.add_argument("--mix", type=float, default=0.8, help="share of samples given the new caption (default 0.8)")
-    p.add_argument("--mix-seed", type=int, default=0, help="seed of the per-key choice")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_materialize)
 

@@ -64,7 +64,7 @@ def add_options(parser: argparse.ArgumentParser, model: type[Options], flags: di
         if kind is bool:
             if field.default is True:
                 parser.add_argument(f"--no-{flag}", dest=dest, action="store_const", const=False, default=None,
-                                    help=description)
+                                    help=f"turn off (on by default): {description}" if description else None)
             else:
                 parser.add_argument(f"--{flag}", dest=dest, action="store_const", const=True, default=None,
                                     help=description)

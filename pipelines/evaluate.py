@@ -148,7 +148,7 @@ def evaluate(run: str, subsets: list[str], eval_set: str, config: ProxyConfig | 
     import ray
 
     from pipelines.concepts import load_concepts
-    from pipelines.materialize import materialize
+    from pipelines.materialize import MaterializeOptions, materialize
 
     config = config or ProxyConfig()
     this = Pass(run)  # no settings check: every evaluation recomputes its folder
@@ -168,8 +168,9 @@ def evaluate(run: str, subsets: list[str], eval_set: str, config: ProxyConfig | 
 
     shards = {}
     for subset in subsets:
-        m = materialize(run, subset, f"{out}/shards/{subset}", samples_per_shard=2000, parquet=False,
-                        overwrite=True, progress=progress, skip_missing=True)  # keys of failed rows: no image
+        m = materialize(run, subset, f"{out}/shards/{subset}",  # skip_missing: keys of failed rows have no image
+                        MaterializeOptions(samples_per_shard=2000, parquet=False, skip_missing=True),
+                        overwrite=True, progress=progress)
         shards[subset] = [f"{out}/shards/{subset}/{s['name']}" for s in RunPaths(m["out"]).read_json(
             RunPaths(m["out"]).join("index.json"))["shards"]]
 

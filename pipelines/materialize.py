@@ -76,6 +76,7 @@ from pipelines.engine import init_ray
 from pipelines.recaption import caption_set_parts, read_captions
 from pipelines.storage import RunPaths
 from pipelines.subsets import SubsetError, subset_manifest
+from pipelines.verb_options import MaterializeOptions
 
 log = logging.getLogger(__name__)
 
@@ -371,21 +372,19 @@ def _write_shards(con, run: str, out: str, total: int, samples_per_shard: int, c
     return shards
 
 
-def materialize(run: str, name: str, out: str, samples_per_shard: int = 10000, parquet: bool = True,
-                overwrite: bool = False, progress: bool = True, skip_missing: bool = False,
-                caption_source: str = "caption", window: int | None = None, captions: str | None = None,
-                mix: float = 0.8, mix_seed: int = 0) -> dict:
+def materialize(run: str, name: str, out: str, options: MaterializeOptions | None = None, overwrite: bool = False,
+                progress: bool = True) -> dict:
     """Write subset NAME of RUN as WebDataset tar shards (and a Parquet copy) into OUT; return the summary.
 
-    skip_missing: leave out (and count) subset keys without a stored image instead of failing.
-    caption_source: the annotation column written as KEY.txt (the caption-mixing hook).
-    window: output shards in flight at once (default: twice the cluster's CPUs).
-    captions: a caption set of RUN (tailor recaption): KEY.txt is its caption with probability `mix`, fixed per
-        key by `mix_seed`, else the caption_source text; KEY.json says which (caption_origin).
+    options: how (MaterializeOptions' fields and defaults; None: the defaults). captions: a caption set of
+    RUN (tailor recaption): KEY.txt is its caption with probability `mix`, fixed per key by `mix_seed`,
+    else the caption_source text; KEY.json says which (caption_origin). overwrite: replace a previous
+    materialize output in OUT.
     """
     started = time.time()
-    if samples_per_shard < 1:
-        raise MaterializeError(f"samples_per_shard: must be >= 1 (got {samples_per_shard})")
+    options = options or MaterializeOptions()
+    samples_per_shard, parquet, skip_missing = options.samples_per_shard, options.parquet, options.skip_missing
+    caption_source, window, captions = options.caption_source, options.window, options.captions
     run, out = RunPaths.absolute(run), RunPaths.absolute(out).rstrip("/")  # as Ray workers will see them
     paths, out_paths = RunPaths(run), RunPaths(out)
     try:
@@ -394,10 +393,8 @@ def materialize(run: str, name: str, out: str, samples_per_shard: int = 10000, p
         raise MaterializeError(str(err)) from None
     mix_spec = None
     if captions is not None:
-        if not 0.0 <= mix <= 1.0:
-            raise MaterializeError(f"mix: the share of new captions must be within [0, 1] (got {mix})")
         caption_set_parts(paths, captions)
-        mix_spec = {"captions": captions, "p": mix, "seed": mix_seed}
+        mix_spec = {"captions": captions, "p": options.mix, "seed": options.mix_seed}
     previous = _check_out(out_paths, overwrite)  # before planning: a refusal should be quick
     with connect() as con:
         facts = plan(con, paths, manifest, skip_missing, caption_source)

@@ -40,3 +40,18 @@ class DecontamOptions(Options):
         if self.max_cosine is None and self.max_hamming is None:
             raise ValueError("set max_cosine, max_hamming or both")
         return self
+
+
+class MaterializeOptions(Options):
+    """How `tailor materialize` and materialize() write a subset as WebDataset shards."""
+
+    samples_per_shard: int = Field(10000, ge=1, description="samples per tar shard")
+    parquet: bool = Field(True, description="write an OUT/parquet/ copy beside the tars")
+    skip_missing: bool = Field(False, description="leave out (and count) subset keys without a stored image "
+                                                  "instead of failing")
+    caption_source: str = Field("caption", description="the annotation column written as KEY.txt")
+    window: int | None = Field(None, gt=0, description="output shards in flight at once (default: twice the "
+                                                       "cluster's CPUs)")
+    captions: str | None = Field(None, description="caption set of RUN (tailor recaption) to mix into KEY.txt")
+    mix: float = Field(0.8, ge=0, le=1, description="share of samples given the new caption")
+    mix_seed: int = Field(0, description="seed of the per-key choice")

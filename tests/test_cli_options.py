@@ -76,3 +76,17 @@ def test_decontaminate_cli_negative_is_off_and_eval_is_required(capsys):
     assert "--max-hamming: Input should be less than or equal to 64 (got 65)" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["decontaminate", "run"])
+
+
+def test_materialize_cli_flags_as_before():
+    from pipelines.cli import build_parser
+    from pipelines.verb_options import MaterializeOptions
+
+    args = build_parser().parse_args(["materialize", "run", "sub", "--out", "o", "--no-parquet", "--skip-missing",
+                                      "--samples-per-shard", "5", "--captions", "c", "--mix", "0.5", "--mix-seed", "2"])
+    assert options_from(args, MaterializeOptions) == MaterializeOptions(
+        parquet=False, skip_missing=True, samples_per_shard=5, captions="c", mix=0.5, mix_seed=2)
+    assert options_from(build_parser().parse_args(["materialize", "run", "sub", "--out", "o"]),
+                        MaterializeOptions) == MaterializeOptions()
+    with pytest.raises(SystemExit):  # Python-only hooks stay off the command line
+        build_parser().parse_args(["materialize", "run", "sub", "--out", "o", "--window", "2"])

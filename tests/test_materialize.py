@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import write_manifest
 
-from pipelines.materialize import MaterializeError, materialize
+from pipelines.materialize import MaterializeError, MaterializeOptions, materialize
 
 pytestmark = pytest.mark.slow  # every test here reads the session's annotated demo run
 
@@ -56,7 +56,8 @@ def subset(demo_run):
 def materialized(subset, tmp_path_factory):
     run, ok = subset
     out = tmp_path_factory.mktemp("mat") / "shards"
-    summary = materialize(str(run), "mat-test", str(out), samples_per_shard=PER_SHARD, progress=False)
+    summary = materialize(str(run), "mat-test", str(out), MaterializeOptions(samples_per_shard=PER_SHARD),
+                          progress=False)
     return summary, out, run, ok
 
 
@@ -125,8 +126,9 @@ def test_rerun_is_byte_identical_and_needs_overwrite(materialized):
     _, out, run, _ = materialized
     before = {p.name: sha(p) for p in out.glob("*.tar")}
     with pytest.raises(MaterializeError, match="not empty.*--overwrite"):
-        materialize(str(run), "mat-test", str(out), samples_per_shard=PER_SHARD, progress=False)
-    materialize(str(run), "mat-test", str(out), samples_per_shard=PER_SHARD, overwrite=True, progress=False)
+        materialize(str(run), "mat-test", str(out), MaterializeOptions(samples_per_shard=PER_SHARD), progress=False)
+    materialize(str(run), "mat-test", str(out), MaterializeOptions(samples_per_shard=PER_SHARD), overwrite=True,
+                progress=False)
     assert {p.name: sha(p) for p in out.glob("*.tar")} == before
     assert (out / "_SUCCESS").exists() and not list(out.glob(".tmp-*"))
 
@@ -149,11 +151,12 @@ def test_keys_without_an_image_fail_or_are_skipped_and_counted(demo_run, tmp_pat
     failed = sorted(r["key"] for r in annotations if r["status"] != "ok")[:3]
     write_manifest(run, "mat-missing", [*ok, *failed, "no-such-key"])
     with pytest.raises(MaterializeError, match=r"4 of its 34 keys have no stored image .*not in the run 1"):
-        materialize(str(run), "mat-missing", str(tmp_path / "a"), samples_per_shard=PER_SHARD, progress=False)
+        materialize(str(run), "mat-missing", str(tmp_path / "a"), MaterializeOptions(samples_per_shard=PER_SHARD),
+                    progress=False)
     assert not (tmp_path / "a").exists()  # refused before writing anything
 
-    summary = materialize(str(run), "mat-missing", str(tmp_path / "b"), samples_per_shard=PER_SHARD,
-                          skip_missing=True, progress=False)
+    summary = materialize(str(run), "mat-missing", str(tmp_path / "b"),
+                          MaterializeOptions(samples_per_shard=PER_SHARD, skip_missing=True), progress=False)
     assert summary["samples"] == 30 and summary["skipped"]["keys"] == 4
     assert sum(summary["skipped"]["by_reason"].values()) == 4 and summary["skipped"]["by_reason"]["not in the run"] == 1
     assert [s["__key__"] for s in read_webdataset([str(tmp_path / "b" / "00000.tar")])] == ok
@@ -163,14 +166,15 @@ def test_caption_source_picks_the_text_column_and_bad_keys_are_refused(subset, t
     run, ok = subset
     annotations, _ = stored(run)
     write_manifest(run, "mat-url", ok[:10])
-    materialize(str(run), "mat-url", str(tmp_path / "u"), caption_source="url", progress=False)
+    materialize(str(run), "mat-url", str(tmp_path / "u"), MaterializeOptions(caption_source="url"), progress=False)
     samples = read_webdataset([str(tmp_path / "u" / "00000.tar")])
     assert [s["txt"].decode() for s in samples] == [annotations[k]["url"] for k in ok[:10]]
     assert [json.loads(s["json"])["caption"] for s in samples] == [annotations[k]["caption"] for k in ok[:10]]
     copy = pq.read_table(tmp_path / "u" / "parquet")
     assert copy.column("original_caption").to_pylist() == [annotations[k]["caption"] for k in ok[:10]]
     with pytest.raises(MaterializeError, match="caption_source: no column 'recaption'"):
-        materialize(str(run), "mat-url", str(tmp_path / "v"), caption_source="recaption", progress=False)
+        materialize(str(run), "mat-url", str(tmp_path / "v"), MaterializeOptions(caption_source="recaption"),
+                    progress=False)
 
     write_manifest(run, "mat-dots", [*ok[:3], "has.dot"])
     with pytest.raises(MaterializeError, match=r"1 keys of the subset cannot be WebDataset keys .*has\.dot"):

@@ -24,7 +24,7 @@ from PIL import Image
 from operators.caption import Captioner, CaptionOptions
 from pipelines.config import ConfigError
 from pipelines.demo_web.world import find_concepts
-from pipelines.materialize import materialize, mix_captions
+from pipelines.materialize import MaterializeOptions, materialize, mix_captions
 from pipelines.recaption import RecaptionConfig, recaption
 
 pytestmark = pytest.mark.slow
@@ -98,8 +98,9 @@ def test_materialize_mixes_new_captions_per_key_deterministically(demo, mismatch
     new = {r["key"]: r["caption"] for r in parts(run, "mismatched.demo").to_pylist()}
     outs = []
     for attempt in ("a", "b"):
-        s = materialize(str(run), "mismatched", str(tmp_path / attempt), samples_per_shard=1000, progress=False,
-                        captions="mismatched.demo", mix=0.8, mix_seed=3)
+        s = materialize(str(run), "mismatched", str(tmp_path / attempt), progress=False,
+                        options=MaterializeOptions(samples_per_shard=1000, captions="mismatched.demo", mix=0.8,
+                                                   mix_seed=3))
         outs.append(tmp_path / attempt / "00000.tar")
     assert outs[0].read_bytes() == outs[1].read_bytes()
     samples: dict[str, dict] = collections.defaultdict(dict)
