@@ -36,7 +36,8 @@ from operators.text import CaptionText
 from pipelines.config import AnnotateConfig, ConfigError, load_config
 from pipelines.console import ProgressLine
 from pipelines.engine import embed_actor_resources, init_ray, storage_errors
-from pipelines.match import add_match_stage
+from pipelines.match import add_match_stage, save_metadata
+from pipelines.metadata import load_metadata
 from pipelines.models import resolve_model
 from pipelines.sources import (
     InputError,
@@ -294,7 +295,7 @@ def _build_dataset(pending: list[Shard], config: AnnotateConfig, paths: RunPaths
     if config.embed is not None:
         ds = _add_embed_stages(ds, config)
     if config.match is not None:  # an actor pool of its own (placed here, Ray Data does not fuse it with load)
-        ds = add_match_stage(ds, config.match, paths, rc.batch_size)
+        ds = add_match_stage(ds, config.match, rc.batch_size)
     return ds.map_batches(write_parts, batch_size=None, batch_format="pyarrow", fn_kwargs={"paths": paths},
                           num_cpus=0.25)
 
@@ -419,11 +420,15 @@ def annotate(config: AnnotateConfig, overwrite: bool = False, progress: bool = T
     progress line on stderr; `ray_progress`: Ray Data's own per-operator bars as well."""
     started = time.time()
     paths = RunPaths(config.output)
+    # an unreadable metadata file is one line before anything is written or Ray starts; read once, here
+    metadata = load_metadata(config.match.metadata) if config.match is not None else None
     with storage_errors(config.output):
         _prepare_folder(config, paths, overwrite)
         shards = plan_shards(config, paths)  # before Ray starts (unless the input is many files)
         if not paths.exists(paths.config):
             paths.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), paths.config)
+        if metadata is not None:
+            save_metadata(paths, metadata)  # RUN/metadata/ID.parquet, which match lists refer to
     planned = time.time()
     log.info("input planned after %.1f s", planned - started)
     init_ray(config.ray.address)

@@ -78,16 +78,15 @@ class MatchStage:
         return replace_columns(batch, {"metadata_id": pa.repeat(pa.scalar(self.metadata_id), batch.num_rows)})
 
 
-def add_match_stage(ds: ray.data.Dataset, options: MatchOptions, paths: RunPaths,
-                    batch_size: int) -> ray.data.Dataset:
-    """The annotate stage: an autoscaling pool of MatchStage actors (about one per 16 CPUs at most).
+def add_match_stage(ds: ray.data.Dataset, options: MatchOptions, batch_size: int) -> ray.data.Dataset:
+    """The annotate stage: an autoscaling pool of MatchStage actors (about one per 16 CPUs at most). The
+    driver has already saved the metadata (annotate, before Ray starts); each actor loads it once.
 
     Matching runs at hundreds of thousands of captions per second per actor, far ahead of
     downloads, so the pool stays small and each actor reserves a quarter of a CPU.
     """
     import ray
 
-    save_metadata(paths, load_metadata(options.metadata))  # fails here, in the driver, on a bad file
     max_actors = max(1, int(ray.cluster_resources().get("CPU", 1)) // 16)
     return ds.map_batches(MatchStage, batch_size=batch_size, batch_format="pyarrow",
                           fn_constructor_kwargs={"options": for_workers(options)}, num_cpus=0.25,
