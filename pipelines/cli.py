@@ -30,23 +30,9 @@ def _print_summary(summary: dict) -> None:
         print(f"no row came through: {summary['hint']}")
 
 
-def _config_path(name: str) -> Path:
-    """A shipped annotate config by bare name (`demo`, `laion-style`), as recipes are named; else a path."""
-    from pipelines.config import ConfigError
-
-    if "/" in name or os.sep in name or name.endswith((".yaml", ".yml")):
-        return Path(name)
-    shipped = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
-    if name not in shipped:
-        raise ConfigError(f"config {name}: no shipped config of that name (shipped: {', '.join(shipped)}; "
-                          "a file is named by a path ending in .yaml, e.g. ./my-config.yaml)")
-    return CONFIGS / f"{name}.yaml"
-
-
 def _annotate(args: argparse.Namespace) -> int:
-    from pipelines.config import load_config
+    from pipelines.config import load_config, shipped_or_path
     from pipelines.engine import storage_errors
-    from pipelines.metadata import load_metadata
     from pipelines.sources import check_input
     from pipelines.storage import RunPaths
 
@@ -55,14 +41,12 @@ def _annotate(args: argparse.Namespace) -> int:
         overrides.append(f"input.path={args.input}")
     if args.output:
         overrides.append(f"output={args.output}")
-    config = load_config(_config_path(args.config), overrides)
+    config = load_config(shipped_or_path(args.config, CONFIGS, "config"), overrides)
     paths = RunPaths(config.output)
     with storage_errors(config.output):  # no credentials for an s3:// output: one line, before Ray starts
         fresh = args.overwrite or not paths.exists(paths.plan)
     if fresh:
         check_input(config.input)  # a mistake in the input is told in a second, before Ray is even imported
-    if config.match is not None:
-        load_metadata(config.match.metadata)  # an unreadable metadata file, too (read again by the match stage)
     from pipelines.annotate import annotate
 
     summary = annotate(config, overwrite=args.overwrite, progress=not args.no_progress,

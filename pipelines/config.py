@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +26,23 @@ from operators.text import TextOptions
 
 class ConfigError(ValueError):
     """A configuration problem, phrased as one line naming the field."""
+
+
+def shipped_or_path(name: str | Path, folder: Path, what: str) -> Path:
+    """A shipped YAML by bare name (no `/`, no .yaml/.yml suffix: always FOLDER/NAME.yaml, whatever the
+    working directory holds), else a path to the user's own file. `what` names the kind in errors."""
+    text = str(name)
+    shipped = sorted(p.stem for p in folder.glob("*.yaml"))
+    if "/" not in text and os.sep not in text and not text.endswith((".yaml", ".yml")):
+        if text not in shipped:
+            raise ConfigError(f"{what} {text}: no shipped {what} of that name (shipped: {', '.join(shipped)}; "
+                              f"a file is named by a path ending in .yaml, e.g. ./my-{what}.yaml)")
+        return folder / f"{text}.yaml"
+    path = Path(text)
+    if not path.is_file():
+        raise ConfigError(f"{what} {text}: no such file (shipped {what}s are named without a path: "
+                          f"{', '.join(shipped)})")
+    return path
 
 
 def check_name(name: str) -> str:

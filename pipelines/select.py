@@ -31,7 +31,6 @@ shard sizes or machines.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import time
 from datetime import UTC, datetime
@@ -44,7 +43,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from operators.options import Options
-from pipelines.config import ConfigError, check_name
+from pipelines.config import ConfigError, check_name, shipped_or_path
 from pipelines.decontam import DecontamOptions, decontaminate
 from pipelines.duck import connect, scan, sql, write_query
 from pipelines.metaclip import find_matches
@@ -322,18 +321,7 @@ def load_recipe(recipe: str | Path) -> Recipe:
     A bare name (no `/`, no .yaml/.yml suffix) is always a shipped recipe, whatever the working
     directory holds (a `demo/` folder left by `tailor demo` is not a recipe); anything else is a path.
     """
-    text = str(recipe)
-    shipped = sorted(p.stem for p in RECIPES.glob("*.yaml"))
-    if "/" not in text and os.sep not in text and not text.endswith((".yaml", ".yml")):
-        if text not in shipped:
-            raise ConfigError(f"recipe {text}: no shipped recipe of that name (shipped: {', '.join(shipped)}; "
-                              "a file is named by a path ending in .yaml, e.g. ./my-recipe.yaml)")
-        path = RECIPES / f"{text}.yaml"
-    else:
-        path = Path(text)
-        if not path.is_file():
-            raise ConfigError(f"recipe {text}: no such file (shipped recipes are named without a path: "
-                              f"{', '.join(shipped)})")
+    path = shipped_or_path(recipe, RECIPES, "recipe")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
