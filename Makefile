@@ -14,10 +14,16 @@ setup: $(BIN)/.installed
 demo: setup
 	$(BIN)/tailor demo --out demo
 
-test: setup
+# The browser tests (tests/test_browse.py) drive Debian's headless Chromium; only `make test` installs it.
+browser:
+	@test -x /usr/bin/chromium || (apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -q chromium chromium-driver) \
+		|| echo "make: could not install chromium (apt-get as root); the browser tests will fail"
+
+test: setup browser
 	$(BIN)/python -m pytest -q -ra
 
 lint: setup
 	$(BIN)/ruff check operators pipelines tests benchmarks
 
-.PHONY: setup demo test lint
+.PHONY: setup demo test lint browser

@@ -341,6 +341,41 @@ def _decontaminate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _browse(args: argparse.Namespace) -> int:
+    from pipelines.browse import BrowseError
+    from pipelines.subsets import subset_manifest
+
+    fragment = ""
+    if args.subset:
+        from pipelines.storage import RunPaths
+
+        subset_manifest(RunPaths(args.run), args.subset)  # a one-line error naming the subsets there are
+        fragment = f"#grid?subset={args.subset}"
+    try:
+        if args.out:
+            from pipelines.browse_export import export
+
+            s = export(args.run, args.out, limit=args.limit)
+            print(f"wrote a static copy of {s['samples']} samples ({s['details']} detail pages, {s['images']} images) "
+                  f"to {s['out']}; open file://{Path(s['index']).resolve()}{fragment}")
+            return 0
+        from pipelines.browse_server import BrowseServer
+
+        server = BrowseServer(args.run, host=args.host, port=args.port)
+    except BrowseError as err:
+        from pipelines.config import ConfigError
+
+        raise ConfigError(str(err)) from None
+    with server:
+        print(f"browsing {server.browser.run} at {server.url}{fragment} (read-only; Ctrl-C stops)", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pipelines.cli_options import add_options
     from pipelines.verb_options import DecontamOptions, MaterializeOptions, SemdedupOptions
@@ -471,6 +506,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(p, DecontamOptions, DECONTAM_FLAGS)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_decontaminate)
+
+    p = sub.add_parser("browse", help="browse a run in a web page on 127.0.0.1 (read-only), or write a static copy")
+    p.add_argument("run")
+    p.add_argument("--subset", help="open the grid on this subset's decisions (RUN/subsets/NAME)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    p.add_argument("--out", help="write a static copy of the views to this folder instead of serving")
+    p.add_argument("--limit", type=int, default=1000, help="samples in a static copy (the first by key)")
+    p.set_defaults(func=_browse)
 
     web = sub.add_parser("demo-web", help="the generated demo web").add_subparsers(dest="action", required=True)
     p = web.add_parser("build", help="generate pages, images and ground truth")

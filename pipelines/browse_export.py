@@ -1,0 +1,115 @@
+"""tailor browse RUN --out DIR: the browse views as a static folder that opens from file:// with no server.
+
+    DIR/index.html, app.js, app.css    the same page as the server's
+    DIR/data/static.js                 window.TAILOR_STATIC = {meta, samples, thumbs, details, duplicates, concepts}
+    DIR/data/samples/ID.js             one sample's detail view (loaded by a <script> tag: browsers refuse
+                                       fetch() of file:// URLs, but not scripts)
+    DIR/thumbs/ID.EXT                  the stored images of the samples in the copy
+
+A copy is bounded: the first `limit` samples by key (the grid's filters then run in the page over them) and
+the first `groups` duplicate groups of each kind (their members' details and images are included too).
+File names are a hash of the key, never the key itself. JSON is written with '<' escaped, so no value can
+end a script element.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+from pipelines.browse import DUPLICATE_KINDS, BrowseError, Browser, GridQuery
+from pipelines.browse_server import STATIC
+from pipelines.duck import to_arrow
+
+EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp", "image/gif": "gif"}
+
+
+def file_id(key: str) -> str:
+    return hashlib.sha1(key.encode()).hexdigest()[:20]
+
+
+def _script(variable: str, value: object) -> str:
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    text = text.replace("<", "\\u003c").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    return f"{variable}{text});\n" if variable.endswith("(") else f"{variable} = {text};\n"
+
+
+def _side_tables(browser: Browser, first: str, last: str) -> tuple[dict, dict]:
+    """Per key in [first, last]: its decision in each subset [kept, reason, step], its tags in each audit
+    [caption concept ids, image concept ids]."""
+    decisions: dict[str, dict] = {}
+    tags: dict[str, dict] = {}
+    with browser._connect() as con:
+        for subset in browser.subsets.values():
+            browser._dec_view(con, subset)
+            for r in to_arrow(con.sql("SELECT key, kept, reason, step FROM dec WHERE key >= $first AND key <= $last",
+                                      params={"first": first, "last": last})).to_pylist():
+                decisions.setdefault(r["key"], {})[subset.name] = [r["kept"], r["reason"], r["step"]]
+        for audit in browser.audits.values():
+            browser._tags_view(con, audit, None)
+            for r in to_arrow(con.sql("SELECT key, text_concepts, image_concepts FROM tags "
+                                      "WHERE key >= $first AND key <= $last",
+                                      params={"first": first, "last": last})).to_pylist():
+                tags.setdefault(r["key"], {})[audit.name] = [r["text_concepts"] or [], r["image_concepts"] or []]
+    return decisions, tags
+
+
+def export(run: str, out: str | Path, limit: int = 1000, groups: int = 20, neighbours: int = 12) -> dict:
+    """Write the static copy of run's views to out (replaced when it is an earlier copy); returns counts."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not (out / "data" / "static.js").exists():
+        raise BrowseError(f"{out} exists and is not a browse copy; give an empty or new folder")
+    browser = Browser(run)
+    samples: list[dict] = []
+    after = None
+    while len(samples) < limit:
+        page = browser.grid(GridQuery(after=after, limit=min(500, limit - len(samples))))
+        samples.extend(page["items"])
+        after = page["next"]
+        if after is None:
+            break
+    decisions, tags = _side_tables(browser, samples[0]["key"], samples[-1]["key"]) if samples else ({}, {})
+    records = [{"key": s["key"], "caption": s["caption"], "status": s["status"], "clip_score": s["clip_score"],
+                "lang": s["lang"], "decisions": decisions.get(s["key"], {}), "tags": tags.get(s["key"], {})}
+               for s in samples]
+    duplicates = {}
+    for kind in DUPLICATE_KINDS:
+        page = browser.duplicates({"kind": [kind], "limit": [str(groups)]})
+        page["next"] = None  # the copy holds the first pages only
+        duplicates[kind] = page
+    concepts = {name: browser.concepts({"audit": [name]}) for name in browser.audits
+                if browser.paths.exists(f"{browser.audits[name].folder}/counts.parquet")}
+
+    if out.exists():
+        shutil.rmtree(out)
+    (out / "data" / "samples").mkdir(parents=True)
+    (out / "thumbs").mkdir()
+    detail_keys = [s["key"] for s in samples]
+    detail_keys += [m["key"] for kind in duplicates.values() for g in kind["groups"] for m in g["members"]]
+    details, thumbs = {}, {}
+    for key in dict.fromkeys(detail_keys):
+        sample = browser.sample(key, neighbours=neighbours)
+        details[key] = f"{file_id(key)}.js"
+        (out / "data" / "samples" / details[key]).write_text(_script("window.tailorSample(", sample))
+        for k in [key, *(n["key"] for n in sample["neighbours"])]:
+            if k in thumbs:
+                continue
+            try:
+                data, content_type = browser.image(k)
+            except BrowseError:
+                continue
+            thumbs[k] = f"{file_id(k)}.{EXTENSIONS.get(content_type, 'bin')}"
+            (out / "thumbs" / thumbs[k]).write_bytes(data)
+    meta = {**browser.meta(), "static": True, "static_limit": limit}
+    meta["run"] = Path(browser.run).name
+    data = {"meta": meta, "samples": records, "thumbs": thumbs, "details": details,
+            "duplicates": duplicates, "concepts": concepts}
+    (out / "data" / "static.js").write_text(_script("window.TAILOR_STATIC", data))
+    for name in ("app.js", "app.css"):
+        shutil.copyfile(STATIC / name, out / name)
+    page = (STATIC / "index.html").read_text()
+    (out / "index.html").write_text(page.replace("<!-- DATA -->", '<script src="data/static.js"></script>'))
+    return {"out": str(out), "samples": len(records), "details": len(details), "images": len(thumbs),
+            "index": str(out / "index.html")}
