@@ -329,6 +329,7 @@ class Browser:
         self._index = None
         self._tower = None
         self._languages: list[dict] | None = None
+        self._statuses: dict[str, int] | None = None
         # the upper bound of every key (a window's `key <= $upto` when the key ranges are unknown)
         self._top = self.annotations.max_key if self.annotations.known else "\U0010ffff" * 8
 
@@ -415,9 +416,11 @@ class Browser:
 
     # -- views
     def meta(self) -> dict:
-        statuses, _, _ = self.paths.committed_counts([s.shard for s in self.annotations.spans])
+        if self._statuses is None:  # from the shards' _done markers, as `tailor status` counts them
+            statuses, _, _ = self.paths.committed_counts([s.shard for s in self.annotations.spans])
+            self._statuses = dict(statuses.most_common())
         return {
-            "run": self.run, "rows": self.annotations.rows, "statuses": dict(statuses.most_common()),
+            "run": self.run, "rows": self.annotations.rows, "statuses": self._statuses,
             "subsets": [{"name": s.name, "kept": s.stats.get("kept"), "rows": s.stats.get("rows"),
                          "steps": [st["name"] for st in s.stats.get("steps", [])], "reasons": s.reasons}
                         for s in self.subsets.values()],
@@ -539,8 +542,7 @@ class Browser:
             if audit is not None:
                 shards = sorted({s.shard for k in keys for s in self.annotations.holding(k)})
                 self._tags_view(con, audit, shards)
-                for r in to_arrow(con.sql("SELECT key, text_concepts, image_concepts FROM tags "
-                                          "WHERE list_contains($keys, key)", params={"keys": keys})).to_pylist():
+                for r in to_arrow(con.sql(sql("browse_card_tags"), params={"keys": keys})).to_pylist():
                     if r["key"] in found:
                         found[r["key"]].update(r)
         return [self._card(found[k], audit) for k in keys if k in found]
@@ -614,6 +616,23 @@ class Browser:
             while len(self._image_cache) > IMAGE_CACHE_GROUPS:
                 self._image_cache.popitem(last=False)
         return group
+
+    def decisions_and_tags(self, first: str, last: str) -> tuple[dict[str, dict], dict[str, dict]]:
+        """For every key in [first, last]: its decision in each subset ([kept, reason, step]) and its concept tags
+        in each audit ([caption concept ids, image concept ids]); what a static copy's grid filters on."""
+        decisions: dict[str, dict] = {}
+        tags: dict[str, dict] = {}
+        bounds = {"first": first, "last": last}
+        with self._connect() as con:
+            for subset in self.subsets.values():
+                self._dec_view(con, subset)
+                for r in to_arrow(con.sql(sql("browse_copy_decisions"), params=bounds)).to_pylist():
+                    decisions.setdefault(r["key"], {})[subset.name] = [r["kept"], r["reason"], r["step"]]
+            for audit in self.audits.values():
+                self._tags_view(con, audit, None)
+                for r in to_arrow(con.sql(sql("browse_copy_tags"), params=bounds)).to_pylist():
+                    tags.setdefault(r["key"], {})[audit.name] = [r["text_concepts"] or [], r["image_concepts"] or []]
+        return decisions, tags
 
     # -- duplicates
     def _dup_groups(self, kind: str, subset: Subset | None) -> tuple[list[str], dict[str, list[tuple[str, bool]]]]:

@@ -21,7 +21,6 @@ from pathlib import Path
 
 from pipelines.browse import DUPLICATE_KINDS, BrowseError, Browser, GridQuery
 from pipelines.browse_server import STATIC
-from pipelines.duck import to_arrow
 
 EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp", "image/gif": "gif"}
 
@@ -34,26 +33,6 @@ def _script(variable: str, value: object) -> str:
     text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
     text = text.replace("<", "\\u003c").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
     return f"{variable}{text});\n" if variable.endswith("(") else f"{variable} = {text};\n"
-
-
-def _side_tables(browser: Browser, first: str, last: str) -> tuple[dict, dict]:
-    """Per key in [first, last]: its decision in each subset [kept, reason, step], its tags in each audit
-    [caption concept ids, image concept ids]."""
-    decisions: dict[str, dict] = {}
-    tags: dict[str, dict] = {}
-    with browser._connect() as con:
-        for subset in browser.subsets.values():
-            browser._dec_view(con, subset)
-            for r in to_arrow(con.sql("SELECT key, kept, reason, step FROM dec WHERE key >= $first AND key <= $last",
-                                      params={"first": first, "last": last})).to_pylist():
-                decisions.setdefault(r["key"], {})[subset.name] = [r["kept"], r["reason"], r["step"]]
-        for audit in browser.audits.values():
-            browser._tags_view(con, audit, None)
-            for r in to_arrow(con.sql("SELECT key, text_concepts, image_concepts FROM tags "
-                                      "WHERE key >= $first AND key <= $last",
-                                      params={"first": first, "last": last})).to_pylist():
-                tags.setdefault(r["key"], {})[audit.name] = [r["text_concepts"] or [], r["image_concepts"] or []]
-    return decisions, tags
 
 
 def export(run: str, out: str | Path, limit: int = 1000, groups: int = 20, neighbours: int = 12) -> dict:
@@ -70,7 +49,7 @@ def export(run: str, out: str | Path, limit: int = 1000, groups: int = 20, neigh
         after = page["next"]
         if after is None:
             break
-    decisions, tags = _side_tables(browser, samples[0]["key"], samples[-1]["key"]) if samples else ({}, {})
+    decisions, tags = browser.decisions_and_tags(samples[0]["key"], samples[-1]["key"]) if samples else ({}, {})
     records = [{"key": s["key"], "caption": s["caption"], "status": s["status"], "clip_score": s["clip_score"],
                 "lang": s["lang"], "decisions": decisions.get(s["key"], {}), "tags": tags.get(s["key"], {})}
                for s in samples]
