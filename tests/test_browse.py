@@ -296,6 +296,14 @@ def test_duplicates_show_exact_near_and_semantic_groups_with_the_member_kept(ser
 
 
 @pytest.mark.slow
+def test_search_page_shows_the_images_nearest_to_a_text(server, browser, tmp_path):
+    assert browser.open(server.url + "#search?" + urlencode({"q": "a photo of a dog"})) == "ready"
+    code, found = get(server, "api/search", q="a photo of a dog")
+    assert code == 200 and cards(browser) == [c["key"] for c in found["items"]] and len(found["items"]) == 48
+    shot(browser, tmp_path, "search")
+
+
+@pytest.mark.slow
 def test_a_caption_with_a_script_tag_renders_as_text(script_run, browser, tmp_path):
     with BrowseServer(str(script_run)) as running:
         assert browser.open(running.url + "#grid") == "ready"
