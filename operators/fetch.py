@@ -52,3 +52,13 @@ class Fetcher:
         columns = download_columns([f for f, _ in results], with_body=False)
         columns |= decode_columns([d for _, d in results])
         return replace_columns(batch, columns)
+
+
+def not_fetched(batch: pa.Table) -> pa.Table:
+    """A text pass's stand-in for `Fetcher`: the same columns, every row `not_fetched` with no image, so a text
+    pass's annotations have a full run's schema and its rows can be fetched later under the same keys."""
+    require_columns(batch, ("url",), "not_fetched")
+    rows = batch.num_rows
+    columns = download_columns([Fetched(st.NOT_FETCHED)] * rows, with_body=False)
+    columns |= decode_columns([Decoded(st.NOT_FETCHED)] * rows)
+    return replace_columns(batch, columns)

@@ -5,6 +5,9 @@ A failure is a value in the `status` column with an `error` text, never an excep
 
 OK = "ok"
 
+# a text pass (annotate with text_only): the row's image is not fetched yet (`tailor fetch` does it)
+NOT_FETCHED = "not_fetched"
+
 # download stage
 INVALID_URL = "invalid_url"            # not an http(s) URL we can request
 BLOCKED_ADDRESS = "blocked_address"    # host resolves to a private/loopback/link-local/... address

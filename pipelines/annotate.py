@@ -4,6 +4,8 @@
            each row decoded on the thread that fetched it) ─▶ write parts to RUN/_staging
            ─▶ driver commits each shard
     (img2dataset tar input has its bytes already: load ─▶ decode ─▶ write)
+    (a text pass, text_only: load ─▶ text ─▶ [match] ─▶ write, no network: every row not_fetched, the image
+     columns null; `tailor fetch` (pipelines/fetch_subset.py) downloads a subset of it later, same keys)
 
 The stream that reaches the driver is only part metadata (shard, part, rows), never
 images. A shard is committed when all of its rows have been written: a Ray task merges its
@@ -31,7 +33,7 @@ import yaml
 from operators import status as st
 from operators.decode import Decoder
 from operators.embed import ClipEmbedder, ClipPreprocessor
-from operators.fetch import Fetcher
+from operators.fetch import Fetcher, not_fetched
 from operators.text import CaptionText
 from pipelines.config import AnnotateConfig, ConfigError, load_config
 from pipelines.console import ProgressLine
@@ -208,7 +210,7 @@ def write_parts(batch: pa.Table, paths: RunPaths) -> pa.Table:
 
 def stage_of(status: str, original_width: int | None) -> str | None:
     """Which stage failed a row (None for ok); too_large is the decoder's when it read a header."""
-    if status == st.OK:
+    if status in (st.OK, st.NOT_FETCHED):
         return None
     if status == st.TOO_LARGE:
         return "decode" if original_width is not None else "download"
@@ -278,13 +280,20 @@ def _build_dataset(pending: list[Shard], config: AnnotateConfig, paths: RunPaths
     between stages, and the cluster runs as many worker processes as the fetch stage's CPUs allow (each
     extra Ray worker costs about 3 CPU-seconds to start and its own copy of the language-ID model)."""
     rc = config.ray
-    fetching = any(s.kind == "table" for s in pending)
+    fetching = not config.text_only and any(s.kind == "table" for s in pending)
     cpus, tasks = (rc.fetch_cpus, rc.max_fetch_tasks) if fetching else (rc.decode_cpus, rc.max_decode_tasks)
     same = {"num_cpus": cpus, "concurrency": tasks, "batch_format": "pyarrow"}
     items = pieces(pending, rc.batch_size)
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(load_pieces, batch_size=1, fn_kwargs={"paths": paths}, **same)
     ds = ds.map_batches(text_batch, batch_size=None, fn_kwargs={"options": config.text}, **same)
+    if config.text_only:  # a text pass: no network, no image stage (embed included)
+        ds = ds.map_batches(not_fetched, batch_size=None, **same)
+        if config.match is None:
+            return ds.map_batches(write_parts, batch_size=None, fn_kwargs={"paths": paths}, **same)
+        ds = add_match_stage(ds, config.match, rc.batch_size)
+        return ds.map_batches(write_parts, batch_size=None, batch_format="pyarrow", fn_kwargs={"paths": paths},
+                              num_cpus=0.25)
     if fetching:
         ds = ds.map_batches(fetch_batch, batch_size=None, fn_kwargs={"download": config.download,
                                                                      "decode": config.decode}, **same)
@@ -330,7 +339,7 @@ def _run_pending(pending: list[Shard], config: AnnotateConfig, paths: RunPaths, 
     written: dict[str, int] = collections.defaultdict(int)
     parts: dict[str, list[str]] = collections.defaultdict(list)
     commits = []
-    kinds = ["images", "embeddings"] if config.embed is not None else ["images"]
+    kinds = ["images", "embeddings"] if config.embed is not None and not config.text_only else ["images"]
     ds = _build_dataset(pending, config, paths)
     # prefetch_batches=0: with Ray's default of 1 the iterator holds each finished block until the next one
     # arrives, so a shard whose rows are all written is not committed while a slow shard is still running
@@ -370,19 +379,21 @@ def summarize(shards: list[Shard], paths: RunPaths, config: AnnotateConfig, star
     decode_fail = {k.split(":", 1)[1]: v for k, v in failed_at.items() if k.startswith("decode:")}
     decode_in = rows_in - sum(download_fail.values())
     wall = time.time() - started
+    stages = {
+        "download": {"rows_in": rows_in, "rows_ok": decode_in, "failed": dict(sorted(download_fail.items()))},
+        "decode": {"rows_in": decode_in, "rows_ok": statuses.get(st.OK, 0),
+                   "failed": dict(sorted(decode_fail.items()))},
+    }
     return {
         "config_hash": config.fingerprint(),
+        "text_only": config.text_only,
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "wall_time_s": round(wall, 2),
         "rows_in": rows_in,
         "rows_out": rows_out,
         "shards": {"total": len(shards), "done": done, "skipped_already_done": skipped},
         "status_counts": dict(sorted(statuses.items())),
-        "stages": {
-            "download": {"rows_in": rows_in, "rows_ok": decode_in, "failed": dict(sorted(download_fail.items()))},
-            "decode": {"rows_in": decode_in, "rows_ok": statuses.get(st.OK, 0),
-                       "failed": dict(sorted(decode_fail.items()))},
-        },
+        "stages": {} if config.text_only else stages,
         "rows_processed_this_run": processed_rows,
         "rows_per_s_this_run": round(processed_rows / wall, 1) if wall > 0 else None,
         "hint": blocked_hint(statuses),

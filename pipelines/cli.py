@@ -28,6 +28,9 @@ def _print_summary(summary: dict) -> None:
         print(f"stage {stage:<9} in {counts['rows_in']:>7}  ok {counts['rows_ok']:>7}  failed: {failed}")
     if summary.get("hint"):
         print(f"no row came through: {summary['hint']}")
+    if summary.get("text_only"):
+        print("a text pass: no image was fetched. Select with text steps (tailor select RUN --recipe R --steps text "
+              "--name NAME), then download that subset: tailor fetch RUN --subset NAME --out FETCHED")
 
 
 def _annotate(args: argparse.Namespace) -> int:
@@ -37,6 +40,8 @@ def _annotate(args: argparse.Namespace) -> int:
     from pipelines.storage import RunPaths
 
     overrides = list(args.set or [])
+    if args.text_only:
+        overrides.append("text_only=true")
     if args.input:
         overrides.append(f"input.path={args.input}")
     if args.output:
@@ -53,6 +58,17 @@ def _annotate(args: argparse.Namespace) -> int:
                        ray_progress=args.verbose and not args.no_progress)
     _print_summary(summary)
     print(f"annotations: {config.output}/annotations/  summary: {config.output}/run.json")
+    return 0
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from pipelines.fetch_subset import fetch_subset
+
+    summary = fetch_subset(args.run, args.subset, args.out, overrides=args.set, overwrite=args.overwrite,
+                           progress=not args.no_progress, ray_progress=args.verbose and not args.no_progress)
+    _print_summary(summary)
+    print(f"fetched run: {args.out} (annotations/, images/, run.json; fetched_from.json names {args.run} "
+          f"subset {args.subset})")
     return 0
 
 
@@ -186,7 +202,7 @@ def _select(args: argparse.Namespace) -> int:
     from pipelines.select import load_recipe, select
 
     recipe = load_recipe(args.recipe)
-    stats = select(args.run, recipe, args.name, threads=args.threads, overwrite=args.overwrite)
+    stats = select(args.run, recipe, args.name, threads=args.threads, overwrite=args.overwrite, phase=args.steps)
     print(f"{'step':<20}{'in':>10}{'dropped':>10}{'out':>10}  reasons")
     for step in stats["steps"]:
         ranked = sorted(step["by_reason"].items(), key=lambda kv: (-kv[1], kv[0]))
@@ -390,9 +406,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="override output (the run folder)")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE",
                    help="override any config field, e.g. --set decode.image_size=128 (repeatable)")
+    p.add_argument("--text-only", action="store_true",
+                   help="a text pass: text columns (and matches) of every row, no network; fetch a subset later")
     p.add_argument("--overwrite", action="store_true", help="delete the run folder first instead of resuming")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_annotate)
+
+    p = sub.add_parser("fetch", help="download only a text pass's subset, same keys, into a run of its own")
+    p.add_argument("run", help="a text pass (tailor annotate --text-only)")
+    p.add_argument("--subset", required=True, help="the subset of RUN to fetch (RUN/subsets/NAME)")
+    p.add_argument("--out", required=True, help="the fetched run's folder (local path or s3://...)")
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                   help="override a field of the text pass's config for the fetch, e.g. download.threads=64")
+    p.add_argument("--overwrite", action="store_true", help="delete OUT first instead of resuming")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_fetch)
 
     p = sub.add_parser("demo", help="build + serve the demo web, annotate it, check against ground truth")
     p.add_argument("--out", default="demo", help="folder for the demo web and the run (default: demo)")
@@ -446,6 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "metaclip-balanced, demo")
     p.add_argument("--name", required=True, help="subset name (RUN/subsets/NAME)")
     p.add_argument("--threads", type=int, help="DuckDB threads (results do not depend on it)")
+    p.add_argument("--steps", choices=["all", "text", "image"], default="all",
+                   help="all (default); text: the steps before the first image step (on a text pass, before "
+                        "tailor fetch); image: the implicit status step and the image steps (on a fetched run)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing subset of that name")
     p.set_defaults(func=_select)
 

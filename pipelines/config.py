@@ -109,9 +109,22 @@ class AnnotateConfig(Options):
     embed: EmbedOptions | None = Field(None, description="CLIP embeddings and scores; off when absent")
     match: MatchOptions | None = Field(None, description="MetaCLIP metadata matching of captions; off when absent")
     ray: RayConfig = RayConfig()
+    text_only: bool = Field(False, description="a text pass: the text stages (and match) only, no network; every "
+                            "row is not_fetched. `tailor fetch` later downloads a subset of it with this config")
+
+    @field_validator("text_only")
+    @classmethod
+    def _text_only_needs_urls(cls, text_only: bool, info: ValidationInfo) -> bool:
+        source = info.data.get("input")
+        if text_only and source is not None and source.format == "img2dataset":
+            raise ValueError("an img2dataset input has its images already; a text pass is for URL tables")
+        return text_only
 
     def _relevant(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude={"output": True, "ray": True})
+        relevant = self.model_dump(mode="json", exclude={"output": True, "ray": True})
+        if not self.text_only:  # runs made before the field existed keep their fingerprint
+            del relevant["text_only"]
+        return relevant
 
     def fingerprint(self) -> str:
         """Hash of everything that changes annotation results (not where or how fast it runs)."""

@@ -83,13 +83,15 @@ def add_match_stage(ds: ray.data.Dataset, options: MatchOptions, batch_size: int
     driver has already saved the metadata (annotate, before Ray starts); each actor loads it once.
 
     Matching runs at hundreds of thousands of captions per second per actor, far ahead of
-    downloads, so the pool stays small and each actor reserves a quarter of a CPU.
+    downloads, so the pool stays small and its actors reserve no CPU: a reservation would be held for the
+    whole run, and beside the embed stage's model actor it left a 2-CPU node no whole CPU for the fetch
+    tasks (annotate with both `embed` and `match` waited forever).
     """
     import ray
 
     max_actors = max(1, int(ray.cluster_resources().get("CPU", 1)) // 16)
     return ds.map_batches(MatchStage, batch_size=batch_size, batch_format="pyarrow",
-                          fn_constructor_kwargs={"options": for_workers(options)}, num_cpus=0.25,
+                          fn_constructor_kwargs={"options": for_workers(options)}, num_cpus=0,
                           compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max_actors))
 
 

@@ -177,6 +177,9 @@ def balance_subset(run: str, name: str, t: float, seed: int, group_by: str | Non
     """Balance and write RUN/subsets/NAME/ (manifest, decisions, entry_stats, stats.json, plot)."""
     check_name(name)
     paths = RunPaths(run)
+    if not text_only and paths.is_text_pass():
+        log.info("%s is a text pass (no image fetched yet): balancing every caption (text_only)", run)
+        text_only = True
     matches = find_matches(run, source)
     with connect(threads) as con:
         decisions = _balance(con, run, t, seed, group_by, matches, text_only)

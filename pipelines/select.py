@@ -6,7 +6,15 @@ A recipe is a list of steps applied in order to a pool that starts as every anno
 step is a .sql file in pipelines/sql/ (select_*.sql) that reads the view-like table `pool` and
 returns the rows it drops as (key, reason, detail); its parameters are validated by a pydantic
 model and bound as named parameters, never formatted into SQL text. A row's decision is the first
-step that dropped it. An implicit first step drops rows whose status is not ok.
+step that dropped it.
+
+Text steps and image steps. The steps before the recipe's first image step (one that reads an image
+column or the embeddings) are its text steps: they see the pool with the image columns NULL, as on a
+text pass (`tailor annotate --text-only`), so they decide the same whether the images were fetched
+or not. Then an implicit step drops rows whose status is not ok, and the image steps run. That is
+what lets a recipe curate before download: `--steps text` on a text pass, `tailor fetch` of that
+subset, `--steps image` on the fetched run give the same keys as the whole recipe on a run that
+downloaded everything (tests/test_text_first.py).
 
 Steps (parameters and defaults in the classes below):
     basic             DataComp basic: English caption, > 2 words, > 5 chars, shorter side >= 200, aspect <= 3
@@ -62,6 +70,9 @@ POOL_COLUMNS: dict[str, str] = {
     "sha256": "VARCHAR", "phash": "UBIGINT", "clip_score": "DOUBLE",
 }
 
+# What a text pass (annotate with text_only) has not got yet: the columns of the fetched image.
+IMAGE_COLUMNS = ("original_width", "original_height", "sha256", "phash", "clip_score")
+
 # Generic alt-texts (RE2, matched whole against the lower-cased caption): camera and file names,
 # and words that describe no image in particular.
 DEFAULT_BOILERPLATE_PATTERNS = [
@@ -77,6 +88,11 @@ class Step(Options):
 
     name: ClassVar[str]
     sql_file: ClassVar[str]
+    reads_images: ClassVar[bool] = False  # prepare() reads the images or their embeddings
+
+    def image_step(self) -> bool:
+        """Whether the step reads anything of the image (then it runs on fetched rows only)."""
+        return self.reads_images or any(c in IMAGE_COLUMNS for c in self.needs())
 
     def needs(self) -> list[str]:
         """Columns the step cannot run without."""
@@ -110,21 +126,24 @@ class Basic(Step):
     min_lang_score: float = Field(0.0, ge=0, le=1, description="minimum caption_lang_score")
     min_words: int = Field(3, ge=0, description="at least this many words (DataComp: more than 2)")
     min_chars: int = Field(6, ge=0, description="at least this many characters (DataComp: more than 5)")
-    min_side: int = Field(200, ge=0, description="shorter side of the downloaded image, pixels")
-    max_aspect: float = Field(3.0, ge=1, description="longer side / shorter side")
+    min_side: int | None = Field(200, ge=0, description="shorter side of the downloaded image, pixels; "
+                                 "null: not checked")
+    max_aspect: float | None = Field(3.0, ge=1, description="longer side / shorter side; null: not checked")
 
     def needs(self) -> list[str]:
         text = ["caption_lang", "caption_lang_score"] if self.language is not None else []
-        return [*text, "caption_words", "caption_chars", "original_width", "original_height"]
+        image = ["original_width", "original_height"] if (self.min_side, self.max_aspect) != (None, None) else []
+        return [*text, "caption_words", "caption_chars", *image]
 
     def uses(self) -> list[str]:
-        # the SQL names them either way; with language: null they are never compared (NULL if absent)
-        return ["caption_lang", "caption_lang_score"]
+        # the SQL names them either way; with language: null, or no image check, they are never compared
+        return ["caption_lang", "caption_lang_score", "original_width", "original_height"]
 
     def params(self) -> dict[str, Any]:
         return {"check_lang": self.language is not None, "lang": self.language or "",
                 "min_lang_score": self.min_lang_score, "min_words": self.min_words, "min_chars": self.min_chars,
-                "min_side": self.min_side, "max_aspect": self.max_aspect}
+                "check_side": self.min_side is not None, "min_side": self.min_side or 0,
+                "check_aspect": self.max_aspect is not None, "max_aspect": self.max_aspect or 1.0}
 
 
 class ClipScore(Step):
@@ -224,6 +243,7 @@ class SemDedup(Step, SemdedupOptions):
 
     name: ClassVar[str] = "semdedup"
     sql_file: ClassVar[str] = "select_semdedup"
+    reads_images: ClassVar[bool] = True
 
     def prepare(self, con: duckdb.DuckDBPyConnection, run: str) -> None:
         path = semdedup(run, SemdedupOptions(**self.model_dump()))
@@ -258,6 +278,7 @@ class Decontaminate(Step, DecontamOptions):
 
     name: ClassVar[str] = "decontaminate"
     sql_file: ClassVar[str] = "select_decontaminate"
+    reads_images: ClassVar[bool] = True
 
     def prepare(self, con: duckdb.DuckDBPyConnection, run: str) -> None:
         path = decontaminate(run, DecontamOptions(**self.model_dump()))
@@ -368,7 +389,9 @@ def _check_run(run: str, paths: RunPaths) -> list[str]:
 
 
 def _load_pool(con: duckdb.DuckDBPyConnection, paths: RunPaths, files: list[str], steps: list[Step],
-               run: str) -> int:
+               run: str, text_first: bool) -> int:
+    """The pool table, with only the columns the steps read. `text_first`: the image columns start NULL (the
+    text steps see what a text pass has) and are filled in from `pool_images` when the image steps begin."""
     annotations = scan(con, paths, files)
     have = set(annotations.columns)
     for number, step in enumerate(steps):
@@ -379,9 +402,16 @@ def _load_pool(con: duckdb.DuckDBPyConnection, paths: RunPaths, files: list[str]
                               f"{run}/annotations lacks{hint}")
     # only what the steps read: at a billion rows the captions alone are tens of GB
     wanted = {"key", "status", "error", "clip_score"} | {c for step in steps for c in step.needs() + step.uses()}
-    columns = ", ".join(f"CAST({c} AS {t}) AS {c}" if c in have else f"CAST(NULL AS {t}) AS {c}"
-                        for c, t in POOL_COLUMNS.items() if c in wanted)
+
+    def column(c: str, t: str, null: bool = False) -> str:
+        return f"CAST({c} AS {t}) AS {c}" if c in have and not null else f"CAST(NULL AS {t}) AS {c}"
+
+    columns = ", ".join(column(c, t, text_first and c in IMAGE_COLUMNS) for c, t in POOL_COLUMNS.items()
+                        if c in wanted)
     annotations.select(columns).create("pool")
+    if text_first:
+        annotations.select(", ".join(column(c, t) for c, t in POOL_COLUMNS.items()
+                                     if c in wanted and (c == "key" or c in IMAGE_COLUMNS))).create("pool_images")
     rows, keys = con.sql("SELECT count(*), count(DISTINCT key) FROM pool").fetchall()[0]
     if rows != keys:
         raise ConfigError(f"{run}/annotations: {rows} rows but {keys} distinct keys; keys must be unique")
@@ -390,23 +420,79 @@ def _load_pool(con: duckdb.DuckDBPyConnection, paths: RunPaths, files: list[str]
     return rows
 
 
-def select(run: str, recipe: Recipe, name: str, threads: int | None = None, overwrite: bool = False) -> dict:
-    """Apply a recipe to a finished run and write RUN/subsets/NAME/; returns the stats."""
+def _unmask_images(con: duckdb.DuckDBPyConnection) -> None:
+    """The image steps begin: the pool's image columns get the run's values."""
+    names = [c for c in con.table("pool_images").columns if c != "key"]
+    if names:
+        assignments = ", ".join(f"{c} = i.{c}" for c in names)
+        con.execute(f"UPDATE pool SET {assignments} FROM pool_images AS i WHERE pool.key = i.key")
+    con.execute("DROP TABLE pool_images")
+
+
+PHASES = ("all", "text", "image")
+
+
+def plan_steps(recipe: Recipe, phase: str, run: str, paths: RunPaths) -> tuple[list[Step], list[Step]]:
+    """The recipe's text steps (those before its first image step) and what runs after them: the implicit status
+    step and the image steps. Text steps read no image column, so they decide the same on a text pass as on a
+    fully fetched run, which is what makes curating before download give the same subset.
+
+    phase: all (text steps, then status, then image steps), text (the text steps only: a text pass's subset to
+    fetch), image (status and the image steps: a fetched run, whose text steps ran on its text pass)."""
+    if phase not in PHASES:
+        raise ConfigError(f"--steps {phase!r}: one of {', '.join(PHASES)}")
+    first_image = next((i for i, step in enumerate(recipe.steps) if step.image_step()), len(recipe.steps))
+    text, image = recipe.steps[:first_image], recipe.steps[first_image:]
+    listed = ", ".join(f"{i + 1} ({s.name})" for i, s in enumerate(recipe.steps) if i >= first_image)
+    if paths.is_text_pass():
+        if phase == "image" or (phase == "all" and image):
+            columns = sorted({c for s in image for c in s.needs() if c in IMAGE_COLUMNS}) or ["the embeddings"]
+            raise ConfigError(
+                f"{run} is a text pass (no image fetched): recipe step(s) {listed} read image columns {columns}. "
+                f"Select with the text steps only (--steps text), download that subset with `tailor fetch {run} "
+                "--subset NAME --out FETCHED`, then run the image steps there (--steps image)")
+        return text, []
+    if phase == "text":
+        if not text:
+            raise ConfigError(f"--steps text: recipe {recipe.source} has no text steps (its first step, "
+                              f"{recipe.steps[0].name}, reads the image)")
+        return text, []
+    if phase == "image":
+        if not image:
+            raise ConfigError(f"--steps image: recipe {recipe.source} has no image steps")
+        return [], [Status(), *image]
+    if text and paths.exists(paths.fetched_from):
+        source = paths.read_json(paths.fetched_from)
+        applied = [step for step in source.get("recipe", {}).get("steps", [])]
+        if applied[:len(text)] == [{"step": s.name, **s.model_dump(mode="json")} for s in text]:
+            raise ConfigError(
+                f"{run} was fetched from subset {source['subset']} of {source['run']}, whose selection ran this "
+                f"recipe's text steps already; run its image steps here with --steps image")
+    return text, [Status(), *image]
+
+
+def select(run: str, recipe: Recipe, name: str, threads: int | None = None, overwrite: bool = False,
+           phase: str = "all") -> dict:
+    """Apply a recipe to a finished run and write RUN/subsets/NAME/; returns the stats. `phase`: which of the
+    recipe's steps run (plan_steps: all, text or image)."""
     check_name(name)
     paths = RunPaths(run)
     if paths.exists(paths.subset(name)):
         if not overwrite:
             raise ConfigError(f"{run}/subsets/{name} exists; pick another --name or pass --overwrite")
-        paths.remove(paths.subset(name))
     files = _check_run(run, paths)
+    text, rest = plan_steps(recipe, phase, run, paths)
+    paths.remove(paths.subset(name))
     started = time.time()
-    steps: list[Step] = [Status(), *recipe.steps]
+    steps: list[Step] = [*text, *rest]
     per_step = []
     with connect(threads) as con:
-        rows = _load_pool(con, paths, files, steps, run)
+        rows = _load_pool(con, paths, files, steps, run, text_first=bool(text))
         log.info("select: %d rows loaded in %.1f s", rows, time.time() - started)
         for number, step in enumerate(steps):
             began = time.time()
+            if text and number == len(text):
+                _unmask_images(con)
             rows_in = con.sql("SELECT count(*) FROM pool").fetchall()[0][0]
             step.prepare(con, run)
             query, params = _drops_query(step)
@@ -416,6 +502,7 @@ def select(run: str, recipe: Recipe, name: str, threads: int | None = None, over
             reasons = dict(con.sql("SELECT reason, count(*) FROM step_drops GROUP BY ALL ORDER BY reason").fetchall())
             dropped = sum(reasons.values())
             per_step.append({"step": number, "name": step.name, "params": step.model_dump(mode="json"),
+                             "phase": "text" if number < len(text) else "image",
                              "rows_in": rows_in, "dropped": dropped, "rows_out": rows_in - dropped,
                              "by_reason": reasons, "seconds": round(time.time() - began, 3)})
             log.info("select step %d (%s): %d in, %d dropped", number, step.name, rows_in, dropped)
@@ -432,11 +519,12 @@ def select(run: str, recipe: Recipe, name: str, threads: int | None = None, over
         "made_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "annotations_config_hash": paths.read_json(paths.summary).get("config_hash")
         if paths.exists(paths.summary) else None,
+        "phase": phase, "text_pass": paths.is_text_pass(),
         "rows": rows, "kept": kept, "dropped": rows - kept,
         "by_reason": _total_reasons(per_step), "steps": per_step,
         "seconds": round(time.time() - started, 3),
     }
-    paths.write_text(f"# resolved recipe of subset {name!r} of {run} ({stats['made_at']})\n"
+    paths.write_text(f"# resolved recipe of subset {name!r} of {run} ({stats['made_at']}; --steps {phase})\n"
                      + yaml.safe_dump(recipe.to_dict(), sort_keys=False), paths.subset(name, "recipe.yaml"))
     paths.write_json(stats, paths.subset(name, "stats.json"))  # last: the subset is complete
     return stats

@@ -11,11 +11,13 @@
       _done/SHARD.json       a shard is finished when (and only when) this exists
       _staging/SHARD/...     parts of shards in progress; removed when a shard is committed
       logs/                  Ray Data's stage statistics of the last annotate run
+      fetched_from.json      a run `tailor fetch` made: the text pass and subset it fetched
 
     and what the later passes add (each pass's module documents its files):
       metadata/ID.parquet    entry_id -> entry of MetaCLIP metadata match lists refer to   (match)
       match/                 _match.json, shards/SHARD.parquet, entry_counts.parquet       (match, metaclip)
       subsets/NAME/          manifest.parquet (the kept keys), decisions, stats.json, ...  (select, metaclip)
+                             fetch-input-*.parquet: the rows `tailor fetch` downloads        (fetch)
       dedup/                 semdedup.parquet/.json, semdedup-centroids.parquet,           (semdedup, decontam)
                              decontam-HASH.parquet/.json
       captions/NAME/         a caption set: _settings.json, parts/, _summary.json          (recaption)
@@ -134,6 +136,21 @@ class RunPaths:
 
     def subset_manifest(self, name: str) -> str:
         return self.subset(name, "manifest.parquet")
+
+    def fetch_input(self, name: str, made_at: str) -> str:
+        """RUN/subsets/NAME/fetch-input-MADE_AT.parquet: the input rows of a subset of a text pass, which
+        `tailor fetch` downloads; named by when the subset was made, so a re-selected subset is a new input."""
+        stamp = "".join(c for c in made_at if c.isalnum())
+        return self.subset(name, f"fetch-input-{stamp}.parquet")
+
+    @property
+    def fetched_from(self) -> str:
+        """RUN/fetched_from.json of a run `tailor fetch` made: the text pass, the subset, its recipe."""
+        return self.join("fetched_from.json")
+
+    def is_text_pass(self) -> bool:
+        """Whether the run is a text pass (annotate with text_only: no image fetched)."""
+        return bool((self.read_config() or {}).get("text_only"))
 
     def dedup(self, file: str) -> str:
         """RUN/dedup/FILE: semdedup.parquet, semdedup.json, semdedup-centroids.parquet, _semdedup_work,

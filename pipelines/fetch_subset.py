@@ -1,0 +1,96 @@
+"""fetch: download (decode, embed) only what a text pass's subset kept, into a run of its own.
+
+    tailor annotate --config demo --text-only --output text      # text columns and matches, no network
+    tailor select text --recipe mine.yaml --steps text --name kept
+    tailor fetch text --subset kept --out fetched                 # only the kept rows' images
+    tailor select fetched --recipe mine.yaml --steps image --name final
+
+The fetched run is an ordinary annotate run (resumable, every verb reads it) made with the text pass's
+config (`--set` overrides apply on top, e.g. download.threads), text_only off. Its input is the subset's
+rows of the text pass's planned input, written once to RUN/subsets/NAME/fetch-input-STAMP.parquet with
+their keys: the text pass's decisions, its text columns and the fetched image columns join on key.
+FETCHED/fetched_from.json names the text pass, the subset and the subset's recipe.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import yaml
+
+from pipelines.config import ConfigError, check_name, load_config
+from pipelines.duck import connect, scan, write_query
+from pipelines.engine import storage_errors
+from pipelines.storage import RunPaths
+
+log = logging.getLogger(__name__)
+
+
+def fetch_input(run: str, subset: str) -> tuple[str, dict]:
+    """The subset's rows of the text pass's input (key, url, caption, passthrough columns), written once;
+    returns the file and the subset's stats."""
+    check_name(subset)
+    paths = RunPaths(run)
+    if not paths.exists(paths.config):
+        raise ConfigError(f"{run}: no run here (no config.yaml); make a text pass with "
+                          "`tailor annotate --config ... --text-only` first")
+    if not paths.is_text_pass():
+        raise ConfigError(f"{run} is not a text pass: its images are fetched already (select from it directly)")
+    stats_path = paths.subset(subset, "stats.json")
+    if not paths.exists(stats_path):
+        raise ConfigError(f"{run}/subsets/{subset}: no finished subset of that name (select it first, "
+                          "e.g. tailor select RUN --recipe R --steps text --name NAME)")
+    stats = paths.read_json(stats_path)
+    target = paths.fetch_input(subset, stats["made_at"])
+    if paths.exists(target):
+        return target, stats
+    shards = paths.read_json(paths.plan)["shards"]
+    with connect() as con:
+        scan(con, paths, [s["path"] for s in shards]).create_view("planned")
+        scan(con, paths, [paths.subset_manifest(subset)]).create_view("kept")
+        rows = con.sql("SELECT count(*) FROM kept").fetchall()[0][0]
+        if not rows:
+            raise ConfigError(f"{run}/subsets/{subset} kept no row; nothing to fetch")
+        write_query(con, paths, "SELECT p.* FROM planned AS p SEMI JOIN kept USING (key) ORDER BY key", target)
+    return target, stats
+
+
+def fetch_config(run: str, input_path: str, out: str, overrides: list[str] | None = None):
+    """The text pass's config with text_only off, the fetch input as its input, OUT as its output."""
+    paths = RunPaths(run)
+    base = paths.read_config()
+    base["input"] = {"path": input_path, "format": "parquet", "url_column": "url", "caption_column": "caption",
+                     "key_column": "key", "rows_per_shard": base.get("input", {}).get("rows_per_shard", 10_000)}
+    base["output"] = out
+    base["text_only"] = False
+    return load_config(base=base, overrides=overrides)
+
+
+def fetch_subset(run: str, subset: str, out: str, overrides: list[str] | None = None, overwrite: bool = False,
+                 progress: bool = True, ray_progress: bool = False) -> dict:
+    """Download a text pass's subset into OUT (an annotate run, resumed when rerun); returns its summary."""
+    from pipelines.annotate import annotate
+
+    run, out = RunPaths.absolute(run), RunPaths.absolute(out)
+    if run.rstrip("/") == out.rstrip("/"):
+        raise ConfigError("--out: the fetched run needs a folder of its own, not the text pass's")
+    with storage_errors(run):
+        input_path, stats = fetch_input(run, subset)
+    config = fetch_config(run, input_path, out, overrides)
+    summary = annotate(config, overwrite=overwrite, progress=progress, ray_progress=ray_progress)
+    paths = RunPaths(out)
+    paths.write_json({"run": run, "subset": subset, "subset_made_at": stats["made_at"], "input": input_path,
+                      "rows": summary["rows_in"], "recipe": subset_recipe(run, subset, stats)}, paths.fetched_from)
+    return summary
+
+
+def subset_recipe(run: str, subset: str, stats: dict) -> dict | None:
+    """The resolved recipe a subset was made with (select's recipe.yaml; metaclip-balance's one step)."""
+    paths = RunPaths(run)
+    path = paths.subset(subset, "recipe.yaml")
+    if paths.exists(path):
+        with paths.fs.open(path, "r") as f:
+            return yaml.safe_load(f.read())
+    if isinstance(stats.get("recipe"), dict):
+        return {"steps": [stats["recipe"]]}
+    return None
