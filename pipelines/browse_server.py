@@ -11,14 +11,15 @@
     GET /api/neighbours?key=K   nearest stored images to a sample's image
     GET /api/concepts[?audit=NAME]   an audit's concepts, tail first
 
-It binds 127.0.0.1 unless told otherwise, answers GET and HEAD only, and never reads a file named by a
-request: the page's files are a fixed table, views take only bound values. A refused request gets its 4xx
-and a one-line JSON {"error": ...}; an unexpected failure a 500 with the exception's one line (the
-traceback goes to the log, not to the client).
+It binds 127.0.0.1 unless told otherwise (and then answers only requests addressed to 127.0.0.1 or localhost),
+answers GET and HEAD only, and never reads a file named by a request: the page's files are a fixed table, views
+take only bound values. A refused request gets its 4xx and a one-line JSON {"error": ...}; an unexpected failure
+a 500 with the exception's one line (the traceback goes to the log, not to the client).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import threading
@@ -37,6 +38,7 @@ PAGE_FILES = {"/": ("index.html", "text/html; charset=utf-8"),
               "/app.js": ("app.js", "text/javascript; charset=utf-8"),
               "/app.css": ("app.css", "text/css; charset=utf-8")}
 # the page loads nothing from elsewhere, runs no inline script, and is never framed
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
 CSP = ("default-src 'self'; img-src 'self' data:; script-src 'self'; style-src 'self'; connect-src 'self'; "
        "object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
 
@@ -82,6 +84,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _answer(self, head: bool) -> None:
         try:
+            self._check_host()
             url = urlsplit(self.path)
             query = parse_qs(url.query, keep_blank_values=True, strict_parsing=False, max_num_fields=64)
             status, body, content_type, cache = self._route(url.path, query)
@@ -95,6 +98,15 @@ class Handler(BaseHTTPRequestHandler):
             status, body, content_type, cache = 500, _error_body(f"internal error: {type(err).__name__}: {first}"), \
                 "application/json", False
         self._send(status, body, content_type, head=head, cache=cache)
+
+    def _check_host(self) -> None:
+        """On a loopback address, answer only requests addressed to one (a web page elsewhere that points its
+        own host name at 127.0.0.1, DNS rebinding, cannot read the run)."""
+        if not self.server.loopback:
+            return
+        host = (self.headers.get("Host") or "").rsplit(":", 1)[0].strip("[]").lower()
+        if host not in LOOPBACK_NAMES:
+            raise _Forbidden(f"Host {host[:80]!r} is not this server's (it answers 127.0.0.1 and localhost)")
 
     def _route(self, path: str, query: dict) -> tuple[int, bytes, str, bool]:
         if path in PAGE_FILES:
@@ -131,6 +143,10 @@ class _NotFoundPath(BrowseError):
     status = 404
 
 
+class _Forbidden(BrowseError):
+    status = 403
+
+
 def _error_body(message: str) -> bytes:
     return json.dumps({"error": message}, ensure_ascii=False).encode()
 
@@ -145,6 +161,10 @@ class BrowseServer(ThreadingHTTPServer):
         self.browser = Browser(run, threads=threads)
         self.routes = _routes(self.browser)
         super().__init__((host, port), Handler)
+        try:
+            self.loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            self.loopback = host == "localhost"
         self._thread: threading.Thread | None = None
 
     @property

@@ -161,6 +161,10 @@ def test_bad_requests_get_a_4xx_and_a_message_never_a_traceback(server):
         code, body = get(server, path, **params)
         assert (code, message in body.get("error", "")) == (status, True), (path, params, code, body)
         assert "Traceback" not in json.dumps(body)
+    request = urllib.request.Request(server.url + "api/meta", headers={"Host": "rebound.example"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 403 and "is not this server's" in json.loads(refused.value.read())["error"]
     request = urllib.request.Request(server.url + "api/grid", data=b"{}", method="POST")
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=10)
