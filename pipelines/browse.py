@@ -47,6 +47,7 @@ FIRST_WINDOW_ROWS = 4096  # rows of the first key window of a page; each further
 PAGE_BUDGET_S = 2.0  # a sparse filter returns what it found in this time, with the cursor where it stopped
 IMAGE_CACHE_GROUPS = 32
 LANGUAGE_SAMPLE_ROWS = 200_000  # the language menu lists the languages of the first files up to this many rows
+SEARCH_MAX_ROWS = 2_000_000  # search and neighbours hold every image embedding in memory (faiss, exact)
 CONCEPT_MODES = ("caption", "image", "both", "misaligned")
 DUPLICATE_KINDS = ("exact", "near", "semantic")
 GRID_COLUMNS = {"key": "VARCHAR", "caption": "VARCHAR", "status": "VARCHAR", "clip_score": "DOUBLE",
@@ -65,6 +66,12 @@ class BrowseError(Exception):
 
 class NotFound(BrowseError):
     status = 404
+
+
+class Unavailable(BrowseError):
+    """A view this server does not offer for this run (search over more embeddings than it holds in memory)."""
+
+    status = 501
 
 
 # ---------------------------------------------------------------- parameters
@@ -315,8 +322,6 @@ class Browser:
         self.annotations = KeyIndex(self.paths, annotations)
         self.images = KeyIndex(self.paths, self.paths.list("images", ".parquet"), row_groups=True)
         self.embeddings = self.paths.list("embeddings", ".parquet")
-        with self.paths.fs.open(annotations[0], "rb") as f:
-            self.columns = set(pq.read_schema(f).names)
         self.subsets = self._find_subsets()
         self.audits = self._find_audits()
         semdedup = self.paths.dedup("semdedup.parquet")
@@ -589,7 +594,7 @@ class Browser:
         if self.embeddings and row.get("status") == "ok" and neighbours:
             try:
                 result["neighbours"] = self.neighbours(key, neighbours)["items"]
-            except NotFound:
+            except (NotFound, Unavailable):
                 pass
         return result
 
@@ -704,6 +709,10 @@ class Browser:
         if not self.embeddings:
             raise NotFound("search needs image embeddings (an annotate config with an embed section); "
                            "the run has none")
+        rows = KeyIndex(self.paths, self.embeddings).rows
+        if rows > SEARCH_MAX_ROWS:
+            raise Unavailable(f"search and neighbours hold every image embedding in memory, up to {SEARCH_MAX_ROWS}; "
+                              f"this run has {rows}")
         import faiss
 
         from operators.clip import to_matrix
@@ -751,6 +760,7 @@ class Browser:
         if self.model is None:
             raise NotFound("search needs the run's CLIP model (embed.model in RUN/config.yaml) and embeddings; "
                            "the run has none")
+        self._embedding_index()  # refused (too many embeddings) before the model loads
         vector = self._text_tower().encode([text])[0]
         return {"q": text, "model": self.model, "items": self._nearest(vector, k)}
 
