@@ -308,6 +308,10 @@ def audit_run(run: str, options: AuditOptions | None = None, subset: str | None 
     options = options or AuditOptions()
     run = RunPaths.absolute(run)
     paths = RunPaths(run)
+    text_pass = paths.is_text_pass()
+    if text_pass and options.frequency != "text":
+        raise ConfigError(f"--frequency {options.frequency}: {run} is a text pass (no image fetched yet); "
+                          "audit it with --frequency text, or fetch a subset (tailor fetch) and audit that run")
     accuracy_table = read_accuracy(accuracy) if accuracy is not None else None  # a bad file fails before tagging
     settings = tag_run(run, options, progress)
     tagged_at = time.time()
@@ -322,6 +326,7 @@ def audit_run(run: str, options: AuditOptions | None = None, subset: str | None 
         "concepts": len(rows),
         "ok_rows": scope["ok_rows"],
         "ok_images": scope["ok_images"],
+        "text_pass": text_pass,  # then every row counts as an ok caption row: none is fetched yet
         "units": UNITS,
         "frequency": options.frequency,
         "tail": {"fraction": options.tail_fraction, "floor": options.tail_floor,

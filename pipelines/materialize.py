@@ -391,6 +391,9 @@ def materialize(run: str, name: str, out: str, options: MaterializeOptions | Non
         manifest = subset_manifest(paths, name)
     except SubsetError as err:
         raise MaterializeError(str(err)) from None
+    if paths.is_text_pass():
+        raise MaterializeError(f"{run} is a text pass: it stores no image. Download the subset first (tailor fetch "
+                               f"{run} --subset {name} --out FETCHED), then select and materialize from FETCHED")
     mix_spec = None
     if captions is not None:
         caption_set_parts(paths, captions)

@@ -2,9 +2,10 @@
 -- it, and how many images both show it and are named so by a caption (No "Zero-Shot" Without
 -- Exponential Data), its rank and tail flag.
 --
--- Units: a caption row is one annotation row (an image-text pair). An image is one distinct
--- coalesce(sha256, key) among ok rows: COCO has five caption rows per photo, and the same web image
--- can sit under several URLs; each counts once in the image counts.
+-- Units: a caption row is one annotation row (an image-text pair). "ok" rows are those whose image
+-- came through, and on a text pass (annotate --text-only) every row: nothing has ruled its image out yet.
+-- An image is one distinct coalesce(sha256, key) among ok rows: COCO has five caption rows per photo,
+-- and the same web image can sit under several URLs; each counts once in the image counts.
 --
 -- Views:      tags(key VARCHAR, status VARCHAR, sha256 VARCHAR, text_concepts INTEGER[],
 --                  text_concepts_bag INTEGER[], text_variants INTEGER[], image_concepts INTEGER[])
@@ -27,7 +28,7 @@
 -- The tail is ties-inclusive: a concept is tail when fewer than ceil($tail_fraction * concepts)
 -- concepts are strictly rarer than it, or when its frequency is below $tail_floor.
 WITH ok AS (
-    SELECT *, coalesce(sha256, key) AS image FROM tags WHERE status = 'ok'
+    SELECT *, coalesce(sha256, key) AS image FROM tags WHERE status IN ('ok', 'not_fetched')
 ),
 text_n AS (
     SELECT c AS concept_id, count(*) AS n, count(DISTINCT image) AS images

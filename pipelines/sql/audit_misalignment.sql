@@ -1,3 +1,4 @@
+-- ("ok": status ok, or not_fetched on a text pass, whose rows all count as caption rows.)
 -- Misalignment, per image: among ok images (distinct coalesce(sha256, key)) carrying at least one
 -- concept tag, those none of whose caption rows names any of the image's concepts (captions about
 -- something else, or about nothing). An image with five captions is one image, misaligned only when
@@ -10,7 +11,7 @@
 --             misalignment_rate (misaligned / images_tagged), both_tagged_disjoint (misaligned images
 --             some caption row of which does name some other concept)
 WITH ok AS (
-    SELECT coalesce(sha256, key) AS image, text_concepts, image_concepts FROM tags WHERE status = 'ok'
+    SELECT coalesce(sha256, key) AS image, text_concepts, image_concepts FROM tags WHERE status IN ('ok', 'not_fetched')
 ),
 images AS (
     SELECT image,

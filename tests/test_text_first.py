@@ -1,0 +1,179 @@
+"""Curate before download: a text pass, text steps, fetch the kept keys, image steps.
+
+A user story on the session's demo web (400 rows, every hostile kind): the same recipe of basic text
+conditions + boilerplate + metaclip_balance + clip_score + exact_dedup, run text-first
+
+    annotate --text-only -> select --steps text -> fetch -> select --steps image
+
+and download-first (annotate everything -> select). Checks: the same final keys; the text pass sends no
+request; the fetch requests only the kept rows' URLs; a rerun of the fetch requests nothing; image steps on
+a text pass, an image audit of it and materializing it are refused with one line that says what to do.
+The real alt-texts (hosts that do not resolve here) make a text pass under the suite's socket guard.
+"""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import urlsplit
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from helpers import demo_config, shared_data
+
+from pipelines.annotate import annotate
+from pipelines.cli import main as cli
+from pipelines.config import ConfigError, load_config
+from pipelines.demo_web.world import CONCEPTS
+from pipelines.fetch_subset import fetch_subset
+from pipelines.select import load_recipe, select
+
+pytestmark = pytest.mark.slow
+
+RECIPE = {
+    "description": "text steps, then image steps",
+    "steps": [
+        {"step": "basic", "language": None, "min_words": 2, "min_chars": 5, "min_side": None, "max_aspect": None},
+        {"step": "boilerplate", "max_images": 10},
+        {"step": "metaclip_balance", "t": 8, "seed": 1},
+        {"step": "clip_score", "min_score": 0.31},
+        {"step": "exact_dedup"},
+    ],
+}
+
+
+def keys(path) -> list[str]:
+    return pq.read_table(path, columns=["key"]).column("key").to_pylist()
+
+
+def requested(server, before: dict[str, int]) -> dict[str, int]:
+    """Requests per path the server has had since `before`."""
+    now = server.request_counts()
+    return {p: n - before.get(p, 0) for p, n in now.items() if n > before.get(p, 0)}
+
+
+@pytest.fixture(scope="module")
+def world(ray_local, demo_web, tmp_path_factory):
+    """Both ways over the same web and recipe; the requests each text-first step sent."""
+    server, web = demo_web
+    root = tmp_path_factory.mktemp("text-first")
+    concepts = root / "concepts.txt"
+    concepts.write_text("\n".join(CONCEPTS) + "\n")
+    recipe_path = root / "recipe.yaml"
+    recipe_path.write_text(yaml.safe_dump(RECIPE, sort_keys=False))
+    recipe = load_recipe(recipe_path)
+    settings = ["input.rows_per_shard=120", f"match.metadata={concepts}"]
+
+    full = root / "full"
+    annotate(demo_config(web / "urls.parquet", full, *settings), progress=False)
+    select(str(full), recipe, "final")
+
+    text, fetched = root / "text", root / "fetched"
+    before = server.request_counts()
+    annotate(demo_config(web / "urls.parquet", text, *settings, "text_only=true"), progress=False)
+    text_requests = requested(server, before)
+    select(str(text), recipe, "kept", phase="text")
+    before = server.request_counts()
+    fetch_subset(str(text), "kept", str(fetched), progress=False)
+    fetch_requests = requested(server, before)
+    select(str(fetched), recipe, "final", phase="image")
+    return {"full": full, "text": text, "fetched": fetched, "web": web, "server": server, "recipe": recipe_path,
+            "text_requests": text_requests, "fetch_requests": fetch_requests}
+
+
+def test_text_first_keeps_exactly_the_keys_of_download_first(world):
+    final = keys(world["fetched"] / "subsets" / "final" / "manifest.parquet")
+    assert final == keys(world["full"] / "subsets" / "final" / "manifest.parquet")
+    assert 0 < len(final) < len(keys(world["text"] / "subsets" / "kept" / "manifest.parquet"))
+    # the text steps decided the same on both runs, row by row (their decisions name the same step and reason)
+    full = {r["key"]: r for r in pq.read_table(world["full"] / "subsets" / "final" / "decisions.parquet").to_pylist()}
+    text = pq.read_table(world["text"] / "subsets" / "kept" / "decisions.parquet").to_pylist()
+    assert len(text) == len(full) == 400
+    for row in text:
+        if not row["kept"]:
+            assert (full[row["key"]]["step"], full[row["key"]]["reason"]) == (row["step"], row["reason"])
+    stats = json.loads((world["full"] / "subsets" / "final" / "stats.json").read_text())
+    assert [(s["name"], s["phase"]) for s in stats["steps"]] == [
+        ("basic", "text"), ("boilerplate", "text"), ("metaclip_balance", "text"), ("status", "image"),
+        ("clip_score", "image"), ("exact_dedup", "image")]
+    assert all(s["dropped"] for s in stats["steps"])  # every step had work to do on this web
+
+
+def test_text_pass_sends_no_request_and_has_the_full_runs_text_columns(world):
+    assert world["text_requests"] == {}
+    text = pq.read_table(world["text"] / "annotations").sort_by("key")
+    full = pq.read_table(world["full"] / "annotations").sort_by("key")
+    assert text.num_rows == full.num_rows == 400
+    assert set(text.column("status").to_pylist()) == {"not_fetched"}
+    assert text.column("sha256").null_count == text.num_rows
+    for column in ("key", "url", "caption", "caption_words", "caption_chars", "metaclip_entries"):
+        assert text.column(column).to_pylist() == full.column(column).to_pylist(), column
+    summary = json.loads((world["text"] / "run.json").read_text())
+    assert summary["text_only"] is True and summary["status_counts"] == {"not_fetched": 400}
+
+
+def test_fetch_requests_only_the_kept_rows(world):
+    kept = set(keys(world["text"] / "subsets" / "kept" / "manifest.parquet"))
+    server = urlsplit(world["server"].base_url).netloc
+    urls = {r["key"]: urlsplit(r["url"])
+            for r in pq.read_table(world["text"] / "annotations", columns=["key", "url"]).to_pylist()}
+    served = {k: u.path for k, u in urls.items() if u.netloc == server}  # not: invalid, refused, private hosts
+    kept_paths = {served[k] for k in kept if k in served}
+    other_paths = set(served.values()) - kept_paths
+    asked = set(world["fetch_requests"])
+    assert not asked & other_paths  # nothing the text steps dropped was requested
+    assert kept_paths - asked == set()  # and every kept row of this server was
+    fetched = pq.read_table(world["fetched"] / "annotations", columns=["key", "status"])
+    assert sorted(fetched.column("key").to_pylist()) == sorted(kept)
+    assert "not_fetched" not in fetched.column("status").to_pylist()
+    origin = json.loads((world["fetched"] / "fetched_from.json").read_text())
+    assert origin["subset"] == "kept" and origin["rows"] == len(kept)
+    assert [s["step"] for s in origin["recipe"]["steps"]] == ["basic", "boilerplate", "metaclip_balance",
+                                                             "clip_score", "exact_dedup"]
+
+
+def test_fetch_reruns_resume_without_requests(world, capsys):
+    before = world["server"].request_counts()
+    assert cli(["fetch", str(world["text"]), "--subset", "kept", "--out", str(world["fetched"]), "--no-progress"]) == 0
+    assert requested(world["server"], before) == {}
+    assert "were already done" in capsys.readouterr().out
+
+
+def test_image_steps_on_a_text_pass_are_refused_with_what_to_do(world, capsys):
+    text = str(world["text"])
+    assert cli(["select", text, "--recipe", str(world["recipe"]), "--name", "all"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "text pass" in err and "clip_score" in err and "--steps text" in err and "tailor fetch" in err
+    assert not (world["text"] / "subsets" / "all").exists()
+    assert cli(["audit", text, "--concepts", "demo", "--frequency", "image", "--no-progress"]) == 2
+    assert "--frequency text" in capsys.readouterr().err
+    assert cli(["materialize", text, "kept", "--out", str(world["text"].parent / "wds")]) == 2
+    assert "tailor fetch" in capsys.readouterr().err
+    # the fetched run ran the text steps already (through its text pass): running them again is refused
+    with pytest.raises(ConfigError, match="--steps image"):
+        select(str(world["fetched"]), load_recipe(world["recipe"]), "again")
+
+
+def test_text_audit_counts_caption_rows_before_anything_is_downloaded(world, capsys):
+    assert cli(["audit", str(world["text"]), "--concepts", "demo", "--no-progress"]) == 0
+    assert "text pass: 400 caption rows" in capsys.readouterr().out
+    assert cli(["audit", str(world["full"]), "--concepts", "demo", "--no-progress"]) == 0
+    text = pq.read_table(world["text"] / "audit" / "demo" / "counts.parquet").to_pylist()
+    full = pq.read_table(world["full"] / "audit" / "demo" / "counts.parquet").to_pylist()
+    assert sum(r["text_count"] for r in text) > 0
+    # before download, a concept's caption rows are all its rows: what the full run counts in any status
+    assert [r["text_count"] for r in text] == [r["text_count_all"] for r in full]
+
+
+def test_text_pass_of_real_alt_texts_under_the_socket_guard(ray_local, tmp_path):
+    """10k real web alt-texts whose hosts do not resolve here: a text pass reads every row, matches it against
+    MetaCLIP's default metadata and opens no connection (the suite's guard would fail the test)."""
+    source = shared_data() / "alt-text" / "alt_text_10k.parquet"  # LAION's URL and TEXT columns
+    config = load_config(overrides=[f"input.path={source}", "input.url_column=URL", "input.caption_column=TEXT",
+                                    f"output={tmp_path / 'run'}",
+                                    "text_only=true", "match.metadata=default", "input.rows_per_shard=5000"])
+    summary = annotate(config, progress=False)
+    assert summary["status_counts"] == {"not_fetched": pq.read_metadata(source).num_rows}
+    matched = pq.read_table(tmp_path / "run" / "annotations", columns=["metaclip_entries"]).column(0).to_pylist()
+    assert sum(bool(m) for m in matched) > len(matched) // 2  # most real alt-texts name some metadata entry
