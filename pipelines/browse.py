@@ -23,6 +23,7 @@ text: subset and audit names are looked up among the folders the run has, keys a
 from __future__ import annotations
 
 import bisect
+import contextlib
 import math
 import re
 import threading
@@ -46,6 +47,7 @@ NEIGHBOURS_DEFAULT = 12
 FIRST_WINDOW_ROWS = 4096  # rows of the first key window of a page; each further window is 4x larger
 PAGE_BUDGET_S = 2.0  # a sparse filter returns what it found in this time, with the cursor where it stopped
 IMAGE_CACHE_GROUPS = 32
+IDLE_CONNECTIONS = 8
 LANGUAGE_SAMPLE_ROWS = 200_000  # the language menu lists the languages of the first files up to this many rows
 SEARCH_MAX_ROWS = 2_000_000  # search and neighbours hold every image embedding in memory (faiss, exact)
 CONCEPT_MODES = ("caption", "image", "both", "misaligned")
@@ -282,8 +284,8 @@ class Audit:
 
 def _empty(con: duckdb.DuckDBPyConnection, name: str, columns: dict[str, str]) -> None:
     """An empty view with these columns (a run without that table)."""
-    con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT "
-                + ", ".join(f"NULL::{t} AS {c}" for c, t in columns.items()) + " WHERE false")
+    con.sql(f"CREATE OR REPLACE VIEW {name} AS SELECT "
+            + ", ".join(f"NULL::{t} AS {c}" for c, t in columns.items()) + " WHERE false")
 
 
 def _json_value(value):
@@ -335,6 +337,7 @@ class Browser:
         self._tower = None
         self._languages: list[dict] | None = None
         self._statuses: dict[str, int] | None = None
+        self._idle: list[duckdb.DuckDBPyConnection] = []
         # the upper bound of every key (a window's `key <= $upto` when the key ranges are unknown)
         self._top = self.annotations.max_key if self.annotations.known else "\U0010ffff" * 8
 
@@ -390,8 +393,23 @@ class Browser:
         return self.audits[name]
 
     # -- DuckDB over the run
-    def _connect(self) -> duckdb.DuckDBPyConnection:
-        return connect(self.threads)
+    @contextlib.contextmanager
+    def _connect(self):
+        """A DuckDB connection of this run's pool (opening one costs ~20 ms; a view is defined before each use)."""
+        with self._lock:
+            con = self._idle.pop() if self._idle else None
+        if con is None:
+            con = connect(self.threads)
+        try:
+            yield con
+        except BaseException:
+            con.close()  # a failed query is not trusted to leave the connection as it found it
+            raise
+        with self._lock:
+            if len(self._idle) < IDLE_CONNECTIONS:
+                self._idle.append(con)
+                return
+        con.close()
 
     def _view(self, con, name: str, files: list[str], columns: dict[str, str] | None = None) -> None:
         """View `name` over these files (columns: a fixed projection, NULL where the files lack one)."""
@@ -519,8 +537,8 @@ class Browser:
             self._dec_view(con, subset)
             self._view(con, "ann", [s.path for s in self.annotations.spans], GRID_COLUMNS)
             self._tags_view(con, audit, None)
-            n = con.execute(f"SELECT count(*) FROM ({sql('browse_matches')})",
-                            {**params, "after": "", "upto": self._top}).fetchone()[0]
+            n = con.sql(f"SELECT count(*) FROM ({sql('browse_matches')})",
+                        params={**params, "after": "", "upto": self._top}).fetchall()[0][0]
         return {"count": n, "filters": q.filters(), "seconds": round(time.perf_counter() - started, 4)}
 
     def _card(self, row: dict, audit: Audit | None = None, subset: Subset | None = None) -> dict:
