@@ -23,8 +23,9 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow as pa
 
+from operators.defaults import DEFAULT_TEMPLATES  # noqa: F401  (re-exported)
+
 SIGLIP_TYPES = frozenset({"siglip", "siglip2"})
-DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.",)
 
 
 # ---------------------------------------------------------------- device and dtype

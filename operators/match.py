@@ -28,15 +28,13 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Sequence
-from typing import Literal
 
 import ahocorasick
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import Field
 
-from operators.options import Options
+from operators.defaults import MatchOptions, Punctuation  # noqa: F401  (MatchOptions: re-exported)
 from operators.table import replace_columns
 
 log = logging.getLogger(__name__)
@@ -50,22 +48,6 @@ _SPACING = str.maketrans({**{c: f" {c} " for c in PUNCTUATION}, **{c: " " for c 
 _PUNCT_RE = "([,.;:?!`])"
 _SPACE_RE = "[\t\n\r]"
 _SEPARATORS = "\x00\x01\x02\x03\x04\x05\x06\x07\x08\x0e\x0f\ufdd0\ufdd1\ufdd2\ufdd3"
-
-Punctuation = Literal["faithful", "fixed"]
-
-
-class MatchOptions(Options):
-    metadata: str = Field(
-        "default",
-        description="metadata entries: 'default' (the offline list shipped with tailor), or a path/fsspec URL "
-        "of MetaCLIP's metadata.json, a JSON list of strings, or one entry per line (.gz ok)",
-    )
-    punctuation: Punctuation = Field(
-        "faithful",
-        description="'faithful': as MetaCLIP, entries holding , . ; : ? ! or ` never match; "
-        "'fixed': entries get the caption's punctuation spacing, so they can",
-    )
-
 
 def spaced_text(text: str) -> str:
     """A caption as MetaCLIP matches against it: padded, punctuation spaced, tab/newline/CR as spaces."""

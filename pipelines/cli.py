@@ -156,9 +156,10 @@ def _status(args: argparse.Namespace) -> int:
 
 def _match(args: argparse.Namespace) -> int:
     from operators.match import MatchOptions
+    from pipelines.cli_options import options_from
     from pipelines.match import match_run
 
-    options = MatchOptions(metadata=args.metadata, punctuation=args.punctuation)
+    options = options_from(args, MatchOptions)
     summary = match_run(args.run, options, actors=args.actors, overwrite=args.overwrite,
                         progress=not args.no_progress)
     print(f"matched {summary['rows']} captions ({summary['rows_matched']} with at least one entry, "
@@ -395,6 +396,7 @@ def _browse(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from operators.defaults import MatchOptions
     from pipelines.cli_options import add_options
     from pipelines.verb_options import DecontamOptions, MaterializeOptions, SemdedupOptions
 
@@ -438,10 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("match", help="MetaCLIP metadata matching over a run's captions (Ray Data)")
     p.add_argument("run")
-    p.add_argument("--metadata", default="default",
-                   help="'default' (shipped), or MetaCLIP's metadata.json / a JSON list / one entry per line")
-    p.add_argument("--punctuation", choices=["faithful", "fixed"], default="faithful",
-                   help="faithful: as MetaCLIP (entries holding , . ; : ? ! ` never match); fixed: they can")
+    add_options(p, MatchOptions)
     p.add_argument("--actors", type=int, help="matcher actors (default: one per CPU)")
     p.add_argument("--overwrite", action="store_true", help="redo all matches instead of resuming")
     p.add_argument("--no-progress", action="store_true")

@@ -90,3 +90,26 @@ def test_materialize_cli_flags_as_before():
                         MaterializeOptions) == MaterializeOptions()
     with pytest.raises(SystemExit):  # Python-only hooks stay off the command line
         build_parser().parse_args(["materialize", "run", "sub", "--out", "o", "--window", "2"])
+
+
+def test_match_cli_flags_from_match_options():
+    from operators.match import MatchOptions
+    from pipelines.cli import build_parser
+
+    parser = build_parser()
+    assert options_from(parser.parse_args(["match", "run"]), MatchOptions) == MatchOptions()
+    args = parser.parse_args(["match", "run", "--metadata", "m.txt", "--punctuation", "fixed", "--actors", "2"])
+    assert options_from(args, MatchOptions) == MatchOptions(metadata="m.txt", punctuation="fixed")
+    assert args.actors == 2
+    with pytest.raises(SystemExit):
+        parser.parse_args(["match", "run", "--punctuation", "loose"])
+
+
+def test_building_the_parser_imports_no_numpy_pyarrow_or_ray():
+    import subprocess
+    import sys
+
+    code = ("import sys; from pipelines.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('numpy', 'pyarrow', 'ray', 'duckdb', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "[]"

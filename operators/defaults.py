@@ -1,0 +1,32 @@
+"""Operator options and defaults that the command line reads when it builds its flags
+(pipelines/cli_options.py), kept free of numpy, pyarrow and Ray: building `tailor`'s parser imports
+pydantic only. Their operators re-export them: MatchOptions (operators/match.py), DEFAULT_TEMPLATES
+(operators/clip.py).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from operators.options import Options
+
+DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.",)  # CLIP zero-shot prompts: one {} for the class name
+
+Punctuation = Literal["faithful", "fixed"]
+
+
+class MatchOptions(Options):
+    """MetaCLIP metadata matching (operators/match.py): annotate's `match:` section and `tailor match`'s options."""
+
+    metadata: str = Field(
+        "default",
+        description="metadata entries: 'default' (the offline list shipped with tailor), or a path/fsspec URL "
+        "of MetaCLIP's metadata.json, a JSON list of strings, or one entry per line (.gz ok)",
+    )
+    punctuation: Punctuation = Field(
+        "faithful",
+        description="'faithful': as MetaCLIP, entries holding , . ; : ? ! or ` never match; "
+        "'fixed': entries get the caption's punctuation spacing, so they can",
+    )
