@@ -86,10 +86,9 @@ def test_unreadable_s3_output_or_metadata_is_one_line_before_ray(tmp_path, capsy
 
     import pyarrow as pa
     import pyarrow.parquet as pq
+    import s3fs
 
     from pipelines.cli import main
-
-    import s3fs
 
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
         monkeypatch.delenv(name, raising=False)
