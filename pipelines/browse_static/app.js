@@ -244,7 +244,11 @@ async function viewGrid(p, id) {
     if (params.limit === '100') delete params.limit;
     location.hash = hashFor('grid', params);
   });
-  form.elements.subset.addEventListener('change', () => form.requestSubmit());
+  form.elements.subset.addEventListener('change', () => {  // another subset has other steps and reasons
+    form.elements.step.value = '';
+    form.elements.reason.value = '';
+    form.requestSubmit();
+  });
   const summary = el('div', { class: 'summary', id: 'summary', text: 'loading…' });
   const grid = el('div', { class: 'cards', id: 'grid' });
   const more = el('button', { class: 'more', id: 'more', text: 'More', hidden: true });
