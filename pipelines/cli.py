@@ -169,10 +169,10 @@ def _match(args: argparse.Namespace) -> int:
 
 
 def _metaclip_balance(args: argparse.Namespace) -> int:
-    from pipelines.metaclip import balance_subset
+    from pipelines.cli_options import options_from
+    from pipelines.metaclip import MetaclipBalanceOptions, balance_subset
 
-    stats = balance_subset(args.run, args.name, t=args.t, seed=args.seed, group_by=args.group_by,
-                           source=args.source, threads=args.threads, text_only=args.text_only)
+    stats = balance_subset(args.run, args.name, options_from(args, MetaclipBalanceOptions))
     captions, before, after = stats["captions"], stats["before"], stats["after"]
     print(f"balanced {stats['recipe']['rows']}: kept {captions['kept']}/{captions['total']} captions "
           f"{captions['by_reason']}; "
@@ -398,7 +398,7 @@ def _browse(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from operators.defaults import MatchOptions
     from pipelines.cli_options import add_options
-    from pipelines.verb_options import DecontamOptions, MaterializeOptions, SemdedupOptions
+    from pipelines.verb_options import DecontamOptions, MaterializeOptions, MetaclipBalanceOptions, SemdedupOptions
 
     parser = argparse.ArgumentParser(prog="tailor", description="Curate web-scale image-text datasets.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -448,15 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("metaclip-balance", help="MetaCLIP balancing of a matched run into RUN/subsets/NAME")
     p.add_argument("run")
-    p.add_argument("--t", type=int, required=True, help="entry cap: each entry keeps about t captions")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", required=True, help="subset name (RUN/subsets/NAME)")
-    p.add_argument("--group-by", help="annotation column naming the image (MetaCLIP 2: one text per image)")
-    p.add_argument("--source", choices=["auto", "match", "annotations"], default="auto",
-                   help="match lists from RUN/match (tailor match) or RUN/annotations (annotate's match stage)")
-    p.add_argument("--text-only", action="store_true",
-                   help="balance every caption, fetched or not (default: only rows whose image downloaded)")
-    p.add_argument("--threads", type=int, help="DuckDB threads (results do not depend on it)")
+    add_options(p, MetaclipBalanceOptions)
     p.set_defaults(func=_metaclip_balance)
 
     p = sub.add_parser("materialize", help="write subset NAME of RUN as WebDataset tar shards (+ Parquet copy)")

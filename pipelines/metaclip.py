@@ -7,7 +7,7 @@ as the views those files name (`matches`, `entries`, `entry_counts`, `decisions`
 ran with a `match:` section, from RUN/annotations.
 
     balance(run, t, seed)            -> key, kept, reason for every caption
-    balance_subset(run, name, t, seed) writes RUN/subsets/NAME/:
+    balance_subset(run, name, MetaclipBalanceOptions(t=..., seed=...)) writes RUN/subsets/NAME/:
         manifest.parquet     the kept keys
         decisions.parquet    every key: kept, reason ('kept', 'balanced_out', 'no_match', 'other_text',
                              'no_image': the download failed; only with text_only=False, the default)
@@ -32,10 +32,11 @@ import pyarrow.parquet as pq
 from pipelines.config import ConfigError, check_name
 from pipelines.duck import connect, run_sql, scan, sql, to_arrow
 from pipelines.storage import RunPaths
+from pipelines.verb_options import MetaclipBalanceOptions
+from pipelines.verb_options import MetaclipSource as Source
 
 log = logging.getLogger(__name__)
 
-Source = Literal["auto", "match", "annotations"]
 DECISIONS_SCHEMA = pa.schema([("key", pa.string()), ("kept", pa.bool_()), ("reason", pa.string())])
 
 
@@ -171,10 +172,14 @@ def _balance(con: duckdb.DuckDBPyConnection, run: str, t: float, seed: int, grou
                             "SELECT key, false, 'no_image' FROM no_image ORDER BY key")).cast(DECISIONS_SCHEMA)
 
 
-def balance_subset(run: str, name: str, t: float, seed: int, group_by: str | None = None,
-                   source: Source = "auto", threads: int | None = None, plot: bool = True,
-                   text_only: bool = False) -> dict:
-    """Balance and write RUN/subsets/NAME/ (manifest, decisions, entry_stats, stats.json, plot)."""
+def balance_subset(run: str, name: str, options: MetaclipBalanceOptions, plot: bool = True) -> dict:
+    """Balance and write RUN/subsets/NAME/ (manifest, decisions, entry_stats, stats.json, plot).
+
+    options: t, seed, group_by, source, text_only, threads (MetaclipBalanceOptions' fields and defaults;
+    as balance() reads them). plot: write entry_counts.png.
+    """
+    t, seed, group_by, source = options.t, options.seed, options.group_by, options.source
+    threads, text_only = options.threads, options.text_only
     check_name(name)
     paths = RunPaths(run)
     if not text_only and paths.is_text_pass():

@@ -1,4 +1,4 @@
-"""The options of the pass verbs (semdedup, ...): one model per verb, read by the `tailor` subcommand
+"""The options of the pass verbs (semdedup, metaclip-balance, ...): one model per verb, read by the `tailor` subcommand
 (pipelines/cli_options.py builds its options from the model), the Python function and the select
 step alike, so each default is written once (issue 18).
 
@@ -7,6 +7,8 @@ Kept apart from the passes themselves: this imports pydantic only, so building t
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -55,3 +57,26 @@ class MaterializeOptions(Options):
     captions: str | None = Field(None, description="caption set of RUN (tailor recaption) to mix into KEY.txt")
     mix: float = Field(0.8, ge=0, le=1, description="share of samples given the new caption")
     mix_seed: int = Field(0, description="seed of the per-key choice")
+
+
+MetaclipSource = Literal["auto", "match", "annotations"]
+
+
+class MetaclipDrawOptions(Options):
+    """What MetaCLIP balancing draws with, the same in `tailor metaclip-balance` and select's metaclip_balance
+    step (its fields: t, seed, source, with these defaults)."""
+
+    t: float = Field(gt=0, description="entry cap: each entry keeps about t captions (MetaCLIP 400M: 20000)")
+    seed: int = Field(0, description="seed of the per-(seed, key, entry) draws")
+    source: MetaclipSource = Field("auto", description="match lists from RUN/match (tailor match) or "
+                                   "RUN/annotations (annotate's match stage); auto: RUN/match when it finished")
+
+
+class MetaclipBalanceOptions(MetaclipDrawOptions):
+    """The settings of `tailor metaclip-balance` and balance_subset()."""
+
+    group_by: str | None = Field(None, description="annotation column naming the image (MetaCLIP 2: one text "
+                                 "per image)")
+    text_only: bool = Field(False, description="balance every caption, fetched or not (default: only rows whose "
+                            "image downloaded; a text pass is always balanced so)")
+    threads: int | None = Field(None, gt=0, description="DuckDB threads (results do not depend on it)")

@@ -113,3 +113,20 @@ def test_building_the_parser_imports_no_numpy_pyarrow_or_ray():
             "print(sorted(m for m in ('numpy', 'pyarrow', 'ray', 'duckdb', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"
+
+
+def test_metaclip_balance_cli_flags_from_its_options():
+    from pipelines.cli import build_parser
+    from pipelines.verb_options import MetaclipBalanceOptions
+
+    parser = build_parser()
+    args = parser.parse_args(["metaclip-balance", "run", "--t", "8", "--name", "s"])
+    assert options_from(args, MetaclipBalanceOptions) == MetaclipBalanceOptions(t=8)
+    args = parser.parse_args(["metaclip-balance", "run", "--t", "8", "--seed", "3", "--name", "s", "--group-by",
+                              "sha256", "--source", "match", "--text-only", "--threads", "2"])
+    assert options_from(args, MetaclipBalanceOptions) == MetaclipBalanceOptions(
+        t=8, seed=3, group_by="sha256", source="match", text_only=True, threads=2)
+    with pytest.raises(ConfigError, match=r"^option error: --t: Input should be greater than 0"):
+        options_from(parser.parse_args(["metaclip-balance", "run", "--t", "0", "--name", "s"]), MetaclipBalanceOptions)
+    with pytest.raises(SystemExit):  # --t is required, as before
+        parser.parse_args(["metaclip-balance", "run", "--name", "s"])

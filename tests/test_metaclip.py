@@ -33,7 +33,7 @@ from pipelines.cli import main as cli
 from pipelines.config import AnnotateConfig, ConfigError
 from pipelines.demo_web.world import CONCEPTS, make_caption, sample_concept
 from pipelines.match import match_run
-from pipelines.metaclip import balance, balance_subset, entry_counts
+from pipelines.metaclip import MetaclipBalanceOptions, balance, balance_subset, entry_counts
 
 pytestmark = pytest.mark.slow
 
@@ -270,7 +270,7 @@ def test_head_entries_keep_about_t_and_workers_do_not_change_the_subset(world_ru
     decided = dict(zip(decisions.column("key").to_pylist(), decisions.column("reason").to_pylist(), strict=True))
     assert decided == reference_decisions(lists, list(CONCEPTS), t, seed)
     assert check_head_and_tail(lists, decided, t) >= 8
-    stats = balance_subset(str(one), "t300", t=t, seed=seed, plot=False, text_only=True)
+    stats = balance_subset(str(one), "t300", MetaclipBalanceOptions(t=t, seed=seed, text_only=True), plot=False)
     assert stats["captions"]["kept"] == sum(r == "kept" for r in decided.values())
     assert stats["after"]["max_count"] < stats["before"]["max_count"] / 3
     assert stats["before"]["tail_share_of_matches"] < stats["after"]["tail_share_of_matches"]

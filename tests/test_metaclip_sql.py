@@ -12,7 +12,7 @@ from match_oracle import reference_decisions
 from operators.match import MetaclipMatcher
 from pipelines.config import ConfigError
 from pipelines.match import save_metadata
-from pipelines.metaclip import balance, balance_subset, entry_counts, sql
+from pipelines.metaclip import MetaclipBalanceOptions, balance, balance_subset, entry_counts, sql
 from pipelines.metadata import Metadata
 from pipelines.storage import RunPaths
 
@@ -75,7 +75,7 @@ def test_fsspec_run_folder_gives_the_same_decisions(tmp_path):
     write_run(url)
     try:
         assert balance(url, t=4, seed=7, text_only=True) == balance(str(tmp_path), t=4, seed=7, text_only=True)
-        stats = balance_subset(url, "s", t=4, seed=7, text_only=True)
+        stats = balance_subset(url, "s", MetaclipBalanceOptions(t=4, seed=7, text_only=True))
         fs = fsspec.filesystem("memory")
         with fs.open(f"{url}/subsets/s/manifest.parquet", "rb") as f:
             kept = set(pq.read_table(f).column("key").to_pylist())
@@ -112,7 +112,7 @@ def test_bad_inputs_name_the_problem(tmp_path):
     with pytest.raises(ConfigError, match="no matches"):
         balance(str(tmp_path), t=4, seed=0, source="match")
     with pytest.raises(ConfigError, match="name"):
-        balance_subset(str(tmp_path), "../x", t=4, seed=0)
+        balance_subset(str(tmp_path), "../x", MetaclipBalanceOptions(t=4, seed=0))
 
 
 def test_sql_files_bind_values_as_parameters():
