@@ -33,33 +33,25 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime
-from typing import Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pydantic import Field
 
-from operators.clip import DEFAULT_TEMPLATES
 from operators.concepts import IDS, ConceptMatcher, Concepts, ImageConceptTagger, make_tagger
-from operators.options import Options
 from pipelines.concepts import concept_list_name, load_concepts
 from pipelines.config import ConfigError
 from pipelines.duck import connect, run_sql, scan
 from pipelines.passes import Pass
 from pipelines.storage import RunPaths
+from pipelines.verb_options import DEFAULT_THRESHOLD, MODEL_THRESHOLD, AuditOptions  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
 TAGS_SCHEMA = pa.schema([("key", pa.string()), ("status", pa.string()), ("sha256", pa.string()),
                          ("text_concepts", IDS), ("text_concepts_bag", IDS), ("text_variants", IDS),
                          ("image_concepts", IDS), ("image_top", pa.int32()), ("image_top_score", pa.float32())])
-# Zero-shot thresholds that suit a model, used when none is given. The paper's 0.7 is a RAM++
-# probability; a CLIP softmax over many concepts rarely reaches it unless the model is strong.
-# The demo CLIP (1.5M parameters, top-1 about 72% over the 136 demo concepts on the demo web) gets 0.3.
-DEFAULT_THRESHOLD = {"softmax": 0.7, "cosine": 0.3}
-MODEL_THRESHOLD = {("builtin:demo-clip", "softmax"): 0.3}
 TAGS_VERSION = 2  # 2: sha256 per row (image counts of distinct images), inflection-based text matching
 LOCAL_MAX_ROWS = 200_000
 # What each count counts (also in _audit.json's summary): caption rows, or distinct images (sha256) among ok rows.
@@ -72,27 +64,6 @@ UNITS = {
     "matched_count": "ok images tagged with it and named so by at least one of their caption rows",
     "misalignment": "ok images with an image tag none of whose caption rows names any of their concepts",
 }  # engine="auto": below this many rows tagging runs in this process
-
-
-class AuditOptions(Options):
-    concepts: str = Field("coco80", description="built-in list (imagenet1k, coco80, demo) or a file path/URL")
-    lang: str = Field("en", description="caption language: en matches inflections; others simplemma lemmas")
-    nested: bool = Field(True, description="words of a longer concept's phrase do not count for a shorter one")
-    tagger: Literal["softmax", "cosine"] = "softmax"
-    image_threshold: float | None = Field(None, description="tag threshold; default per tagger and model")
-    temperature: float = Field(100.0, gt=0, description="softmax logit scale (CLIP's is 100)")
-    templates: list[str] = Field(list(DEFAULT_TEMPLATES), min_length=1, description="prompts with one {}")
-    frequency: Literal["text", "image", "matched"] = Field("text", description="the count that ranks concepts")
-    tail_fraction: float = Field(0.2, ge=0, le=1, description="the bottom share of concepts that is the tail")
-    tail_floor: int = Field(0, ge=0, description="concepts with frequency below this are tail too")
-    bins: int = Field(12, ge=5, description="edges (= bins) of the log-linear analysis; the paper's 12")
-    engine: Literal["auto", "local", "ray"] = "auto"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-
-    def threshold_for(self, model: str) -> float:
-        if self.image_threshold is not None:
-            return self.image_threshold
-        return MODEL_THRESHOLD.get((model, self.tagger), DEFAULT_THRESHOLD[self.tagger])
 
 
 def audit_dir(paths: RunPaths, name: str) -> str:

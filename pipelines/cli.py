@@ -13,6 +13,7 @@ CONFIGS = Path(__file__).parent / "configs"
 SEMDEDUP_FLAGS = {"n_clusters": "clusters"}  # flags named as before the options models
 DECONTAM_FLAGS = {"eval_path": "eval"}
 MATERIALIZE_NOT_ON_CLI = ("caption_source", "window")  # Python-only hooks, as before the options model
+AUDIT_FLAGS = {"templates": "template", "nested": "--bag"}  # --bag turns the nested-phrase rule off
 
 
 def _print_summary(summary: dict) -> None:
@@ -218,12 +219,9 @@ def _select(args: argparse.Namespace) -> int:
 
 def _audit(args: argparse.Namespace) -> int:
     from pipelines.audit import AuditOptions, audit_run
+    from pipelines.cli_options import options_from
 
-    fields = {"concepts": args.concepts, "tagger": args.tagger, "image_threshold": args.image_threshold,
-              "temperature": args.temperature, "templates": args.template, "frequency": args.frequency,
-              "tail_fraction": args.tail_fraction, "tail_floor": args.tail_floor, "nested": not args.bag,
-              "engine": args.engine}
-    options = AuditOptions(**{k: v for k, v in fields.items() if v is not None})
+    options = options_from(args, AuditOptions, AUDIT_FLAGS)
     s = audit_run(args.run, options, subset=args.subset, accuracy=args.accuracy, progress=not args.no_progress)
     print(f"{s['concepts']} concepts ({s['settings']['concepts']}), ranked by {s['frequency']} frequency; "
           f"tail {s['tail']['concepts']} concepts "
@@ -398,7 +396,13 @@ def _browse(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from operators.defaults import MatchOptions
     from pipelines.cli_options import add_options
-    from pipelines.verb_options import DecontamOptions, MaterializeOptions, MetaclipBalanceOptions, SemdedupOptions
+    from pipelines.verb_options import (
+        AuditOptions,
+        DecontamOptions,
+        MaterializeOptions,
+        MetaclipBalanceOptions,
+        SemdedupOptions,
+    )
 
     parser = argparse.ArgumentParser(prog="tailor", description="Curate web-scale image-text datasets.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -476,19 +480,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("audit", help="concept frequencies in captions, images and both; the long tail")
     p.add_argument("run")
-    p.add_argument("--concepts", required=True,
-                   help="imagenet1k, coco80, demo, or a file (one concept per line, or YAML concept: [synonyms])")
     p.add_argument("--subset", help="also count RUN/subsets/NAME and report what it removed from the tail")
     p.add_argument("--accuracy", help="CSV/TSV/Parquet/JSONL with columns concept, accuracy: log-linear analysis")
-    p.add_argument("--frequency", choices=["text", "image", "matched"], help="count that ranks (default text)")
-    p.add_argument("--tail-fraction", type=float, help="bottom share of concepts that is the tail (default 0.2)")
-    p.add_argument("--tail-floor", type=int, help="concepts below this frequency are tail too (default 0)")
-    p.add_argument("--tagger", choices=["softmax", "cosine"], help="image tagger (default softmax)")
-    p.add_argument("--image-threshold", type=float, help="image tag threshold (default: per tagger and model)")
-    p.add_argument("--temperature", type=float, help="softmax logit scale (default 100)")
-    p.add_argument("--template", action="append", help="prompt template with one {} (repeatable)")
-    p.add_argument("--bag", action="store_true", help="pure bag-of-lemmas text rule (no nested-phrase rule)")
-    p.add_argument("--engine", choices=["auto", "local", "ray"], help="where tagging runs (default auto)")
+    add_options(p, AuditOptions, AUDIT_FLAGS, required=("concepts",))
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_audit)
 

@@ -1,6 +1,6 @@
-"""The options of the pass verbs (semdedup, metaclip-balance, ...): one model per verb, read by the `tailor` subcommand
-(pipelines/cli_options.py builds its options from the model), the Python function and the select
-step alike, so each default is written once (issue 18).
+"""The options of the pass verbs (semdedup, decontaminate, materialize, metaclip-balance, audit): one model
+per verb, read by the `tailor` subcommand (pipelines/cli_options.py builds its options from the model), the
+Python function and the select step alike, so each default is written once (issue 18).
 
 Kept apart from the passes themselves: this imports pydantic only, so building the command line
 (`tailor --help`) does not import numpy, pyarrow or Ray. Each pass module re-exports its model.
@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from operators.defaults import DEFAULT_TEMPLATES
 from operators.options import Options
 
 
@@ -80,3 +81,37 @@ class MetaclipBalanceOptions(MetaclipDrawOptions):
     text_only: bool = Field(False, description="balance every caption, fetched or not (default: only rows whose "
                             "image downloaded; a text pass is always balanced so)")
     threads: int | None = Field(None, gt=0, description="DuckDB threads (results do not depend on it)")
+
+
+# Zero-shot thresholds that suit a model, used when none is given. The paper's 0.7 is a RAM++
+# probability; a CLIP softmax over many concepts rarely reaches it unless the model is strong.
+# The demo CLIP (1.5M parameters, top-1 about 72% over the 136 demo concepts on the demo web) gets 0.3.
+DEFAULT_THRESHOLD = {"softmax": 0.7, "cosine": 0.3}
+MODEL_THRESHOLD = {("builtin:demo-clip", "softmax"): 0.3}
+
+
+class AuditOptions(Options):
+    """The settings of a concept audit: `tailor audit`'s options and audit_run()'s (pipelines/audit.py)."""
+
+    concepts: str = Field("coco80", description="concept list: imagenet1k, coco80, demo (built in), or a file "
+                          "path/URL (one concept per line, or YAML concept: [synonyms])")
+    lang: str = Field("en", description="caption language: en matches inflections; others simplemma lemmas")
+    nested: bool = Field(True, description="words of a longer concept's phrase do not count for a shorter one "
+                         "(off: the pure bag-of-lemmas text rule)")
+    tagger: Literal["softmax", "cosine"] = Field("softmax", description="image tagger: softmax over the concepts, "
+                                                 "or cosine to each")
+    image_threshold: float | None = Field(None, description="image tag threshold (default: per tagger and model)")
+    temperature: float = Field(100.0, gt=0, description="softmax logit scale (CLIP's is 100)")
+    templates: list[str] = Field(list(DEFAULT_TEMPLATES), min_length=1, description="prompt template with one {}")
+    frequency: Literal["text", "image", "matched"] = Field("text", description="the count that ranks concepts")
+    tail_fraction: float = Field(0.2, ge=0, le=1, description="the bottom share of concepts that is the tail")
+    tail_floor: int = Field(0, ge=0, description="concepts with frequency below this are tail too")
+    bins: int = Field(12, ge=5, description="edges (= bins) of the log-linear analysis; the paper's 12")
+    engine: Literal["auto", "local", "ray"] = Field("auto", description="where tagging runs (auto: in this "
+                                                    "process for small runs, else a Ray actor pool)")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="device of the CLIP text tower")
+
+    def threshold_for(self, model: str) -> float:
+        if self.image_threshold is not None:
+            return self.image_threshold
+        return MODEL_THRESHOLD.get((model, self.tagger), DEFAULT_THRESHOLD[self.tagger])

@@ -130,3 +130,25 @@ def test_metaclip_balance_cli_flags_from_its_options():
         options_from(parser.parse_args(["metaclip-balance", "run", "--t", "0", "--name", "s"]), MetaclipBalanceOptions)
     with pytest.raises(SystemExit):  # --t is required, as before
         parser.parse_args(["metaclip-balance", "run", "--name", "s"])
+
+
+def test_audit_cli_flags_from_audit_options_with_the_old_names():
+    from pipelines.cli import AUDIT_FLAGS, build_parser
+    from pipelines.verb_options import AuditOptions
+
+    parser = build_parser()
+    args = parser.parse_args(["audit", "run", "--concepts", "demo"])
+    assert options_from(args, AuditOptions, AUDIT_FLAGS) == AuditOptions(concepts="demo")
+    args = parser.parse_args(["audit", "run", "--concepts", "demo", "--bag", "--template", "a {}.", "--template",
+                              "an {}.", "--tagger", "cosine", "--image-threshold", "0.4", "--temperature", "50",
+                              "--frequency", "matched", "--tail-fraction", "0.3", "--tail-floor", "2", "--engine",
+                              "local", "--subset", "s", "--accuracy", "a.csv"])
+    assert options_from(args, AuditOptions, AUDIT_FLAGS) == AuditOptions(
+        concepts="demo", nested=False, templates=["a {}.", "an {}."], tagger="cosine", image_threshold=0.4,
+        temperature=50, frequency="matched", tail_fraction=0.3, tail_floor=2, engine="local")
+    assert (args.subset, args.accuracy) == ("s", "a.csv")
+    with pytest.raises(ConfigError, match=r"^option error: --tail-fraction: Input should be less than or equal to 1"):
+        options_from(parser.parse_args(["audit", "run", "--concepts", "demo", "--tail-fraction", "2"]), AuditOptions,
+                     AUDIT_FLAGS)
+    with pytest.raises(SystemExit):  # --concepts stays required, though the model has a default
+        parser.parse_args(["audit", "run"])
