@@ -13,6 +13,7 @@ CONFIGS = Path(__file__).parent / "configs"
 SEMDEDUP_FLAGS = {"n_clusters": "clusters"}  # flags named as before the options models
 DECONTAM_FLAGS = {"eval_path": "eval"}
 MATERIALIZE_NOT_ON_CLI = ("caption_source", "window")  # Python-only hooks, as before the options model
+EVALUATE_FLAGS = {"eval_path": "eval"}
 AUDIT_FLAGS = {"templates": "template", "nested": "--bag"}  # --bag turns the nested-phrase rule off
 
 
@@ -298,14 +299,15 @@ def _recaption(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from pipelines.cli_options import options_from
     from pipelines.config import load_config
-    from pipelines.evaluate import evaluate
+    from pipelines.evaluate import EvaluateOptions, evaluate
     from pipelines.proxy import ProxyConfig
 
+    options = options_from(args, EvaluateOptions, EVALUATE_FLAGS)
     config = load_config(args.config, list(args.set or []), model=ProxyConfig)
     subsets = [s.strip() for s in args.subsets.split(",") if s.strip()]
-    s = evaluate(args.run, subsets, args.eval, config, concepts=args.concepts, name=args.name,
-                 progress=not args.no_progress)
+    s = evaluate(args.run, subsets, options, config, progress=not args.no_progress)
     print(f"proxy CLIP, {config.samples_seen} samples seen per run, seeds {config.seeds}; "
           f"{s['eval_images']} evaluation images, {s['eval_classes']} classes ({s['tail_concepts_in_eval']} tail)")
     print(f"{'subset':<20}{'samples':>9}{'overall':>10}{'head':>8}{'tail':>8}{'log-linear r':>14}")
@@ -399,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pipelines.verb_options import (
         AuditOptions,
         DecontamOptions,
+        EvaluateOptions,
         MaterializeOptions,
         MetaclipBalanceOptions,
         SemdedupOptions,
@@ -506,11 +509,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="train the same proxy CLIP on each subset; zero-shot accuracy per concept")
     p.add_argument("run")
     p.add_argument("--subsets", required=True, help="comma-separated subset names (RUN/subsets/NAME)")
-    p.add_argument("--eval", required=True, help="ImageFolder (LABEL/IMAGE) or Parquet (image, label)")
+    add_options(p, EvaluateOptions, EVALUATE_FLAGS)
     p.add_argument("--config", help="proxy YAML (image_size, width, samples_seen, batch_size, seeds, ...)")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a proxy field (repeatable)")
-    p.add_argument("--concepts", default="demo", help="concept list for frequencies and the tail (default demo)")
-    p.add_argument("--name", default="default", help="RUN/evaluate/NAME")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_evaluate)
 

@@ -1,7 +1,7 @@
 """Does the curation help? The same proxy CLIP trained on each subset, zero-shot accuracy per concept.
 
-    evaluate(run, ["raw", "clip", "balanced"], eval_set, ProxyConfig(...), concepts="demo") writes
-    RUN/evaluate/NAME/:
+    evaluate(run, ["raw", "clip", "balanced"], EvaluateOptions(eval_path=..., concepts="demo"), ProxyConfig(...))
+    writes RUN/evaluate/NAME/:
 
     shards/SUBSET/        the subset materialized as WebDataset tars (what the proxy reads, as a trainer would)
     per_concept.parquet   subset, concept_id, concept, eval_images, accuracy (mean over seeds), frequency (text
@@ -33,6 +33,7 @@ from pipelines.config import ConfigError, subset_folder
 from pipelines.passes import Pass
 from pipelines.proxy import ProxyConfig
 from pipelines.storage import RunPaths
+from pipelines.verb_options import EvaluateOptions
 
 log = logging.getLogger(__name__)
 
@@ -143,13 +144,19 @@ def _frequencies(run: str, subsets: list[str], concepts_name: str) -> tuple[dict
     return per_subset, pool
 
 
-def evaluate(run: str, subsets: list[str], eval_set: str, config: ProxyConfig | None = None,
-             concepts: str = "demo", name: str = "default", progress: bool = False) -> dict:
+def evaluate(run: str, subsets: list[str], options: EvaluateOptions, config: ProxyConfig | None = None,
+             progress: bool = False) -> dict:
+    """Train the proxy on each subset and evaluate it; write RUN/evaluate/NAME/ and return the summary.
+
+    options: the evaluation set, concept list and output name (EvaluateOptions' fields and defaults).
+    config: the proxy (None: ProxyConfig's defaults).
+    """
     import ray
 
     from pipelines.concepts import load_concepts
     from pipelines.materialize import MaterializeOptions, materialize
 
+    eval_set, concepts, name = options.eval_path, options.concepts, options.name
     config = config or ProxyConfig()
     this = Pass(run)  # no settings check: every evaluation recomputes its folder
     run, paths = this.run, this.paths

@@ -1,4 +1,4 @@
-"""The options of the pass verbs (semdedup, decontaminate, materialize, metaclip-balance, audit): one model
+"""The options of the pass verbs (semdedup, decontaminate, materialize, metaclip-balance, audit, evaluate): one model
 per verb, read by the `tailor` subcommand (pipelines/cli_options.py builds its options from the model), the
 Python function and the select step alike, so each default is written once (issue 18).
 
@@ -115,3 +115,12 @@ class AuditOptions(Options):
         if self.image_threshold is not None:
             return self.image_threshold
         return MODEL_THRESHOLD.get((model, self.tagger), DEFAULT_THRESHOLD[self.tagger])
+
+
+class EvaluateOptions(Options):
+    """What `tailor evaluate` and evaluate() evaluate against and where they write; the proxy's own settings
+    are a ProxyConfig (pipelines/proxy.py: --config and --set)."""
+
+    eval_path: str = Field(description="evaluation set: ImageFolder (LABEL/IMAGE) or Parquet (image, label)")
+    concepts: str = Field("demo", description="concept list for frequencies and the tail")
+    name: str = Field("default", description="output folder RUN/evaluate/NAME")

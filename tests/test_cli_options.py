@@ -152,3 +152,20 @@ def test_audit_cli_flags_from_audit_options_with_the_old_names():
                      AUDIT_FLAGS)
     with pytest.raises(SystemExit):  # --concepts stays required, though the model has a default
         parser.parse_args(["audit", "run"])
+
+
+def test_evaluate_cli_flags_from_evaluate_options():
+    from pipelines.cli import EVALUATE_FLAGS, build_parser
+    from pipelines.verb_options import EvaluateOptions
+
+    parser = build_parser()
+    args = parser.parse_args(["evaluate", "run", "--subsets", "a,b", "--eval", "e"])
+    assert options_from(args, EvaluateOptions, EVALUATE_FLAGS) == EvaluateOptions(eval_path="e")
+    assert options_from(args, EvaluateOptions, EVALUATE_FLAGS).concepts == "demo"
+    args = parser.parse_args(["evaluate", "run", "--subsets", "a", "--eval", "e", "--concepts", "coco80", "--name",
+                              "n", "--set", "samples_seen=10"])
+    assert options_from(args, EvaluateOptions, EVALUATE_FLAGS) == EvaluateOptions(eval_path="e", concepts="coco80",
+                                                                                   name="n")
+    assert args.set == ["samples_seen=10"]
+    with pytest.raises(SystemExit):  # --eval is required, as before
+        parser.parse_args(["evaluate", "run", "--subsets", "a"])

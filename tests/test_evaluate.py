@@ -15,7 +15,7 @@ from PIL import Image
 
 from pipelines.config import ConfigError
 from pipelines.demo_web.evalset import build_eval_set
-from pipelines.evaluate import evaluate
+from pipelines.evaluate import EvaluateOptions, evaluate
 from pipelines.proxy import ProxyConfig
 
 pytestmark = pytest.mark.slow
@@ -35,8 +35,8 @@ def pool(demo_run, tmp_path_factory):
 
 def test_same_seed_and_subset_give_the_same_accuracies(pool):
     run, eval_set = pool
-    first = evaluate(str(run), ["eval-raw"], str(eval_set), SMALL, name="det-a")
-    second = evaluate(str(run), ["eval-raw"], str(eval_set), SMALL, name="det-b")
+    first = evaluate(str(run), ["eval-raw"], EvaluateOptions(eval_path=str(eval_set), name="det-a"), SMALL)
+    second = evaluate(str(run), ["eval-raw"], EvaluateOptions(eval_path=str(eval_set), name="det-b"), SMALL)
     a = pq.read_table(Path(first["out"]) / "per_concept.parquet").to_pylist()
     b = pq.read_table(Path(second["out"]) / "per_concept.parquet").to_pylist()
     assert a == b
@@ -51,25 +51,25 @@ def test_bad_inputs_give_one_line_errors(pool, tmp_path):
     run, eval_set = pool
     write_manifest(run, "eval-empty", [])
     with pytest.raises(ConfigError, match="subset 'eval-empty' is empty"):
-        evaluate(str(run), ["eval-empty"], str(eval_set), SMALL)
+        evaluate(str(run), ["eval-empty"], EvaluateOptions(eval_path=str(eval_set)), SMALL)
     with pytest.raises(ConfigError, match="no subset 'nope'"):
-        evaluate(str(run), ["nope"], str(eval_set), SMALL)
+        evaluate(str(run), ["nope"], EvaluateOptions(eval_path=str(eval_set)), SMALL)
     unknown = tmp_path / "unknown"
     for label in ("dog", "spaceship"):
         (unknown / label).mkdir(parents=True)
         Image.new("RGB", (64, 64), (200, 20, 20)).save(unknown / label / "0.jpg")
     with pytest.raises(ConfigError, match="not in the concept list.*'spaceship'"):
-        evaluate(str(run), ["eval-raw"], str(unknown), SMALL)
+        evaluate(str(run), ["eval-raw"], EvaluateOptions(eval_path=str(unknown)), SMALL)
     tiny = tmp_path / "tiny.parquet"
     buffer = io.BytesIO()
     Image.new("RGB", (4, 3)).save(buffer, "PNG")
     pq.write_table(pa.table({"image": [buffer.getvalue()], "label": ["dog"]}), tiny)
     with pytest.raises(ConfigError, match="row 0 .* is 4x3"):
-        evaluate(str(run), ["eval-raw"], str(tiny), SMALL)
+        evaluate(str(run), ["eval-raw"], EvaluateOptions(eval_path=str(tiny)), SMALL)
     broken = tmp_path / "broken.parquet"
     pq.write_table(pa.table({"image": [b"not an image"], "label": ["dog"]}), broken)
     with pytest.raises(ConfigError, match="cannot be decoded"):
-        evaluate(str(run), ["eval-raw"], str(broken), SMALL)
+        evaluate(str(run), ["eval-raw"], EvaluateOptions(eval_path=str(broken)), SMALL)
     bad = subprocess.run([sys.executable, "-m", "pipelines.cli", "evaluate", str(run), "--subsets", "eval-raw",
                           "--eval", str(eval_set), "--set", "samples_seen=0"], capture_output=True, text=True,
                          timeout=120)
@@ -88,7 +88,8 @@ def directions(pool):
     run, eval_set = pool
     select(str(run), parse_recipe({"steps": [{"step": "clip_score", "min_score": 0.3}]}), "eval-clip",
            overwrite=True)
-    s = evaluate(str(run), ["eval-raw", "eval-clip"], str(eval_set), LIT, name="directions")["subsets"]
+    s = evaluate(str(run), ["eval-raw", "eval-clip"], EvaluateOptions(eval_path=str(eval_set), name="directions"),
+                 LIT)["subsets"]
     for name, r in s.items():
         print(f"{name:<14} samples {r['samples']:>4}  overall {r['overall_accuracy']:.3f} ± "
               f"{r['overall_accuracy_std']:.3f}")
@@ -135,7 +136,7 @@ def test_a_balanced_subset_beats_a_random_one_of_the_same_size_on_the_tail(thous
     rng = np.random.default_rng(0)
     write_manifest(run, "random", sorted(rng.choice(clip, size=len(balanced), replace=False).tolist()))
     config = ProxyConfig(image_tower="builtin:demo-clip", samples_seen=12000, seeds=[0, 1, 2])
-    s = evaluate(str(run), ["balanced", "random"], str(eval_set), config)["subsets"]
+    s = evaluate(str(run), ["balanced", "random"], EvaluateOptions(eval_path=str(eval_set)), config)["subsets"]
     for name, r in s.items():
         print(f"{name:<9} samples {r['samples']:>4}  overall {r['overall_accuracy']:.3f}  tail "
               f"{r['tail_accuracy']:.3f} ± {r['tail_accuracy_std']:.3f}")
