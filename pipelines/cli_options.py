@@ -62,6 +62,9 @@ def _scalar(annotation: Any) -> tuple[type, list | None]:
 
 
 def _is_list(annotation: Any) -> bool:
+    """Whether the field is a list (`list[X]` or `list[X] | None`): a repeatable option."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(_is_list(a) for a in typing.get_args(annotation))
     return typing.get_origin(annotation) is list
 
 

@@ -169,3 +169,17 @@ def test_evaluate_cli_flags_from_evaluate_options():
     assert args.set == ["samples_seen=10"]
     with pytest.raises(SystemExit):  # --eval is required, as before
         parser.parse_args(["evaluate", "run", "--subsets", "a"])
+
+
+def test_list_fields_are_repeatable_options_and_a_whole_flag_name_is_kept():
+    class Lists(Options):
+        names: list[str] = Field(["a"], description="names")
+        sizes: list[int] | None = None
+        strict: bool = Field(True, description="strict rule")
+
+    p = argparse.ArgumentParser(prog="t")
+    add_options(p, Lists, {"names": "name", "strict": "--loose"})
+    assert options_from(p.parse_args([]), Lists) == Lists()
+    args = p.parse_args(["--name", "x", "--name", "y", "--sizes", "3", "--loose"])
+    assert options_from(args, Lists) == Lists(names=["x", "y"], sizes=[3], strict=False)
+    assert "(repeatable) (default a)" in p.format_help()
