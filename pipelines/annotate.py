@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 IMAGE_COLUMNS = ["key", "image", "width", "height"]
 EMBEDDING_COLUMNS = ["image_emb", "text_emb"]
 OUTPUT_KINDS = ["annotations", "images", "embeddings"]
+TEXT_PASS_PIECE_ROWS = 8192  # rows per task of a text pass (language ID and matching: ~1 s of work)
 
 
 # ---------------------------------------------------------------- Ray
@@ -283,7 +284,8 @@ def _build_dataset(pending: list[Shard], config: AnnotateConfig, paths: RunPaths
     fetching = not config.text_only and any(s.kind == "table" for s in pending)
     cpus, tasks = (rc.fetch_cpus, rc.max_fetch_tasks) if fetching else (rc.decode_cpus, rc.max_decode_tasks)
     same = {"num_cpus": cpus, "concurrency": tasks, "batch_format": "pyarrow"}
-    items = pieces(pending, rc.batch_size)
+    # a text pass does no I/O per row: pieces of a download batch's size would be mostly per-task overhead
+    items = pieces(pending, rc.batch_size if not config.text_only else max(rc.batch_size, TEXT_PASS_PIECE_ROWS))
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(load_pieces, batch_size=1, fn_kwargs={"paths": paths}, **same)
     ds = ds.map_batches(text_batch, batch_size=None, fn_kwargs={"options": config.text}, **same)

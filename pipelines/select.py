@@ -43,7 +43,7 @@ import re
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import duckdb
 import pyarrow as pa
@@ -57,6 +57,7 @@ from pipelines.duck import connect, scan, sql, write_query
 from pipelines.metaclip import find_matches
 from pipelines.semdedup import SemdedupOptions, semdedup
 from pipelines.storage import RunPaths
+from pipelines.verb_options import MetaclipDrawOptions
 
 log = logging.getLogger(__name__)
 
@@ -250,14 +251,12 @@ class SemDedup(Step, SemdedupOptions):
         scan(con, RunPaths(run), [path]).create_view("semdedup")
 
 
-class MetaclipBalance(Step):
-    """MetaCLIP balancing over the pool: entry counts are the pool's, so earlier filters shape them."""
+class MetaclipBalance(Step, MetaclipDrawOptions):
+    """MetaCLIP balancing over the pool: entry counts are the pool's, so earlier filters shape them. The fields
+    (t, seed, source) and defaults are MetaclipDrawOptions', as `tailor metaclip-balance`'s."""
 
     name: ClassVar[str] = "metaclip_balance"
     sql_file: ClassVar[str] = "select_metaclip"
-    t: float = Field(gt=0, description="entry cap: each entry keeps about t captions (MetaCLIP 400M: 20000)")
-    seed: int = 0
-    source: Literal["auto", "match", "annotations"] = "auto"
 
     def prepare(self, con: duckdb.DuckDBPyConnection, run: str) -> None:
         paths = RunPaths(run)
