@@ -337,7 +337,10 @@ def _add_embed_stages(ds: ray.data.Dataset, config: AnnotateConfig) -> ray.data.
 
 def _run_pending(pending: list[Shard], config: AnnotateConfig, paths: RunPaths, progress: bool) -> str:
     expected = {s.id: s.rows for s in pending}
-    line = ProgressLine(sum(expected.values())) if progress else None
+    line = None
+    if progress:  # a text pass fetches nothing, so its ok share would read 0%
+        line = ProgressLine(sum(expected.values()), label="text pass: rows" if config.text_only else "rows",
+                            show_ok=not config.text_only)
     written: dict[str, int] = collections.defaultdict(int)
     parts: dict[str, list[str]] = collections.defaultdict(list)
     commits = []

@@ -21,8 +21,9 @@ class ProgressLine:
     """One line: rows done/total, rows/s, ok share, ETA. Redrawn in place on a terminal; on a pipe or a
     log file a new line every `every` seconds (and one at the end), so a long run shows it is alive."""
 
-    def __init__(self, total: int, label: str = "rows", stream: TextIO | None = None, every: float = 10.0):
-        self.total, self.label = total, label
+    def __init__(self, total: int, label: str = "rows", stream: TextIO | None = None, every: float = 10.0,
+                 show_ok: bool = True):
+        self.total, self.label, self.show_ok = total, label, show_ok
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.every = 0.5 if self.tty else every
@@ -50,8 +51,9 @@ class ProgressLine:
         share = f"{self.ok / self.done:.1%}" if self.done else "-"
         left = self.total - self.done
         eta = _duration(left / rate) if rate > 0 and left > 0 else ("-" if left > 0 else "0s")
+        ok = f"  ok {share}" if self.show_ok else ""
         return (f"{self.label} {self.done:,}/{self.total:,} ({self.done / max(self.total, 1):.0%})  "
-                f"{rate:,.1f} rows/s  ok {share}  elapsed {_duration(elapsed)}  eta {eta}")
+                f"{rate:,.1f} rows/s{ok}  elapsed {_duration(elapsed)}  eta {eta}")
 
     def _draw(self, now: float) -> None:
         line = self.text(now)
