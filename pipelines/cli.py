@@ -566,9 +566,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:  # Ray's and Ray Data's INFO lines (execution plans, auth notes) stay in Ray's logs
         os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(Path(__file__).parent / "ray_data_logging.yaml"))
         os.environ.setdefault("TAILOR_RAY_LOG_LEVEL", "ERROR")
-    if argv is None and not args.verbose:
-        return _quiet(args)
-    return _dispatch(args)
+    try:
+        if argv is None and not args.verbose:
+            return _quiet(args)
+        return _dispatch(args)
+    except BrokenPipeError:  # `tailor audit RUN | head`: the reader left; not an error of the command
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's exit flush must not fail again
+        return 0
 
 
 def _quiet(args: argparse.Namespace) -> int:

@@ -14,6 +14,9 @@ The real alt-texts (hosts that do not resolve here) make a text pass under the s
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pyarrow.parquet as pq
@@ -164,6 +167,11 @@ def test_text_audit_counts_caption_rows_before_anything_is_downloaded(world, cap
     assert sum(r["text_count"] for r in text) > 0
     # before download, a concept's caption rows are all its rows: what the full run counts in any status
     assert [r["text_count"] for r in text] == [r["text_count_all"] for r in full]
+    # a reader that leaves early (`| head -1`) ends the command quietly, not with a BrokenPipeError traceback
+    tailor = Path(sys.executable).parent / "tailor"
+    piped = subprocess.run(f"'{tailor}' audit '{world['text']}' --concepts demo --no-progress | head -1", shell=True,
+                           capture_output=True, text=True, executable="/bin/bash")
+    assert piped.stdout.startswith("136 concepts (demo)") and "Traceback" not in piped.stderr, piped.stderr
 
 
 def test_text_pass_of_real_alt_texts_under_the_socket_guard(ray_local, tmp_path):
