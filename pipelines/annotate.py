@@ -291,19 +291,15 @@ def _build_dataset(pending: list[Shard], config: AnnotateConfig, paths: RunPaths
     ds = ds.map_batches(text_batch, batch_size=None, fn_kwargs={"options": config.text}, **same)
     if config.text_only:  # a text pass: no network, no image stage (embed included)
         ds = ds.map_batches(not_fetched, batch_size=None, **same)
-        if config.match is None:
-            return ds.map_batches(write_parts, batch_size=None, fn_kwargs={"paths": paths}, **same)
-        ds = add_match_stage(ds, config.match, rc.batch_size)
-        return ds.map_batches(write_parts, batch_size=None, batch_format="pyarrow", fn_kwargs={"paths": paths},
-                              num_cpus=0.25)
-    if fetching:
+    elif fetching:
         ds = ds.map_batches(fetch_batch, batch_size=None, fn_kwargs={"download": config.download,
                                                                      "decode": config.decode}, **same)
     else:
         ds = ds.map_batches(decode_batch, batch_size=None, fn_kwargs={"options": config.decode}, **same)
-    if config.embed is None and config.match is None:
+    embed = config.embed if not config.text_only else None
+    if embed is None and config.match is None:
         return ds.map_batches(write_parts, batch_size=None, fn_kwargs={"paths": paths}, **same)
-    if config.embed is not None:
+    if embed is not None:
         ds = _add_embed_stages(ds, config)
     if config.match is not None:  # an actor pool of its own (placed here, Ray Data does not fuse it with load)
         ds = add_match_stage(ds, config.match, rc.batch_size)

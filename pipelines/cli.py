@@ -83,17 +83,22 @@ def _demo_web_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _wait_for_interrupt() -> None:
+    """Block while a server serves in its own thread, until Ctrl-C."""
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+
+
 def _demo_web_serve(args: argparse.Namespace) -> int:
     from pipelines.demo_web.serve import DemoWebServer
 
     with DemoWebServer(Path(args.out), host=args.host, port=args.port) as server:
         print(f"serving {args.out} at {server.base_url}; URL table: {args.out}/urls.parquet (Ctrl-C stops)",
               flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
+        _wait_for_interrupt()
     return 0
 
 
@@ -387,11 +392,7 @@ def _browse(args: argparse.Namespace) -> int:
         raise ConfigError(str(err)) from None
     with server:
         print(f"browsing {server.browser.run} at {server.url}{fragment} (read-only; Ctrl-C stops)", flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
+        _wait_for_interrupt()
     return 0
 
 

@@ -462,7 +462,7 @@ def plan_steps(recipe: Recipe, phase: str, run: str, paths: RunPaths) -> tuple[l
         return [], [Status(), *image]
     if text and paths.exists(paths.fetched_from):
         source = paths.read_json(paths.fetched_from)
-        applied = [step for step in source.get("recipe", {}).get("steps", [])]
+        applied = (source.get("recipe") or {}).get("steps", [])  # null: a subset of unknown recipe
         if applied[:len(text)] == [{"step": s.name, **s.model_dump(mode="json")} for s in text]:
             raise ConfigError(
                 f"{run} was fetched from subset {source['subset']} of {source['run']}, whose selection ran this "
