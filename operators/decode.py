@@ -34,6 +34,7 @@ from typing import Literal
 import cv2
 import numpy as np
 import pyarrow as pa
+import threadpoolctl
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import Field
 
@@ -297,8 +298,11 @@ def decode_image(data: bytes, options: DecodeOptions) -> Decoded:
 
 
 def prepare_decoder() -> None:
-    """Once per process: parallelism comes from the engine's tasks and threads, not from OpenCV's own."""
+    """Once per process: parallelism comes from the engine's tasks and threads, not from OpenCV's or BLAS's own.
+    (pHash's matrix products are big enough for OpenBLAS to start its threads, which then spin between
+    calls: without the limit a decoded image cost twice its CPU time.)"""
     cv2.setNumThreads(1)
+    threadpoolctl.threadpool_limits(1, user_api="blas")
 
 
 def decode_columns(rows: list[Decoded]) -> dict[str, pa.Array]:
