@@ -178,8 +178,9 @@ def throughput(args: argparse.Namespace) -> dict:
         folder = build_photo_web(args.work / "photo-web", n=args.n, seed=args.seed)
         for kind in args.server:
             with serve_folder(folder, kind) as base:
-                urls = url_table(folder, base, args.work / f"photo-urls-{kind}.parquet")
-                results[f"photos-{kind}"] = compare(urls, args, f"photos ({kind} server)")
+                urls = url_table(folder, base, args.work / f"photo-urls-{kind}.parquet", repeat=args.repeat)
+                label = f"photos x{args.repeat}" if args.repeat > 1 else "photos"
+                results[f"{label}-{kind}".replace(" ", "")] = compare(urls, args, f"{label} ({kind} server)")
     if "demo" in args.web:
         web = build_web(args.work, args.n, args.seed)
         with DemoWebServer(web) as server:
@@ -218,6 +219,8 @@ def main() -> None:
                         help="photos: JPEG variants of the COCO photos (photo_web.py); demo: the demo web")
     parser.add_argument("--server", nargs="+", default=["threaded", "plain"], choices=["threaded", "plain"],
                         help="for the photo web: ThreadingHTTPServer with backlog 1024, or `python -m http.server`")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="photo web: list every photo this many times under distinct URLs (longer runs)")
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / ".work")
     parser.add_argument("--memory", type=int, nargs="*", help="measure tailor's peak memory at these row counts")
     args = parser.parse_args()

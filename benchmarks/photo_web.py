@@ -82,10 +82,13 @@ def build_photo_web(folder: Path, n: int = 5000, seed: int = 0) -> Path:
     return folder
 
 
-def url_table(folder: Path, base_url: str, out: Path) -> Path:
+def url_table(folder: Path, base_url: str, out: Path, repeat: int = 1) -> Path:
+    """The URL table of the web; with repeat > 1 every photo is listed `repeat` times under distinct URLs
+    (`?copy=k`, which the servers ignore), for runs long enough that start-up costs amortise."""
     variants = pq.read_table(folder / "variants.parquet")
-    urls = [f"{base_url}/images/{name}" for name in variants.column("name").to_pylist()]
-    pq.write_table(pa.table({"url": urls, "caption": variants.column("caption")}), out)
+    names, captions = variants.column("name").to_pylist(), variants.column("caption").to_pylist()
+    urls = [f"{base_url}/images/{name}" + (f"?copy={k}" if k else "") for k in range(repeat) for name in names]
+    pq.write_table(pa.table({"url": urls, "caption": captions * repeat}), out)
     return out
 
 

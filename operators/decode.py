@@ -179,7 +179,7 @@ _DCT8 = 2 * np.cos(np.pi * (2 * np.arange(_PHASH_SIDE)[None, :] + 1) * np.arange
 _PRECISION_BITS = 22  # Pillow's 8-bit resampling: coefficients in 22-bit fixed point (libImaging/Resample.c)
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=_PHASH_INPUT)  # pHash's input sides are at most 512: at most ~34 MB held
 def _lanczos_matrix(in_size: int, out_size: int = _PHASH_SIDE) -> np.ndarray:
     """Pillow's Lanczos (antialiased) resampling of one axis as an (in_size, out_size) matrix of its integer
     fixed-point coefficients, built as Pillow builds them (precompute_coeffs, normalize_coeffs_8bpc)."""
