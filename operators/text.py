@@ -14,7 +14,12 @@ can hold), which helps short texts; the score lets a recipe ask for confidence.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import pickle
+import tempfile
 from functools import cache
+from pathlib import Path
 
 import pyarrow as pa
 from pydantic import Field
@@ -31,15 +36,53 @@ class TextOptions(Options):
 
 @cache
 def language_identifier(languages: tuple[str, ...] | None):
-    """py3langid's model, loaded once per process (about 0.3 s: far more than classifying a batch)."""
-    from py3langid.langid import MODEL_FILE, LanguageIdentifier
-
-    identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+    """py3langid's model, loaded once per process (far more work than classifying a batch)."""
+    identifier = _load_identifier()
     if languages:
         unknown = sorted(set(languages) - set(identifier.nb_classes))
         if unknown:
             raise ValueError(f"text.languages: unknown to py3langid: {unknown}")
         identifier.set_languages(list(languages))
+    return identifier
+
+
+def cache_dir() -> Path:
+    """Where tailor keeps what it can rebuild (TAILOR_CACHE_DIR, else XDG_CACHE_HOME/tailor or ~/.cache/tailor)."""
+    if os.environ.get("TAILOR_CACHE_DIR"):
+        return Path(os.environ["TAILOR_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tailor"
+
+
+def _load_identifier():
+    """py3langid's model: its LZMA file takes about 0.7 CPU-seconds to unpack and convert, paid by every worker
+    process that runs the text stage, before its first row. The built identifier is kept once, pickled, in
+    the cache folder (named by py3langid's version and the model file's size and time, written atomically);
+    loading that takes under 0.1 s. A cache that cannot be read or written costs only the time."""
+    import py3langid
+    from py3langid.langid import MODEL_DIR, MODEL_FILE, LanguageIdentifier
+
+    model = Path(MODEL_FILE) if Path(MODEL_FILE).is_absolute() else Path(MODEL_DIR) / MODEL_FILE
+    stat = model.stat()
+    cached = cache_dir() / f"py3langid-{py3langid.__version__}-{stat.st_size}-{stat.st_mtime_ns}.pickle"
+    try:
+        with open(cached, "rb") as f:
+            identifier = pickle.load(f)
+        if isinstance(identifier, LanguageIdentifier):
+            return identifier
+    except Exception:  # missing, partial or from another version: rebuilt below
+        pass
+    identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+    partial = None
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=cached.parent, prefix=cached.name, delete=False) as f:
+            partial = f.name
+            pickle.dump(identifier, f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(partial, cached)
+    except OSError:
+        if partial is not None:
+            with contextlib.suppress(OSError):
+                os.remove(partial)
     return identifier
 
 
