@@ -71,7 +71,7 @@ def _load_identifier():
             return identifier
     except Exception:  # missing, partial or from another version: rebuilt below
         pass
-    identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+    identifier = LanguageIdentifier.from_model_file(model, norm_probs=True)
     partial = None
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
