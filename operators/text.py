@@ -15,6 +15,7 @@ can hold), which helps short texts; the score lets a recipe ask for confidence.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import pickle
 import tempfile
@@ -56,14 +57,14 @@ def cache_dir() -> Path:
 def _load_identifier():
     """py3langid's model: its LZMA file takes about 0.7 CPU-seconds to unpack and convert, paid by every worker
     process that runs the text stage, before its first row. The built identifier is kept once, pickled, in
-    the cache folder (named by py3langid's version and the model file's size and time, written atomically);
+    the cache folder (named by py3langid's version and a hash of the model file, written atomically);
     loading that takes under 0.1 s. A cache that cannot be read or written costs only the time."""
     import py3langid
     from py3langid.langid import MODEL_DIR, MODEL_FILE, LanguageIdentifier
 
     model = Path(MODEL_FILE) if Path(MODEL_FILE).is_absolute() else Path(MODEL_DIR) / MODEL_FILE
-    stat = model.stat()
-    cached = cache_dir() / f"py3langid-{py3langid.__version__}-{stat.st_size}-{stat.st_mtime_ns}.pickle"
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()[:16]  # 4.5 MB: a few ms; one file for every install
+    cached = cache_dir() / f"py3langid-{py3langid.__version__}-{digest}.pickle"
     try:
         with open(cached, "rb") as f:
             identifier = pickle.load(f)
