@@ -589,7 +589,8 @@ class Browser:
         decisions = {}
         for subset in self.subsets.values():
             d = self._lookup([subset.decisions], key)
-            decisions[subset.name] = None if d is None else {k: d[k] for k in ("kept", "reason", "step", "detail")}
+            # subsets from before metaclip-balance wrote step and detail lack them
+            decisions[subset.name] = None if d is None else {k: d.get(k) for k in ("kept", "reason", "step", "detail")}
         tags = {}
         for audit in self.audits.values():
             t = self._lookup([f for f in self.paths.list(f"audit/{audit.name}/tags", ".parquet")

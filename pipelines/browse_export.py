@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -37,7 +38,7 @@ def _script(variable: str, value: object) -> str:
 
 def export(run: str, out: str | Path, limit: int = 1000, groups: int = 20, neighbours: int = 12) -> dict:
     """Write the static copy of run's views to out (replaced when it is an earlier copy); returns counts."""
-    out = Path(out)
+    out = Path(out).absolute()
     if out.exists() and any(out.iterdir()) and not (out / "data" / "static.js").exists():
         raise BrowseError(f"{out} exists and is not a browse copy; give an empty or new folder")
     browser = Browser(run)
@@ -61,34 +62,43 @@ def export(run: str, out: str | Path, limit: int = 1000, groups: int = 20, neigh
     concepts = {name: browser.concepts({"audit": [name]}) for name in browser.audits
                 if browser.paths.exists(f"{browser.audits[name].folder}/counts.parquet")}
 
+    # written beside OUT and moved into place at the end: a failure leaves neither a half copy nor
+    # a folder the next attempt refuses
+    staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        (staging / "data" / "samples").mkdir(parents=True)
+        (staging / "thumbs").mkdir()
+        detail_keys = [s["key"] for s in samples]
+        detail_keys += [m["key"] for kind in duplicates.values() for g in kind["groups"] for m in g["members"]]
+        details, thumbs = {}, {}
+        for key in dict.fromkeys(detail_keys):
+            sample = browser.sample(key, neighbours=neighbours)
+            details[key] = f"{file_id(key)}.js"
+            (staging / "data" / "samples" / details[key]).write_text(_script("window.tailorSample(", sample))
+            for k in [key, *(n["key"] for n in sample["neighbours"])]:
+                if k in thumbs:
+                    continue
+                try:
+                    data, content_type = browser.image(k)
+                except BrowseError:
+                    continue
+                thumbs[k] = f"{file_id(k)}.{EXTENSIONS.get(content_type, 'bin')}"
+                (staging / "thumbs" / thumbs[k]).write_bytes(data)
+        meta = {**browser.meta(), "static": True, "static_limit": limit}
+        meta["run"] = Path(browser.run).name
+        data = {"meta": meta, "samples": records, "thumbs": thumbs, "details": details,
+                "duplicates": duplicates, "concepts": concepts}
+        (staging / "data" / "static.js").write_text(_script("window.TAILOR_STATIC", data))
+        for name in ("app.js", "app.css"):
+            shutil.copyfile(STATIC / name, staging / name)
+        page = (STATIC / "index.html").read_text()
+        (staging / "index.html").write_text(page.replace("<!-- DATA -->", '<script src="data/static.js"></script>'))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     if out.exists():
         shutil.rmtree(out)
-    (out / "data" / "samples").mkdir(parents=True)
-    (out / "thumbs").mkdir()
-    detail_keys = [s["key"] for s in samples]
-    detail_keys += [m["key"] for kind in duplicates.values() for g in kind["groups"] for m in g["members"]]
-    details, thumbs = {}, {}
-    for key in dict.fromkeys(detail_keys):
-        sample = browser.sample(key, neighbours=neighbours)
-        details[key] = f"{file_id(key)}.js"
-        (out / "data" / "samples" / details[key]).write_text(_script("window.tailorSample(", sample))
-        for k in [key, *(n["key"] for n in sample["neighbours"])]:
-            if k in thumbs:
-                continue
-            try:
-                data, content_type = browser.image(k)
-            except BrowseError:
-                continue
-            thumbs[k] = f"{file_id(k)}.{EXTENSIONS.get(content_type, 'bin')}"
-            (out / "thumbs" / thumbs[k]).write_bytes(data)
-    meta = {**browser.meta(), "static": True, "static_limit": limit}
-    meta["run"] = Path(browser.run).name
-    data = {"meta": meta, "samples": records, "thumbs": thumbs, "details": details,
-            "duplicates": duplicates, "concepts": concepts}
-    (out / "data" / "static.js").write_text(_script("window.TAILOR_STATIC", data))
-    for name in ("app.js", "app.css"):
-        shutil.copyfile(STATIC / name, out / name)
-    page = (STATIC / "index.html").read_text()
-    (out / "index.html").write_text(page.replace("<!-- DATA -->", '<script src="data/static.js"></script>'))
+    staging.rename(out)
     return {"out": str(out), "samples": len(records), "details": len(details), "images": len(thumbs),
             "index": str(out / "index.html")}

@@ -10,7 +10,8 @@ ran with a `match:` section, from RUN/annotations.
     balance_subset(run, name, MetaclipBalanceOptions(t=..., seed=...)) writes RUN/subsets/NAME/:
         manifest.parquet     the kept keys
         decisions.parquet    every key: kept, reason ('kept', 'balanced_out', 'no_match', 'other_text',
-                             'no_image': the download failed; only with text_only=False, the default)
+                             'no_image': the download failed; only with text_only=False, the default),
+                             step (metaclip_balance / metaclip2_balance where dropped), detail (null)
         entry_stats.parquet  per entry: count before, kept_count after, head, p
         stats.json           the summary below, before and after balancing
         entry_counts.png     rank-frequency and count distribution, before and after
@@ -27,6 +28,7 @@ from typing import Literal
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines.config import ConfigError, check_name
@@ -198,7 +200,10 @@ def balance_subset(run: str, name: str, options: MetaclipBalanceOptions, plot: b
         **balance_stats(per_entry, decisions, t),
     }
     paths.write_parquet(decisions.filter(decisions.column("kept")).select(["key"]), paths.subset_manifest(name))
-    paths.write_parquet(decisions, paths.subset(name, "decisions.parquet"))
+    # the columns select's decisions have (browse reads both): the step that dropped a row, no detail
+    step = pc.if_else(decisions.column("kept"), pa.scalar(None, pa.string()), stats["recipe"]["step"])
+    paths.write_parquet(decisions.append_column("step", step).append_column(
+        "detail", pa.nulls(decisions.num_rows, pa.string())), paths.subset(name, "decisions.parquet"))
     paths.write_parquet(per_entry, paths.subset(name, "entry_stats.parquet"))
     paths.write_json(stats, paths.subset(name, "stats.json"))
     if plot:

@@ -163,8 +163,12 @@ def test_metaclip_balance_cli_writes_subset_and_stats(demo_matched):
     run, _, _ = demo_matched
     assert cli(["metaclip-balance", str(run), "--t", "8", "--seed", "3", "--name", "mc8"]) == 0
     folder = run / "subsets" / "mc8"
-    decisions = pq.read_table(folder / "decisions.parquet")
+    written = pq.read_table(folder / "decisions.parquet")
+    decisions = written.select(["key", "kept", "reason"])
     assert decisions == balance(str(run), t=8, seed=3)
+    # select's decision columns too: the step that dropped a row (browse shows it), no detail
+    assert {(r["kept"], r["step"], r["detail"]) for r in written.select(["kept", "step", "detail"]).to_pylist()} == {
+        (True, None, None), (False, "metaclip_balance", None)}
     kept = {k for k, ok in zip(decisions.column("key").to_pylist(), decisions.column("kept").to_pylist(),
                                strict=True) if ok}
     assert set(pq.read_table(folder / "manifest.parquet").column("key").to_pylist()) == kept
@@ -182,6 +186,13 @@ def test_metaclip_balance_cli_writes_subset_and_stats(demo_matched):
                                "metadata_id": stats["recipe"]["metadata_id"], "rows": "ok rows (image downloaded)"}
     assert stats["captions"]["by_reason"]["no_image"] == sum(s != "ok" for s in statuses.values())
     assert (folder / "entry_counts.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from pipelines.browse import Browser
+    from pipelines.browse_export import export
+
+    dropped = next(r["key"] for r in written.to_pylist() if r["reason"] == "balanced_out")
+    assert Browser(str(run)).sample(dropped, neighbours=0)["decisions"]["mc8"] == {
+        "kept": False, "reason": "balanced_out", "step": "metaclip_balance", "detail": None}
+    assert export(str(run), run / "browse-copy", limit=20, groups=2, neighbours=0)["samples"] == 20
     out = run / "shards-mc8"
     assert cli(["materialize", str(run), "mc8", "--out", str(out), "--no-progress"]) == 0  # no --skip-missing
     assert len(list(out.glob("*.tar"))) >= 1
