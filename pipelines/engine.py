@@ -20,9 +20,36 @@ def init_ray(address: str | None) -> None:
 
     if ray.is_initialized():
         return
+    source = "ray.address" if address else "RAY_ADDRESS" if os.environ.get("RAY_ADDRESS") else None
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     level = getattr(logging, os.environ.get("TAILOR_RAY_LOG_LEVEL", "WARNING").upper(), logging.WARNING)
-    ray.init(address=address, include_dashboard=False, configure_logging=True, logging_level=level)
+    if address not in ("local", "auto"):
+        _check_reachable(address, source)
+    try:
+        ray.init(address=address, include_dashboard=False, configure_logging=True, logging_level=level)
+    except ConnectionError as err:  # `auto` (the cluster configs) or an address with no Ray cluster there
+        if source is None:
+            raise
+        raise ConfigError(
+            f"{source} {address!r}: no running Ray cluster to join ({' '.join(str(err).split())[:160]}). Start one "
+            "(`ray start --head`), or run on a private local Ray with --set ray.address=null"
+            + (" and RAY_ADDRESS unset" if source == "RAY_ADDRESS" else "")) from None
+
+
+def _check_reachable(address: str, source: str | None) -> None:
+    """One TCP connection to HOST:PORT (or ray://HOST:PORT) first: Ray itself retries an address where nothing
+    listens for minutes before it gives up."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # not host:port; Ray's own error says what is wrong with it
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as err:
+        raise ConfigError(f"{source} {address!r}: no Ray cluster answers there ({err}). Start one "
+                          "(`ray start --head`), or run on a private local Ray with --set ray.address=null"
+                          + (" and RAY_ADDRESS unset" if source == "RAY_ADDRESS" else "")) from None
 
 
 def embed_actor_resources(options, cluster_gpus: float) -> dict:

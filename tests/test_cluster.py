@@ -190,3 +190,23 @@ def test_job_submit_on_two_node_cluster(cluster, demo_web, tmp_path):
     embedders = [a for a in actors if "ClipEmbedder" in f"{a.get('repr_name')} {a.get('class_name')}"]
     assert embedders, [(a.get("class_name"), a.get("repr_name")) for a in actors]
     assert all(a["required_resources"].get("GPU") == 1 and a["node_id"] == worker[0]["node_id"] for a in embedders)
+
+
+def test_an_address_where_no_cluster_listens_is_one_line_not_a_wait(tmp_path):
+    """ray.address (or RAY_ADDRESS) naming a port where nothing listens: Ray itself retries for minutes; the
+    command says at once what is wrong and how to run locally."""
+    table = tmp_path / "one.tsv"
+    table.write_text("url\tcaption\nhttp://127.0.0.1:9/a.jpg\ta cat\n")
+    address = f"127.0.0.1:{free_port()}"
+    runs = {"ray.address": [str(BIN / "tailor"), "annotate", "--config", str(DEMO_CONFIG), "--input", str(table),
+                            "--output", str(tmp_path / "a"), "--set", f"ray.address={address}"],
+            "RAY_ADDRESS": [str(BIN / "tailor"), "annotate", "--config", str(DEMO_CONFIG), "--input", str(table),
+                            "--output", str(tmp_path / "b")]}
+    for source, cmd in runs.items():
+        env = {**os.environ, "RAY_ADDRESS": address} if source == "RAY_ADDRESS" else os.environ
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.strip().splitlines() == [
+            f"tailor: {source} {address!r}: no Ray cluster answers there ([Errno 111] Connection refused). "
+            "Start one (`ray start --head`), or run on a private local Ray with --set ray.address=null"
+            + (" and RAY_ADDRESS unset" if source == "RAY_ADDRESS" else "")]
