@@ -758,7 +758,8 @@ class Browser:
         hits = [(keys[r], float(s)) for r, s in zip(rows[0], scores[0], strict=True) if r >= 0 and keys[r] != exclude]
         hits = hits[:k]
         cards = {c["key"]: c for c in self.cards([h for h, _ in hits])}
-        return [{**cards.get(h, {"key": h}), "similarity": round(s, 4)} for h, s in hits]
+        # float16 vectors: a self-match can score 1.0001
+        return [{**cards.get(h, {"key": h}), "similarity": round(min(s, 1.0), 4)} for h, s in hits]
 
     def neighbours(self, key: str, k: int = NEIGHBOURS_DEFAULT) -> dict:
         """The k stored images closest to key's image embedding (cosine)."""

@@ -197,7 +197,8 @@ def _materialize(args: argparse.Namespace) -> int:
     options = options_from(args, MaterializeOptions)
     s = materialize(args.run, args.name, args.out, options, overwrite=args.overwrite, progress=not args.no_progress)
     skipped = f", skipped {s['skipped']['keys']} keys without an image" if s["skipped"]["keys"] else ""
-    print(f"wrote {s['samples']} samples in {s['shards']} shards ({s['bytes'] / 1e6:.1f} MB) to {s['out']} "
+    shards = f"{s['shards']} shard{'s' * (s['shards'] != 1)}"
+    print(f"wrote {s['samples']} samples in {shards} ({s['bytes'] / 1e6:.1f} MB) to {s['out']} "
           f"in {s['wall_time_s']} s ({s['samples_per_s']} samples/s){skipped}")
     if s["captions"]:
         print(f"captions: {s['recaptioned_samples']} of {s['samples']} samples carry the new caption from set "
@@ -231,7 +232,7 @@ def _audit(args: argparse.Namespace) -> int:
     s = audit_run(args.run, options, subset=args.subset, accuracy=args.accuracy, progress=not args.no_progress)
     print(f"{s['concepts']} concepts ({s['settings']['concepts']}), ranked by {s['frequency']} frequency; "
           f"tail {s['tail']['concepts']} concepts "
-          + (f"holding {s['tail']['share_of_mentions']} of mentions; " if s["tail"]["share_of_mentions"] is not None
+          + (f"holding {s['tail']['share_of_mentions']:.1%} of mentions; " if s["tail"]["share_of_mentions"] is not None
              else f"(no concept has a {s['frequency']} mention); ")
           + f"never in captions: {s['concepts_never_in_text']}")
     scope = (f"text pass: {s['ok_rows']} caption rows, no image fetched yet" if s.get("text_pass") else

@@ -317,8 +317,8 @@ def parse_recipe(data: Any, source: str = "<dict>") -> Recipe:
     if unknown:
         raise ConfigError(f"recipe {source}: unknown field(s) {unknown} (fields: description, steps)")
     raw_steps = data.get("steps")
-    if not isinstance(raw_steps, list) or not raw_steps:
-        raise ConfigError(f"recipe {source}: 'steps' must be a non-empty list")
+    if not isinstance(raw_steps, list):  # an empty list: only the status step (the `raw` recipe)
+        raise ConfigError(f"recipe {source}: 'steps' must be a list of steps")
     steps = []
     for number, raw in enumerate(raw_steps, start=1):
         if not isinstance(raw, dict) or "step" not in raw:
@@ -453,8 +453,8 @@ def plan_steps(recipe: Recipe, phase: str, run: str, paths: RunPaths) -> tuple[l
         return text, []
     if phase == "text":
         if not text:
-            raise ConfigError(f"--steps text: recipe {recipe.source} has no text steps (its first step, "
-                              f"{recipe.steps[0].name}, reads the image)")
+            raise ConfigError(f"--steps text: recipe {recipe.source} has no text steps" + (
+                f" (its first step, {recipe.steps[0].name}, reads the image)" if recipe.steps else ""))
         return text, []
     if phase == "image":
         if not image:

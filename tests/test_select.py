@@ -302,7 +302,7 @@ def test_injection_attempts_are_rejected_or_bound_as_plain_values(tmp_path):
     ([{"step": "boilerplate", "patterns": ["(unclosed"]}], "is not a regular expression"),
     ([{"step": "metaclip_balance"}], "step 1 (metaclip_balance): t: Field required"),
     ([{"min_score": 0.3}], "expected a mapping with a 'step' name"),
-    ([], "non-empty list"),
+    ("exact_dedup", "'steps' must be a list of steps"),
 ])
 def test_bad_recipes_get_one_line_naming_the_step_and_field(steps, message):
     with pytest.raises(ConfigError) as err:
@@ -323,9 +323,9 @@ def test_a_step_needing_a_column_the_run_lacks_is_refused_before_running(tmp_pat
 
 def test_shipped_recipes_parse():
     names = sorted(p.stem for p in RECIPES.glob("*.yaml"))
-    assert {"laion-style", "datacomp-basic", "datacomp-clip-top30", "metaclip-balanced", "demo"} <= set(names)
+    assert {"laion-style", "datacomp-basic", "datacomp-clip-top30", "metaclip-balanced", "demo", "raw"} <= set(names)
     for name in names:
-        assert load_recipe(name).steps
+        assert load_recipe(name).steps or name == "raw"  # raw: no step but the implicit status step
 
 
 @pytest.mark.slow
@@ -347,6 +347,9 @@ def test_every_shipped_recipe_runs_on_the_demo_run_and_accounts_for_every_row(tr
         assert stats["rows"] == len(rows) and stats["kept"] == len(manifest), name
         assert sum(s["dropped"] for s in stats["steps"]) == len(rows) - len(manifest), name
         assert 0 < stats["kept"] < len(rows), name  # every recipe keeps some rows and drops the failed ones
+    ok = pq.read_table(copy / "annotations", columns=["key", "status"], filters=[("status", "=", "ok")])
+    assert pq.read_table(copy / "subsets" / "raw" / "manifest.parquet").column("key").to_pylist() == sorted(
+        ok.column("key").to_pylist())  # raw: exactly the rows whose image came through
 
 
 def test_a_recipe_name_is_a_shipped_recipe_whatever_the_folder_holds(tmp_path, monkeypatch):
