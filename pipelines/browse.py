@@ -478,6 +478,9 @@ class Browser:
                 concept = int(q.concept)
             if concept is None:
                 raise NotFound(f"concept: {q.concept!r} is not a concept of audit {audit.name!r}")
+            if q.concept_mode != "caption" and self.paths.is_text_pass():
+                raise BrowseError(f"concept_mode: {q.concept_mode!r} reads image tags, and this run is a text pass "
+                                  "(no image fetched yet); use concept_mode=caption")
         if subset is not None:
             steps = {r["step"] for r in subset.reasons.values()}
             if q.step is not None and steps and q.step not in steps:

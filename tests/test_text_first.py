@@ -172,6 +172,15 @@ def test_text_audit_counts_caption_rows_before_anything_is_downloaded(world, cap
     piped = subprocess.run(f"'{tailor}' audit '{world['text']}' --concepts demo --no-progress | head -1", shell=True,
                            capture_output=True, text=True, executable="/bin/bash")
     assert piped.stdout.startswith("136 concepts (demo)") and "Traceback" not in piped.stderr, piped.stderr
+    # browse: a text pass's concept filter reads captions; the image-tag modes say why they cannot answer
+    from pipelines.browse import BrowseError, Browser, GridQuery
+
+    browser = Browser(str(world["text"]))
+    top = max(text, key=lambda r: r["text_count"])
+    named = browser.grid(GridQuery(audit="demo", concept=top["concept"], limit=500))["items"]
+    assert len(named) == top["text_count"] > 0
+    with pytest.raises(BrowseError, match="text pass .*use concept_mode=caption"):
+        browser.grid(GridQuery(audit="demo", concept=top["concept"], concept_mode="misaligned"))
 
 
 def test_text_pass_of_real_alt_texts_under_the_socket_guard(ray_local, tmp_path):
