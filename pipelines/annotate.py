@@ -23,6 +23,7 @@ import time
 import uuid
 import warnings
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -426,6 +427,19 @@ def blocked_hint(statuses: collections.Counter) -> str | None:
     return f"{rows} of {total} rows are {status}: {SETTING_OF_STATUS[status]}"
 
 
+def _warn_demo_model(config: AnnotateConfig) -> None:
+    """The demo config embeds with the demo CLIP, which knows only the demo web's shapes: say so once when the
+    input is not a demo web (a folder holding truth.parquet), before its scores are taken for a real model's."""
+    if config.embed is None or config.embed.model != "builtin:demo-clip" or config.text_only:
+        return
+    inputs = [config.input.path] if isinstance(config.input.path, str) else config.input.path
+    if all("://" not in p and (Path(p).parent / "truth.parquet").exists() for p in inputs):
+        return
+    log.warning("embed.model is builtin:demo-clip, a tiny CLIP trained only on the demo web's drawn shapes: its "
+                "embeddings and CLIP scores of other images mean nothing; set embed.model to a CLIP checkpoint "
+                "(a local path or hub name), or embed=null to skip embedding")
+
+
 def annotate(config: AnnotateConfig, overwrite: bool = False, progress: bool = True,
              ray_progress: bool = False) -> dict:
     """Run (or resume) annotation into config.output and return the run summary. `progress`: tailor's
@@ -446,6 +460,7 @@ def annotate(config: AnnotateConfig, overwrite: bool = False, progress: bool = T
     init_ray(config.ray.address)
     ray_ready = time.time()
     log.info("ray ready after %.1f s", ray_ready - started)
+    _warn_demo_model(config)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = ray_progress
     # Ray Data's default reserves half the CPUs for the light stages (load, download, write), which on a

@@ -111,3 +111,23 @@ def test_unreadable_s3_output_or_metadata_is_one_line_before_ray(tmp_path, capsy
     assert len(err.strip().splitlines()) == 1
     if not ray_was_imported:
         assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+
+
+def test_the_demo_clip_on_other_images_is_named_once(tmp_path, caplog):
+    """The demo config embeds with the demo CLIP, which knows only the demo web's shapes: a run over any
+    other table says so; a demo web (a folder with truth.parquet), a text pass and embed=null do not."""
+    from pipelines.annotate import _warn_demo_model
+
+    web = tmp_path / "web"
+    web.mkdir()
+    (web / "truth.parquet").write_bytes(b"")
+    cases = {"photos.parquet": True, "web/urls.parquet": False, "s3://bucket/urls.parquet": True}
+    for path, warned in cases.items():
+        caplog.clear()
+        full = path if "://" in path else str(tmp_path / path)
+        _warn_demo_model(load_config(DEMO_CONFIG, [f"input.path={full}", "output=/tmp/x"]))
+        assert ("demo web's drawn shapes" in caplog.text) is warned, path
+    for override in ("embed=null", "text_only=true", "embed.model=/models/clip-vit-b-32"):
+        caplog.clear()
+        _warn_demo_model(load_config(DEMO_CONFIG, [f"input.path={tmp_path}/photos.parquet", "output=/tmp/x", override]))
+        assert "drawn shapes" not in caplog.text, override
