@@ -144,7 +144,7 @@ def write_report(paths: RunPaths, out: str, settings: dict, summary: dict, count
         f"image tagger {html.escape(str(settings['tagger']))} (threshold {settings['image_threshold']}) on "
         f"{html.escape(str(settings['model']))}. Tail: {summary['tail']['concepts']} concepts (bottom "
         f"{summary['tail']['fraction']:.0%} or below {summary['tail']['floor']}), "
-        + (f"{summary['tail']['share_of_mentions']} of all mentions.</p>"
+        + (f"{summary['tail']['share_of_mentions']:.1%} of all mentions.</p>"
            if summary["tail"]["share_of_mentions"] is not None else "no concept is mentioned at all.</p>"),
     ]
     if summary.get("ok_rows") is not None:

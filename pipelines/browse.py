@@ -330,6 +330,7 @@ class Browser:
         self.semdedup = semdedup if self.paths.exists(semdedup) else None
         config = self.paths.read_config() or {}
         self.model = (config.get("embed") or {}).get("model") if self.embeddings else None
+        self.text_pass = bool(config.get("text_only"))  # no image fetched: no image tags to filter on
         self._lock = threading.Lock()
         self._image_cache: OrderedDict[tuple[str, int], dict[str, bytes]] = OrderedDict()
         self._groups: dict[tuple, tuple[list[str], dict[str, list[tuple[str, bool]]]]] = {}
@@ -451,7 +452,7 @@ class Browser:
                        for a in self.audits.values()],
             "languages": self.languages(),
             "embeddings": bool(self.embeddings), "search": self.model is not None,
-            "semdedup": self.semdedup is not None, "model": self.model,
+            "semdedup": self.semdedup is not None, "model": self.model, "text_pass": self.text_pass,
             "page_max": PAGE_MAX, "static": False,
         }
 
@@ -478,7 +479,7 @@ class Browser:
                 concept = int(q.concept)
             if concept is None:
                 raise NotFound(f"concept: {q.concept!r} is not a concept of audit {audit.name!r}")
-            if q.concept_mode != "caption" and self.paths.is_text_pass():
+            if q.concept_mode != "caption" and self.text_pass:
                 raise BrowseError(f"concept_mode: {q.concept_mode!r} reads image tags, and this run is a text pass "
                                   "(no image fetched yet); use concept_mode=caption")
         if subset is not None:

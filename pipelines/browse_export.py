@@ -38,7 +38,7 @@ def _script(variable: str, value: object) -> str:
 
 def export(run: str, out: str | Path, limit: int = 1000, groups: int = 20, neighbours: int = 12) -> dict:
     """Write the static copy of run's views to out (replaced when it is an earlier copy); returns counts."""
-    out = Path(out).absolute()
+    out = Path(os.path.abspath(out))  # `..` resolved: the staging folder must be OUT's sibling
     if out.exists() and any(out.iterdir()) and not (out / "data" / "static.js").exists():
         raise BrowseError(f"{out} exists and is not a browse copy; give an empty or new folder")
     browser = Browser(run)
@@ -64,8 +64,9 @@ def export(run: str, out: str | Path, limit: int = 1000, groups: int = 20, neigh
 
     # written beside OUT and moved into place at the end: a failure leaves neither a half copy nor
     # a folder the next attempt refuses
-    staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
+    staging, previous = out.with_name(f".{out.name}.partial"), out.with_name(f".{out.name}.previous")
+    for leftover in (staging, previous):  # from a copy killed before it finished
+        shutil.rmtree(leftover, ignore_errors=True)
     try:
         (staging / "data" / "samples").mkdir(parents=True)
         (staging / "thumbs").mkdir()
@@ -94,11 +95,14 @@ def export(run: str, out: str | Path, limit: int = 1000, groups: int = 20, neigh
             shutil.copyfile(STATIC / name, staging / name)
         page = (STATIC / "index.html").read_text()
         (staging / "index.html").write_text(page.replace("<!-- DATA -->", '<script src="data/static.js"></script>'))
+        if out.exists():  # the earlier copy moves aside until the new one is in place
+            out.rename(previous)
+        staging.rename(out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if previous.exists() and not out.exists():
+            previous.rename(out)
         raise
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
+    shutil.rmtree(previous, ignore_errors=True)
     return {"out": str(out), "samples": len(records), "details": len(details), "images": len(thumbs),
             "index": str(out / "index.html")}

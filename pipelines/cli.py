@@ -474,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p.add_argument("--recipe", required=True,
                    help="recipe YAML, or a shipped one: laion-style, datacomp-basic, datacomp-clip-top30, "
-                        "metaclip-balanced, demo")
+                        "metaclip-balanced, demo, raw")
     p.add_argument("--name", required=True, help="subset name (RUN/subsets/NAME)")
     p.add_argument("--threads", type=int, help="DuckDB threads (results do not depend on it)")
     p.add_argument("--steps", choices=["all", "text", "image"], default="all",

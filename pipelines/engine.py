@@ -28,7 +28,7 @@ def init_ray(address: str | None) -> None:
     try:
         ray.init(address=address, include_dashboard=False, configure_logging=True, logging_level=level)
     except ConnectionError as err:  # `auto` (the cluster configs) or an address with no Ray cluster there
-        if source is None:
+        if source is None or address == "local":
             raise
         raise ConfigError(
             f"{source} {address!r}: no running Ray cluster to join ({' '.join(str(err).split())[:160]}). Start one "
@@ -41,6 +41,10 @@ def _check_reachable(address: str, source: str | None) -> None:
     listens for minutes before it gives up."""
     import socket
 
+    scheme = address.partition("://")[0] if "://" in address else None
+    if scheme not in (None, "ray"):
+        raise ConfigError(f"{source} {address!r}: an {scheme}:// URL (the dashboard's, for `ray job submit`?) is not "
+                          "an address to join; give the cluster's GCS HOST:6379, ray://HOST:10001 or auto")
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
         return  # not host:port; Ray's own error says what is wrong with it

@@ -11,7 +11,8 @@ ran with a `match:` section, from RUN/annotations.
         manifest.parquet     the kept keys
         decisions.parquet    every key: kept, reason ('kept', 'balanced_out', 'no_match', 'other_text',
                              'no_image': the download failed; only with text_only=False, the default),
-                             step (metaclip_balance / metaclip2_balance where dropped), detail (null)
+                             step (metaclip_balance / metaclip2_balance where dropped, status for
+                             no_image), detail (null)
         entry_stats.parquet  per entry: count before, kept_count after, head, p
         stats.json           the summary below, before and after balancing
         entry_counts.png     rank-frequency and count distribution, before and after
@@ -201,7 +202,9 @@ def balance_subset(run: str, name: str, options: MetaclipBalanceOptions, plot: b
     }
     paths.write_parquet(decisions.filter(decisions.column("kept")).select(["key"]), paths.subset_manifest(name))
     # the columns select's decisions have (browse reads both): the step that dropped a row, no detail
-    step = pc.if_else(decisions.column("kept"), pa.scalar(None, pa.string()), stats["recipe"]["step"])
+    # (a failed download is select's implicit `status` step)
+    step = pc.if_else(decisions.column("kept"), pa.scalar(None, pa.string()),
+                      pc.if_else(pc.equal(decisions.column("reason"), "no_image"), "status", stats["recipe"]["step"]))
     paths.write_parquet(decisions.append_column("step", step).append_column(
         "detail", pa.nulls(decisions.num_rows, pa.string())), paths.subset(name, "decisions.parquet"))
     paths.write_parquet(per_entry, paths.subset(name, "entry_stats.parquet"))

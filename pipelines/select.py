@@ -443,8 +443,14 @@ def plan_steps(recipe: Recipe, phase: str, run: str, paths: RunPaths) -> tuple[l
     first_image = next((i for i, step in enumerate(recipe.steps) if step.image_step()), len(recipe.steps))
     text, image = recipe.steps[:first_image], recipe.steps[first_image:]
     listed = ", ".join(f"{i + 1} ({s.name})" for i, s in enumerate(recipe.steps) if i >= first_image)
+    if phase == "text" and not text:  # on a text pass too: a subset keeping every row would fetch them all
+        raise ConfigError(f"--steps text: recipe {recipe.source} has no text steps" + (
+            f" (its first step, {recipe.steps[0].name}, reads the image)" if recipe.steps else ""))
     if paths.is_text_pass():
-        if phase == "image" or (phase == "all" and image):
+        if phase == "image":
+            raise ConfigError(f"--steps image: {run} is a text pass (no image fetched); image steps run on the "
+                              f"fetched run (`tailor fetch {run} --subset NAME --out FETCHED`)")
+        if phase == "all" and image:
             columns = sorted({c for s in image for c in s.needs() if c in IMAGE_COLUMNS}) or ["the embeddings"]
             raise ConfigError(
                 f"{run} is a text pass (no image fetched): recipe step(s) {listed} read image columns {columns}. "
@@ -452,9 +458,6 @@ def plan_steps(recipe: Recipe, phase: str, run: str, paths: RunPaths) -> tuple[l
                 "--subset NAME --out FETCHED`, then run the image steps there (--steps image)")
         return text, []
     if phase == "text":
-        if not text:
-            raise ConfigError(f"--steps text: recipe {recipe.source} has no text steps" + (
-                f" (its first step, {recipe.steps[0].name}, reads the image)" if recipe.steps else ""))
         return text, []
     if phase == "image":
         if not image:

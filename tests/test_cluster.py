@@ -210,3 +210,7 @@ def test_an_address_where_no_cluster_listens_is_one_line_not_a_wait(tmp_path):
             f"tailor: {source} {address!r}: no Ray cluster answers there ([Errno 111] Connection refused). "
             "Start one (`ray start --head`), or run on a private local Ray with --set ray.address=null"
             + (" and RAY_ADDRESS unset" if source == "RAY_ADDRESS" else "")]
+    # the dashboard's URL (what `ray job submit` reads from RAY_ADDRESS) is not an address to join
+    done = subprocess.run(runs["RAY_ADDRESS"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "RAY_ADDRESS": "http://127.0.0.1:8265"})
+    assert done.returncode == 2 and "an http:// URL" in done.stderr and len(done.stderr.strip().splitlines()) == 1

@@ -167,8 +167,9 @@ def test_metaclip_balance_cli_writes_subset_and_stats(demo_matched):
     decisions = written.select(["key", "kept", "reason"])
     assert decisions == balance(str(run), t=8, seed=3)
     # select's decision columns too: the step that dropped a row (browse shows it), no detail
-    assert {(r["kept"], r["step"], r["detail"]) for r in written.select(["kept", "step", "detail"]).to_pylist()} == {
-        (True, None, None), (False, "metaclip_balance", None)}
+    assert {(r["reason"], r["step"], r["detail"]) for r in written.to_pylist()} == {
+        ("kept", None, None), ("balanced_out", "metaclip_balance", None), ("no_match", "metaclip_balance", None),
+        ("no_image", "status", None)}
     kept = {k for k, ok in zip(decisions.column("key").to_pylist(), decisions.column("kept").to_pylist(),
                                strict=True) if ok}
     assert set(pq.read_table(folder / "manifest.parquet").column("key").to_pylist()) == kept

@@ -149,6 +149,11 @@ def test_image_steps_on_a_text_pass_are_refused_with_what_to_do(world, capsys):
     assert len(err.splitlines()) == 1
     assert "text pass" in err and "clip_score" in err and "--steps text" in err and "tailor fetch" in err
     assert not (world["text"] / "subsets" / "all").exists()
+    assert cli(["select", text, "--recipe", str(world["recipe"]), "--name", "img", "--steps", "image"]) == 2
+    assert "is a text pass" in capsys.readouterr().err and not (world["text"] / "subsets" / "img").exists()
+    # a recipe without text steps keeps every row of a text pass: refused, or fetch would download them all
+    assert cli(["select", text, "--recipe", "datacomp-clip-top30", "--name", "top", "--steps", "text"]) == 2
+    assert "no text steps" in capsys.readouterr().err and not (world["text"] / "subsets" / "top").exists()
     assert cli(["audit", text, "--concepts", "demo", "--frequency", "image", "--no-progress"]) == 2
     assert "--frequency text" in capsys.readouterr().err
     assert cli(["materialize", text, "kept", "--out", str(world["text"].parent / "wds")]) == 2

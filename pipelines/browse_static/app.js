@@ -226,7 +226,7 @@ async function viewGrid(p, id) {
     select('step', 'dropped by step', [['', 'any'], ...(subset ? subset.steps.map(s => [s, s]) : [])], p.step),
     select('reason', 'reason', [['', 'any'], ...(subset ? Object.entries(subset.reasons).map(([r, x]) => [r, r + ' (' + x.rows + ')']) : [])], p.reason),
     META.audits.length ? select('concept', 'concept' + (audit ? ' (' + audit.name + ')' : ''), [['', 'any'], ...audit.concepts.slice().sort().map(c => [c, c])], p.concept) : null,
-    META.audits.length ? select('concept_mode', 'concept in', [['caption', 'caption tags'], ['image', 'image tags'], ['both', 'both'], ['misaligned', 'caption, not image']], p.concept_mode) : null,
+    META.audits.length ? select('concept_mode', 'concept in', META.text_pass ? [['caption', 'caption tags']] : [['caption', 'caption tags'], ['image', 'image tags'], ['both', 'both'], ['misaligned', 'caption, not image']], p.concept_mode) : null,
     input('clip_min', 'CLIP ≥', p.clip_min, { type: 'number', step: '0.01' }),
     input('clip_max', 'CLIP ≤', p.clip_max, { type: 'number', step: '0.01' }),
     select('lang', 'language', [['', 'any'], ...META.languages.map(l => [l.lang, l.lang + ' (' + l.rows + ')'])], p.lang),
@@ -375,7 +375,7 @@ async function viewConcepts(p, id) {
     table.append(el('tr', { 'data-concept': c.concept },
       el('td', {}, el('a', { href: hashFor('grid', { audit: r.audit, concept: c.concept, concept_mode: r.mode }), text: c.concept, class: 'concept' })),
       ...[c.rank, c.frequency, c.text_count, c.image_count, c.matched_count, c.tail ? 'tail' : ''].map(x => el('td', { text: x })),
-      el('td', {}, link('caption'), ' ', link('image'), ' ', link('both'), ' ', link('misaligned'))));
+      el('td', {}, ...(META.text_pass ? [link('caption')] : [link('caption'), ' ', link('image'), ' ', link('both'), ' ', link('misaligned')]))));
   }
   main.replaceChildren(el('h2', { text: 'Concepts of audit ' + r.audit + ' (tail first)' }), rankFrequency(rows), table);
   setState('ready');
