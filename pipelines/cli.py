@@ -251,7 +251,8 @@ def _audit(args: argparse.Namespace) -> int:
               f"tail concepts lost: {', '.join(sub['tail_concepts_lost']) or 'none'}")
     if "loglinear" in s:
         fit = s["loglinear"]
-        print(f"log-linear: Pearson r {fit['pearson_r']} over {fit['bins_used']} bins, slope {fit['slope']} "
+        fmt = lambda v: "-" if v is None else format(v, ".4f")  # noqa: E731
+        print(f"log-linear: Pearson r {fmt(fit['pearson_r'])} over {fit['bins_used']} bins, slope {fmt(fit['slope'])} "
               f"(counts: {fit['counts']})")
     print(f"tables in {s['out']}/ (counts.parquet, tags/); report: {s.get('report')}")
     return 0
