@@ -39,7 +39,7 @@ import pyarrow as pa
 from PIL import Image
 from pydantic import Field, model_validator
 
-from operators.clip import pick_device, pick_dtype
+from operators.clip import pick_device, pick_dtype, quiet_model_loading
 from operators.options import Options
 from operators.status import DECODE_ERROR, EMPTY_CAPTION, GENERATION_ERROR, NO_ALT_TEXT, NO_IMAGE, OK
 
@@ -183,6 +183,7 @@ class Captioner:
         self.model_name = model_name or options.model
         self.device = pick_device(options.device)
         dtype = pick_dtype(options.dtype, self.device)  # auto: bfloat16 on GPU, float32 on CPU (and no CPU float16)
+        quiet_model_loading()
         self.model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=getattr(torch, dtype))
         self.model = self.model.to(self.device).eval()
         self.processor, self.tokenizer, self.takes_text, self.chat = load_processor(model_path)

@@ -30,6 +30,29 @@ SIGLIP_TYPES = frozenset({"siglip", "siglip2"})
 
 # ---------------------------------------------------------------- device and dtype
 
+class _UnpaddedInputs:
+    """Drops transformers' "We strongly recommend passing in an `attention_mask`" note: a model in an
+    operator here gets either the processor's attention mask or, generating from a start token alone, no
+    padding at all; the note only repeats in every worker's log."""
+
+    @staticmethod
+    def filter(record) -> bool:
+        return "passing in an `attention_mask`" not in record.getMessage()
+
+
+def quiet_model_loading() -> None:
+    """In a worker that loads a model: no "Loading weights" bar (one per actor would interleave with tailor's
+    progress line) and no padding note (_UnpaddedInputs); transformers' other warnings stay."""
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    logger = logging.getLogger("transformers.modeling_utils")
+    if _UnpaddedInputs not in logger.filters:
+        logger.addFilter(_UnpaddedInputs)
+
+
 def pick_device(device: str = "auto") -> str:
     """'auto' -> 'cuda' where torch sees a GPU, else 'cpu'; any other value unchanged."""
     if device != "auto":
@@ -127,6 +150,7 @@ class ClipTextTower:
         """The checkpoint at model_path (a local folder or a Hugging Face name) on device ('auto': a GPU if any)."""
         from transformers import AutoModel, AutoTokenizer
 
+        quiet_model_loading()
         model = AutoModel.from_pretrained(model_path).to(pick_device(device)).eval()
         return cls(model, AutoTokenizer.from_pretrained(model_path))
 

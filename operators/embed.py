@@ -36,6 +36,7 @@ from operators.clip import (
     pads_to_context,
     pick_device,
     pick_dtype,
+    quiet_model_loading,
     softmax,
     text_context,
     text_features,
@@ -129,9 +130,7 @@ class ClipEmbedder:
         self.options = options
         self.device = pick_device(options.device)
         self.dtype = getattr(torch, pick_dtype(options.dtype, self.device))
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # a "Loading weights" bar per actor would interleave with tailor's output
+        quiet_model_loading()
         self.model = AutoModel.from_pretrained(model_path, dtype=self.dtype).to(self.device).eval()
         config = AutoConfig.from_pretrained(model_path)
         vision = getattr(config, "vision_config", config)
