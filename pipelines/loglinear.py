@@ -21,6 +21,7 @@ the file's `count` column when it has one and the run's own frequency otherwise.
 
 from __future__ import annotations
 
+import collections
 import math
 from dataclasses import dataclass
 
@@ -64,6 +65,13 @@ def read_points(path: str, label: str, count_required: bool = True) -> pa.Table:
                           f"(needs {', '.join(needed)}; dataset optional)")
     if "dataset" not in table.column_names:
         table = table.append_column("dataset", pa.nulls(table.num_rows, pa.string()))
+    pairs = collections.Counter(zip(table.column("dataset").to_pylist(), table.column("concept").to_pylist(),
+                                    strict=True))
+    (dataset, concept), times = pairs.most_common(1)[0] if pairs else ((None, None), 0)
+    if times > 1:  # e.g. evaluate's per_concept.parquet: one row per subset, and no dataset column to say so
+        raise ConfigError(f"{label}: {path} lists concept {concept!r} {times} times"
+                          + (f" in dataset {dataset!r}" if dataset is not None else "")
+                          + "; give one row per concept (a `dataset` column keeps several evaluations apart)")
     names = [n for n in POINTS_SCHEMA.names if n in table.column_names]
     try:
         return table.select(names).cast(pa.schema([POINTS_SCHEMA.field(n) for n in names]))

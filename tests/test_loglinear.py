@@ -116,6 +116,10 @@ def test_too_few_bins_and_bad_files_are_clear_errors(tmp_path):
     words.write_text("concept,count,accuracy\na,many,0.5\n")
     with pytest.raises(ConfigError, match="must be numbers"):
         read_points(str(words), "loglinear")
+    twice = tmp_path / "per_subset.csv"  # evaluate's per_concept table: one row per subset, no dataset column
+    twice.write_text("subset,concept,accuracy\nraw,dog,0.5\ndemo,dog,0.6\n")
+    with pytest.raises(ConfigError, match="lists concept 'dog' 2 times; give one row per concept"):
+        read_points(str(twice), "--accuracy", count_required=False)
 
 
 def test_same_concept_in_two_datasets_stays_two_rows(tmp_path):
