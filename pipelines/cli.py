@@ -251,11 +251,16 @@ def _audit(args: argparse.Namespace) -> int:
               f"tail concepts lost: {', '.join(sub['tail_concepts_lost']) or 'none'}")
     if "loglinear" in s:
         fit = s["loglinear"]
-        fmt = lambda v: "-" if v is None else format(v, ".4f")  # noqa: E731
-        print(f"log-linear: Pearson r {fmt(fit['pearson_r'])} over {fit['bins_used']} bins, slope {fmt(fit['slope'])} "
+        print(f"log-linear: Pearson r {_number(fit['pearson_r'])} over {fit['bins_used']} bins, "
+              f"slope {_number(fit['slope'])} "
               f"(counts: {fit['counts']})")
     print(f"tables in {s['out']}/ (counts.parquet, tags/); report: {s.get('report')}")
     return 0
+
+
+def _number(value: float | None, spec: str = ".4f") -> str:
+    """A fit's number as printed ("-" where there is none)."""
+    return "-" if value is None else format(value, spec)
 
 
 def _loglinear(args: argparse.Namespace) -> int:
@@ -264,14 +269,13 @@ def _loglinear(args: argparse.Namespace) -> int:
     result = analyse(read_points(args.file, args.file), source=args.file)
     files = write(result, args.out)
     s = result.summary()
-    fmt = lambda v, spec=".4f": "-" if v is None else format(v, spec)  # noqa: E731
     datasets = f" in {s['datasets']} dataset{'s' if s['datasets'] > 1 else ''}" if s["datasets"] else ""
-    print(f"log-linear over {s['points']} rows{datasets}: Pearson r {fmt(s['pearson_r'])} over bins "
-          f"{s['fit_bins'][0]}..{s['fit_bins'][1]} ({s['bins_used']} non-empty), slope {fmt(s['slope'])} per unit "
-          f"ln(count), intercept {fmt(s['intercept'])}")
+    print(f"log-linear over {s['points']} rows{datasets}: Pearson r {_number(s['pearson_r'])} over bins "
+          f"{s['fit_bins'][0]}..{s['fit_bins'][1]} ({s['bins_used']} non-empty), slope {_number(s['slope'])} per unit "
+          f"ln(count), intercept {_number(s['intercept'])}")
     print(f"{'bin':>4}{'upper edge (count)':>20}{'rows':>8}{'mean':>9}{'std':>9}")
     for i, (edge, rows, mean, std) in enumerate(zip(s["edges"], s["rows"], s["means"], s["stds"], strict=True)):
-        print(f"{i:>4}{edge:>20.4g}{rows:>8}{fmt(mean):>9}{fmt(std):>9}")
+        print(f"{i:>4}{edge:>20.4g}{rows:>8}{_number(mean):>9}{_number(std):>9}")
     print(f"wrote {', '.join(files)}")
     return 0
 
@@ -319,9 +323,9 @@ def _evaluate(args: argparse.Namespace) -> int:
           f"{s['eval_images']} evaluation images, {s['eval_classes']} classes ({s['tail_concepts_in_eval']} tail)")
     print(f"{'subset':<20}{'samples':>9}{'overall':>10}{'head':>8}{'tail':>8}{'log-linear r':>14}")
     for name, r in s["subsets"].items():
-        fmt = lambda v: f"{v:.3f}" if v is not None else "-"  # noqa: E731
-        print(f"{name:<20}{r['samples']:>9}{fmt(r['overall_accuracy']):>10}{fmt(r['head_accuracy']):>8}"
-              f"{fmt(r['tail_accuracy']):>8}{fmt(r['loglinear'].get('pearson_r')):>14}")
+        acc = [_number(v, ".3f") for v in (r["overall_accuracy"], r["head_accuracy"], r["tail_accuracy"],
+                                           r["loglinear"].get("pearson_r"))]
+        print(f"{name:<20}{r['samples']:>9}{acc[0]:>10}{acc[1]:>8}{acc[2]:>8}{acc[3]:>14}")
     print(f"training {s['samples_per_s']} samples/s; tables and plots: {s['out']}/")
     return 0
 

@@ -30,10 +30,13 @@ def init_ray(address: str | None) -> None:
     except ConnectionError as err:  # `auto` (the cluster configs) or an address with no Ray cluster there
         if source is None or address == "local":
             raise
-        raise ConfigError(
-            f"{source} {address!r}: no running Ray cluster to join ({' '.join(str(err).split())[:160]}). Start one "
-            "(`ray start --head`), or run on a private local Ray with --set ray.address=null"
-            + (" and RAY_ADDRESS unset" if source == "RAY_ADDRESS" else "")) from None
+        raise _no_cluster(source, address, f"no running Ray cluster to join ({' '.join(str(err).split())[:160]})") \
+            from None
+
+
+def _no_cluster(source: str, address: str, why: str) -> ConfigError:
+    return ConfigError(f"{source} {address!r}: {why}. Start one (`ray start --head`), or run on a private local Ray "
+                       "with --set ray.address=null" + (" and RAY_ADDRESS unset" if source == "RAY_ADDRESS" else ""))
 
 
 def _check_reachable(address: str, source: str | None) -> None:
@@ -51,9 +54,7 @@ def _check_reachable(address: str, source: str | None) -> None:
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
     except OSError as err:
-        raise ConfigError(f"{source} {address!r}: no Ray cluster answers there ({err}). Start one "
-                          "(`ray start --head`), or run on a private local Ray with --set ray.address=null"
-                          + (" and RAY_ADDRESS unset" if source == "RAY_ADDRESS" else "")) from None
+        raise _no_cluster(source, address, f"no Ray cluster answers there ({err})") from None
 
 
 def embed_actor_resources(options, cluster_gpus: float) -> dict:
