@@ -330,7 +330,7 @@ class Browser:
         self.semdedup = semdedup if self.paths.exists(semdedup) else None
         config = self.paths.read_config() or {}
         self.model = (config.get("embed") or {}).get("model") if self.embeddings else None
-        self.text_pass = bool(config.get("text_only"))  # no image fetched: no image tags to filter on
+        self.text_pass = self.paths.is_text_pass()  # no image fetched: no image tags to filter on
         self._lock = threading.Lock()
         self._image_cache: OrderedDict[tuple[str, int], dict[str, bytes]] = OrderedDict()
         self._groups: dict[tuple, tuple[list[str], dict[str, list[tuple[str, bool]]]]] = {}
