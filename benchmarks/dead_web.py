@@ -2,7 +2,7 @@
 
 The first --rows rows of shared/data/alt-text/alt_text_10k.parquet (real LAION-style alt-texts; none
 of their hosts resolves on these machines, and the table holds no IP-literal URL), 32 threads,
-timeout 2 s, no retries, embed off; whole-command wall, alternated, medians of --rounds.
+timeout 2 s, no retries (--retries N: N for both tools), embed off; whole-command wall, alternated, medians of --rounds.
 Both run under the loopback-only socket guard (network_guard.py): the machine's own resolver is
 the only thing ever asked, and no connection can leave the machine.
 
@@ -56,21 +56,21 @@ def run(cmd: list[str]) -> float:
     return time.time() - started
 
 
-def tailor(urls: Path, out: Path) -> tuple[float, dict]:
+def tailor(urls: Path, out: Path, retries: int) -> tuple[float, dict]:
     shutil.rmtree(out, ignore_errors=True)
     wall = run([str(BIN / "tailor"), "annotate", "--config", str(ROOT / "pipelines/configs/demo.yaml"),
                 "--input", str(urls), "--output", str(out), "--no-progress", "--set", "embed=null",
                 "--set", "download.allow_networks=[]", "--set", "decode.image_size=256",
-                "--set", "download.threads=32", "--set", "download.timeout=2", "--set", "download.retries=0"])
+                "--set", "download.threads=32", "--set", "download.timeout=2", "--set", f"download.retries={retries}"])
     return wall, json.loads((out / "run.json").read_text())["status_counts"]
 
 
-def img2dataset(urls: Path, out: Path) -> tuple[float, dict]:
+def img2dataset(urls: Path, out: Path, retries: int) -> tuple[float, dict]:
     shutil.rmtree(out, ignore_errors=True)
     wall = run([str(BIN / "img2dataset"), "--url_list", str(urls), "--input_format", "parquet", "--url_col", "url",
                 "--caption_col", "caption", "--output_format", "webdataset", "--output_folder", str(out),
                 "--image_size", "256", "--resize_mode", "keep_ratio", "--processes_count", "2",
-                "--thread_count", "32", "--timeout", "2", "--retries", "0", "--distributor", "multiprocessing",
+                "--thread_count", "32", "--timeout", "2", "--retries", str(retries), "--distributor", "multiprocessing",
                 "--enable_wandb", "False"])
     counts = collections.Counter()
     for stats in out.glob("*_stats.json"):
@@ -84,16 +84,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--retries", type=int, default=0, help="extra attempts per URL, for both tools")
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / ".work")
     args = parser.parse_args()
     os.environ["TAILOR_NETGUARD_DNS"] = "resolver"  # lookups reach this machine's resolver; connections don't
     guard = install_network_guard(args.work)
     urls, hosts = url_table(args.rows, args.work / f"dead-{args.rows}.parquet")
     print(f"{args.rows} rows over {hosts} host names", flush=True)
-    results: dict = {"rows": args.rows, "hosts": hosts, "rounds": []}
+    results: dict = {"rows": args.rows, "hosts": hosts, "retries": args.retries, "rounds": []}
     for _ in range(args.rounds):
-        wall_t, counts_t = tailor(urls, args.work / "dead-tailor")
-        wall_i, counts_i = img2dataset(urls, args.work / "dead-img2dataset")
+        wall_t, counts_t = tailor(urls, args.work / "dead-tailor", args.retries)
+        wall_i, counts_i = img2dataset(urls, args.work / "dead-img2dataset", args.retries)
         results["rounds"].append({"tailor_s": round(wall_t, 1), "tailor": counts_t,
                                   "img2dataset_s": round(wall_i, 1), "img2dataset": counts_i})
         print(json.dumps(results["rounds"][-1]), flush=True)

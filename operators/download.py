@@ -119,7 +119,29 @@ def is_disallowed(headers: Message, user_agent_token: str | None, directives: se
 
 
 class DnsError(Exception):
-    """A lookup failed or did not answer in time (the text says which)."""
+    """A lookup failed or did not answer in time (the text says which).
+
+    `final` when the resolver answered that the name does not exist or has no address: asking again
+    within the run gets the same answer (from the cache, for `dns_negative_ttl`), so a row is not
+    retried for it. A lookup that timed out or failed for the time being (EAI_AGAIN) is not final.
+    """
+
+    def __init__(self, message: str, final: bool = False):
+        super().__init__(message)
+        self.final = final
+
+
+class _Failed(str):
+    """A cached failed lookup: its message, and whether the resolver's answer was final."""
+
+    final = False
+
+
+class _NoSuchHost(_Failed):
+    final = True
+
+
+_FINAL_DNS_ERRORS = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
 
 
 class HostResolver:
@@ -134,7 +156,7 @@ class HostResolver:
     def __init__(self, lookup=socket.getaddrinfo, ttl: float = 300.0, negative_ttl: float = 60.0,
                  threads: int = 16):
         self.lookup, self.ttl, self.negative_ttl = lookup, ttl, negative_ttl
-        self._cache: dict[tuple[str, int], tuple[float, list[str] | str]] = {}
+        self._cache: dict[tuple[str, int], tuple[float, list[str] | _Failed]] = {}
         self._inflight: dict[tuple[str, int], Future] = {}
         # reentrant: a lookup that is already done runs its done-callback (which takes the lock) at once,
         # in the thread that registers it, which holds the lock
@@ -157,31 +179,37 @@ class HostResolver:
         try:
             return self._answer(future.result(timeout=max(0.0, timeout)))
         except FutureTimeout:
-            message = f"DNS lookup of {host!r} timed out (no answer within {timeout:.3g}s)"
+            message = _Failed(f"DNS lookup of {host!r} timed out (no answer within {timeout:.3g}s)")
             with self._lock:
                 if not future.done():  # later rows of this host fail at once, until the lookup answers
                     self._cache[key] = (time.monotonic() + self.negative_ttl, message)
             raise DnsError(message) from None
 
-    def _resolve(self, host: str, port: int) -> list[str] | str:
+    def _resolve(self, host: str, port: int) -> list[str] | _Failed:
         try:
             infos = self.lookup(host, port, type=socket.SOCK_STREAM)
-        except (OSError, UnicodeError) as err:  # socket.gaierror is an OSError
-            return f"cannot resolve {host!r}: {err}"
+        except socket.gaierror as err:
+            final = err.errno in _FINAL_DNS_ERRORS
+            return (_NoSuchHost if final else _Failed)(f"cannot resolve {host!r}: {err}")
+        except UnicodeError as err:  # a name IDNA cannot encode: no resolver will ever answer it
+            return _NoSuchHost(f"cannot resolve {host!r}: {err}")
+        except OSError as err:
+            return _Failed(f"cannot resolve {host!r}: {err}")
         found = list(dict.fromkeys(info[4][0] for info in infos))
-        return found or f"cannot resolve {host!r}: no addresses"
+        return found or _NoSuchHost(f"cannot resolve {host!r}: no addresses")
 
     def _store(self, key: tuple[str, int], future: Future) -> None:
-        answer = future.result() if not future.exception() else f"cannot resolve {key[0]!r}: {future.exception()}"
+        error = future.exception()
+        answer = future.result() if not error else _Failed(f"cannot resolve {key[0]!r}: {error}")
         ttl = self.ttl if isinstance(answer, list) else self.negative_ttl
         with self._lock:
             self._inflight.pop(key, None)
             self._cache[key] = (time.monotonic() + ttl, answer)
 
     @staticmethod
-    def _answer(answer: list[str] | str) -> list[str]:
-        if isinstance(answer, str):
-            raise DnsError(answer)
+    def _answer(answer: list[str] | _Failed) -> list[str]:
+        if isinstance(answer, _Failed):
+            raise DnsError(answer, final=answer.final)
         return answer
 
 
@@ -333,8 +361,8 @@ class Downloader:
             except _Refused as err:
                 hop = f" (redirect hop {len(visited) - 1})" if len(visited) > 1 else ""
                 return Fetched(st.BLOCKED_ADDRESS, f"refused {current}: {err}{hop}")
-            except DnsError as err:
-                return Fetched(st.CONNECTION_ERROR, str(err), retryable=True)
+            except DnsError as err:  # a name that does not exist stays so for the run: no retry
+                return Fetched(st.CONNECTION_ERROR, str(err), retryable=not err.final)
             outcome = self._request(scheme, host, port, address, target, deadline)
             if isinstance(outcome, Fetched):
                 return outcome

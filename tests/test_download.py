@@ -132,6 +132,27 @@ def test_a_resolver_that_fails_at_once_answers_every_row(tmp_path, monkeypatch):
     assert len((tmp_path / "lookups.txt").read_text().splitlines()) == 7  # one lookup per host
 
 
+@pytest.mark.parametrize("failure,attempts", [("noname", 1), ("again", 3)])
+def test_a_name_that_does_not_exist_is_not_retried(tmp_path, monkeypatch, failure, attempts):
+    """Most hosts of a real web table no longer exist. Asking again gets the same answer, so such a row
+    fails on its first attempt; a resolver that cannot answer for now (EAI_AGAIN) is asked again."""
+    from operators.decode import DecodeOptions
+    from operators.fetch import Fetcher
+
+    log = tmp_path / "lookups.txt"
+    monkeypatch.setenv("SLOW_DNS_LOG", str(log))
+    monkeypatch.setenv("SLOW_DNS_SECONDS", "0")
+    monkeypatch.setenv("SLOW_DNS_FAILURE", failure)
+    urls = [f"http://host{i}.invalid/{i}.jpg" for i in range(5)]  # one row per host: every attempt asks
+    options = DownloadOptions(retries=2, backoff=0, dns_negative_ttl=0, resolver="tests.slow_dns:getaddrinfo")
+    rows = Fetcher(options, DecodeOptions())(pa.table({"url": urls})).to_pylist()
+    assert [r["status"] for r in rows] == [st.CONNECTION_ERROR] * 5
+    assert all(r["error"].startswith(f"cannot resolve 'host{i}.invalid'") for i, r in enumerate(rows))
+    assert all(("after 3 attempts" in r["error"]) == (attempts == 3) for r in rows), rows[0]["error"]
+    lookups = log.read_text().splitlines()
+    assert len(lookups) == 5 * attempts
+
+
 def test_bad_resolver_setting_is_one_line():
     from pydantic import ValidationError
 
