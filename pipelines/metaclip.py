@@ -14,7 +14,8 @@ ran with a `match:` section, from RUN/annotations.
                              step (metaclip_balance / metaclip2_balance where dropped, status for
                              no_image), detail (null)
         entry_stats.parquet  per entry: count before, kept_count after, head, p
-        stats.json           the summary below, before and after balancing
+        stats.json           the summary below, before and after balancing; rows, kept, dropped and
+                             steps (rows in/out and drops per reason) as select writes them
         entry_counts.png     rank-frequency and count distribution, before and after
 """
 
@@ -193,18 +194,23 @@ def balance_subset(run: str, name: str, options: MetaclipBalanceOptions, plot: b
         decisions = _balance(con, run, t, seed, group_by, matches, text_only)
         con.register("decisions", decisions)
         per_entry = run_sql(con, "metaclip_entry_stats", t=t)
+    step_name = "metaclip_balance" if not group_by else "metaclip2_balance"
     stats = {
-        "recipe": {"step": "metaclip_balance" if not group_by else "metaclip2_balance", "t": t, "seed": seed,
+        "recipe": {"step": step_name, "t": t, "seed": seed,
                    "group_by": group_by, "source": matches.kind, "metadata_id": matches.metadata_id,
                    "rows": "all captions (text only)" if text_only else "ok rows (image downloaded)"},
         "made_at": datetime.now(UTC).isoformat(timespec="seconds"),
         **balance_stats(per_entry, decisions, t),
     }
+    # select's summary keys too (browse and `tailor subsets` read them)
+    stats.update(rows=stats["captions"]["total"], kept=stats["captions"]["kept"],
+                 dropped=stats["captions"]["total"] - stats["captions"]["kept"],
+                 steps=_steps(stats["captions"], step_name))
     paths.write_parquet(decisions.filter(decisions.column("kept")).select(["key"]), paths.subset_manifest(name))
     # the columns select's decisions have (browse reads both): the step that dropped a row, no detail
     # (a failed download is select's implicit `status` step)
     step = pc.if_else(decisions.column("kept"), pa.scalar(None, pa.string()),
-                      pc.if_else(pc.equal(decisions.column("reason"), "no_image"), "status", stats["recipe"]["step"]))
+                      pc.if_else(pc.equal(decisions.column("reason"), "no_image"), "status", step_name))
     paths.write_parquet(decisions.append_column("step", step).append_column(
         "detail", pa.nulls(decisions.num_rows, pa.string())), paths.subset(name, "decisions.parquet"))
     paths.write_parquet(per_entry, paths.subset(name, "entry_stats.parquet"))
@@ -268,6 +274,22 @@ def balance_stats(per_entry: pa.Table, decisions: pa.Table, t: float) -> dict:
         "before": _side(counts, head, entries, t),
         "after": _side(kept, head, entries, t),
     }
+
+
+def _steps(captions: dict, step_name: str) -> list[dict]:
+    """select's per-step summary for the two steps a balanced subset has (browse lists steps and reasons
+    from it): `status` drops rows with no image (absent on a text pass), then the balancing step."""
+    by_reason = {r: n for r, n in captions["by_reason"].items() if r != "kept"}
+    steps, rows = [], captions["total"]
+    for name, reasons in (("status", {r: n for r, n in by_reason.items() if r == "no_image"}),
+                          (step_name, {r: n for r, n in by_reason.items() if r != "no_image"})):
+        if name == "status" and not reasons:
+            continue
+        dropped = sum(reasons.values())
+        steps.append({"step": len(steps), "name": name, "rows_in": rows, "dropped": dropped,
+                      "rows_out": rows - dropped, "by_reason": reasons})
+        rows -= dropped
+    return steps
 
 
 def plot_entry_counts(per_entry: pa.Table, t: float) -> bytes:

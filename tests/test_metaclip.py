@@ -191,8 +191,15 @@ def test_metaclip_balance_cli_writes_subset_and_stats(demo_matched):
     from pipelines.browse_export import export
 
     dropped = next(r["key"] for r in written.to_pylist() if r["reason"] == "balanced_out")
-    assert Browser(str(run)).sample(dropped, neighbours=0)["decisions"]["mc8"] == {
+    browser = Browser(str(run))
+    assert browser.sample(dropped, neighbours=0)["decisions"]["mc8"] == {
         "kept": False, "reason": "balanced_out", "step": "metaclip_balance", "detail": None}
+    # the page's "dropped by step" and "reason" lists come from stats.json, as for a select subset
+    listed = next(s for s in browser.meta()["subsets"] if s["name"] == "mc8")
+    assert listed["steps"] == ["status", "metaclip_balance"] and listed["kept"] == len(kept)
+    assert {r: v["step"] for r, v in listed["reasons"].items()} == {
+        "no_image": "status", "balanced_out": "metaclip_balance", "no_match": "metaclip_balance"}
+    assert [s["rows_out"] for s in stats["steps"]][-1] == len(kept) == stats["rows"] - stats["dropped"]
     assert export(str(run), run / "browse-copy", limit=20, groups=2, neighbours=0)["samples"] == 20
     out = run / "shards-mc8"
     assert cli(["materialize", str(run), "mc8", "--out", str(out), "--no-progress"]) == 0  # no --skip-missing
@@ -201,6 +208,7 @@ def test_metaclip_balance_cli_writes_subset_and_stats(demo_matched):
     assert cli(["metaclip-balance", str(run), "--t", "8", "--seed", "3", "--name", "mc8-text", "--text-only"]) == 0
     text = json.loads((run / "subsets" / "mc8-text" / "stats.json").read_text())
     assert text["recipe"]["rows"] == "all captions (text only)" and "no_image" not in text["captions"]["by_reason"]
+    assert [s["name"] for s in text["steps"]] == ["metaclip_balance"]
 
 
 def test_metaclip2_one_text_per_image(demo_matched):
