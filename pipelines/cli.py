@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -212,7 +213,10 @@ def _select(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe)
     stats = select(args.run, recipe, args.name, threads=args.threads, overwrite=args.overwrite, phase=args.steps)
-    print(f"{'step':<20}{'in':>10}{'dropped':>10}{'out':>10}  reasons")
+    if stats["steps"]:
+        print(f"{'step':<20}{'in':>10}{'dropped':>10}{'out':>10}  reasons")
+    else:
+        print("no step ran: every row is kept")
     for step in stats["steps"]:
         ranked = sorted(step["by_reason"].items(), key=lambda kv: (-kv[1], kv[0]))
         reasons = ", ".join(f"{r} {n}" for r, n in ranked[:4])
@@ -582,10 +586,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
+_RESUME = "Shards already committed are kept: the same command resumes from them ({} shows progress)."
+_STOPPED_HINT = {"annotate": _RESUME.format("`tailor status RUN`"), "fetch": _RESUME.format("`tailor status OUT`")}
+
+
 def _quiet(args: argparse.Namespace) -> int:
     """Run the command with descriptor 2 in a log file (Ray's C++ lines); Ray is shut down inside, so
     its shutdown lines land there too. The log is deleted after a success; after a failure its tail is
     shown and the file kept."""
+    from pipelines import engine
     from pipelines.console import native_stderr_to
 
     code = 1
@@ -593,11 +602,21 @@ def _quiet(args: argparse.Namespace) -> int:
         with native_stderr_to() as log_path:
             try:
                 code = _dispatch(args)
+            except KeyboardInterrupt:
+                code = 130
+            except SystemExit:
+                if not engine.stopped_by:
+                    raise
+                code = 128 + engine.stopped_by
             finally:
                 if "ray" in sys.modules and sys.modules["ray"].is_initialized():
                     sys.modules["ray"].shutdown()
     finally:
-        if code != 0 and os.path.getsize(log_path):
+        if code in (130, 128 + signal.SIGTERM):
+            why = "interrupted (Ctrl-C)" if code == 130 else "stopped by SIGTERM"
+            print(f"\ntailor: {why}. {_STOPPED_HINT.get(args.command, '')}".rstrip(), file=sys.stderr)
+            os.remove(log_path)
+        elif code != 0 and os.path.getsize(log_path):
             with open(log_path, errors="replace") as f:
                 tail = f.readlines()[-20:]
             print(f"tailor: Ray's native log (last {len(tail)} lines, kept in {log_path}):", file=sys.stderr)

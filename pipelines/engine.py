@@ -10,8 +10,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import threading
 
 from pipelines.config import ConfigError
+
+# the signal that stopped this command, when one did (SIGTERM goes through Ray's handler: see _note_sigterm)
+stopped_by: int | None = None
 
 
 def init_ray(address: str | None) -> None:
@@ -32,6 +37,25 @@ def init_ray(address: str | None) -> None:
             raise
         raise _no_cluster(source, address, f"no running Ray cluster to join ({' '.join(str(err).split())[:160]})") \
             from None
+    _note_sigterm()
+
+
+def _note_sigterm() -> None:
+    """Remember a SIGTERM, then let Ray's own handler run (it stops the local Ray's processes and exits
+    with 1), so the command can say it was stopped rather than show the stack trace Ray's native
+    handler writes."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    ray_handler = signal.getsignal(signal.SIGTERM)
+
+    def handler(signum, frame):
+        global stopped_by
+        stopped_by = signum
+        if callable(ray_handler):
+            ray_handler(signum, frame)
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def _no_cluster(source: str, address: str, why: str) -> ConfigError:

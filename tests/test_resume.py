@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import http.server
 import io
 import os
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import PIL.Image
 import pyarrow as pa
@@ -137,4 +139,55 @@ def test_shards_commit_while_the_last_one_still_downloads(tmp_path):
         assert done.num_rows == 150 and set(done.column("status").to_pylist()) == {"ok"}
     finally:
         _GatedImages.gate.set()
+        server.shutdown()
+
+
+@pytest.mark.parametrize("how", ["sigterm to the driver", "ctrl-c to the process group"])
+def test_a_stopped_run_says_so_and_resumes(tmp_path, how):
+    """SIGTERM (`kill PID`, a scheduler's stop) or Ctrl-C while the last shard downloads: the command says
+    it was stopped and how to resume, exits 143 or 130 without a stack trace, leaves no Ray process, and
+    the same command then finishes the run."""
+    gated = type("Gated", (_GatedImages,), {"gate": threading.Event(), "requests": collections.Counter()})
+    image = io.BytesIO()
+    PIL.Image.new("RGB", (64, 48), (30, 30, 200)).save(image, "JPEG")
+    gated.body = image.getvalue()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), gated)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    table = tmp_path / "urls.parquet"
+    urls = [f"{base}/ok/{i}.jpg" for i in range(50)] + [f"{base}/gated/{i}.jpg" for i in range(50)]
+    pq.write_table(pa.table({"url": urls, "caption": ["a blue photo"] * 100}), table)
+    run = tmp_path / "run"
+    command = [str(Path(sys.executable).parent / "tailor"), *_command(table, run)[3:], "--set", "embed=null",
+               "--set", "download.timeout=300", "--set", "download.retries=0", "--set", "ray.batch_size=50"]
+    try:
+        proc = subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        deadline = time.time() + 300
+        while time.time() < deadline and not list((run / "_done").glob("*.json")):
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.1)
+        assert proc.poll() is None and not gated.gate.is_set()
+        if how.startswith("sigterm"):
+            proc.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == (143 if how.startswith("sigterm") else 130), stderr[-3000:]
+        said = "stopped by SIGTERM" if how.startswith("sigterm") else "interrupted (Ctrl-C)"
+        assert f"tailor: {said}. Shards already committed are kept" in stderr, stderr[-3000:]
+        assert "Traceback" not in stderr and "received at time" not in stderr, stderr[-3000:]
+        time.sleep(3)
+        with contextlib.suppress(ProcessLookupError):  # the driver's group: the Ray processes it started
+            os.killpg(proc.pid, 0)
+            pytest.fail("Ray processes outlived the stopped command")
+
+        gated.gate.set()
+        rerun = subprocess.run(command, timeout=600, capture_output=True, text=True)
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        assert "(1 were already done)" in rerun.stdout
+        done = pq.read_table(run / "annotations")
+        assert done.num_rows == 100 and set(done.column("status").to_pylist()) == {"ok"}
+    finally:
+        gated.gate.set()
         server.shutdown()
