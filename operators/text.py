@@ -1,7 +1,8 @@
 """Caption text features that select's SQL filters need: language, word and character counts.
 
 Columns in: `caption` (string, may be null). Columns added, for every row (they need no image):
-- `caption_lang`: ISO 639-1 code from py3langid (an offline langid.py model, 97 languages),
+- `caption_lang`: language code from py3langid (an offline langid.py model of 142 languages: ISO 639-1 codes
+  where a language has one, else ISO 639-3, e.g. `pcm`; `zxx` for no linguistic content),
   null for a null or blank caption;
 - `caption_lang_score`: its normalised probability (0-1);
 - `caption_words`: whitespace-separated tokens of the caption (DataComp's "more than 2 words");
@@ -23,7 +24,7 @@ from functools import cache
 from pathlib import Path
 
 import pyarrow as pa
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from operators.options import Options
 from operators.table import replace_columns, require_columns
@@ -32,7 +33,21 @@ from operators.table import replace_columns, require_columns
 class TextOptions(Options):
     language_id: bool = Field(True, description="compute caption_lang / caption_lang_score (py3langid)")
     languages: list[str] | None = Field(
-        None, description="restrict language ID to these ISO 639-1 codes (default: all 97 of py3langid)")
+        None, description="restrict language ID to these codes of py3langid's (default: all 142 of them)")
+
+    @field_validator("languages")
+    @classmethod
+    def _known_languages(cls, languages: list[str] | None) -> list[str] | None:
+        """At config time, before any worker starts: a code py3langid lacks would fail every text batch."""
+        if languages:
+            known = language_identifier(None).nb_classes  # the cached model
+            unknown = sorted(set(languages) - set(known))
+            if unknown:
+                raise ValueError(f"unknown to py3langid: {unknown} ({_CODES})")
+        return languages
+
+
+_CODES = "its codes: ISO 639-1 where a language has one, e.g. en, de, zh; else ISO 639-3"
 
 
 @cache
@@ -42,7 +57,7 @@ def language_identifier(languages: tuple[str, ...] | None):
     if languages:
         unknown = sorted(set(languages) - set(identifier.nb_classes))
         if unknown:
-            raise ValueError(f"text.languages: unknown to py3langid: {unknown}")
+            raise ValueError(f"text.languages: unknown to py3langid: {unknown} ({_CODES})")
         identifier.set_languages(list(languages))
     return identifier
 

@@ -11,7 +11,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
@@ -120,8 +120,11 @@ class AnnotateConfig(Options):
             raise ValueError("an img2dataset input has its images already; a text pass is for URL tables")
         return text_only
 
+    # how fast a run goes, not what it writes: a run resumes after a change of these (and of `ray`)
+    _SPEED_ONLY: ClassVar[dict] = {"download": {"threads"}, "embed": {"batch_size", "num_actors", "cpus_per_actor"}}
+
     def _relevant(self) -> dict[str, Any]:
-        relevant = self.model_dump(mode="json", exclude={"output": True, "ray": True})
+        relevant = self.model_dump(mode="json", exclude={"output": True, "ray": True, **self._SPEED_ONLY})
         if not self.text_only:  # runs made before the field existed keep their fingerprint
             del relevant["text_only"]
         return relevant

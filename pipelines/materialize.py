@@ -338,7 +338,7 @@ def _write_shards(con, run: str, out: str, total: int, samples_per_shard: int, c
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(total=total, unit="samples", desc=f"materialize {name}")
+        bar = tqdm(total=total, unit="samples", desc=f"materialize {name}", disable=None)  # None: a terminal only
     shards: list[dict] = []
     in_flight: list = []
 

@@ -79,7 +79,10 @@ def read_shards(urls: Sequence[str]) -> tuple[list[str], list[bytes], list[str]]
 
 def image_processor(size: int):
     """CLIP's image processor on the whole image squashed to size x size (the demo CLIP's, and every proxy's)."""
-    from transformers import CLIPImageProcessor
+    try:  # the PIL backend by name: asking for CLIPImageProcessor without torchvision warns in every worker
+        from transformers import CLIPImageProcessorPil as CLIPImageProcessor
+    except ImportError:  # transformers before 5
+        from transformers import CLIPImageProcessor
 
     # not a centre crop: demo pages have aspect ratios up to 3, and a crop would cut away the very shapes
     # the caption names

@@ -140,6 +140,10 @@ def test_rerun_of_a_finished_run_redoes_nothing_and_changes_nothing(demo_run, de
     again = annotate(demo_config(web / "urls.parquet", run, "input.rows_per_shard=120"), progress=False)
     assert again["shards"]["skipped_already_done"] == 4 and again["rows_processed_this_run"] == 0
     assert pq.read_table(run / "annotations").sort_by("key").equals(before)
+    # settings of speed only (threads, model batch and replicas) change nothing written: the run resumes
+    faster = annotate(demo_config(web / "urls.parquet", run, "input.rows_per_shard=120", "download.threads=4",
+                                  "embed.batch_size=8", "embed.num_actors=2"), progress=False)
+    assert faster["shards"]["skipped_already_done"] == 4 and faster["rows_processed_this_run"] == 0
 
 
 def test_changed_settings_refuse_to_mix_into_an_existing_run(demo_run, demo_web):

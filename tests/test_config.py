@@ -23,6 +23,9 @@ def test_fingerprint_tracks_results_not_placement():
     a = load_config(DEMO_CONFIG)
     assert a.fingerprint() == load_config(DEMO_CONFIG, ["output=elsewhere", "ray.batch_size=7"]).fingerprint()
     assert a.fingerprint() != load_config(DEMO_CONFIG, ["decode.image_size=128"]).fingerprint()
+    speed = ["download.threads=4", "embed.batch_size=8", "embed.num_actors=2", "embed.cpus_per_actor=2"]
+    assert a.fingerprint() == load_config(DEMO_CONFIG, speed).fingerprint()
+    assert load_config(DEMO_CONFIG, ["text.languages=[en,pcm]"]).text.languages == ["en", "pcm"]
 
 
 @pytest.mark.parametrize(
@@ -34,6 +37,7 @@ def test_fingerprint_tracks_results_not_placement():
         ("download.allow_networks=[not-a-network]", "download.allow_networks"),
         ("input.rows_per_shard=zero", "input.rows_per_shard"),
         ("nonsense", "field.path=value"),
+        ("text.languages=[en,xx]", "text.languages: unknown to py3langid: ['xx']"),
     ],
 )
 def test_bad_values_name_the_field(override, words):
