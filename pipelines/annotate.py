@@ -254,6 +254,14 @@ def commit_shard(paths: RunPaths, shard: str, parts: list[str], expected_rows: i
 
 # ---------------------------------------------------------------- the run
 
+def recorded_config(paths: RunPaths) -> AnnotateConfig | None:
+    """The config a run in this folder was made with (RUN/config.yaml); None where no run was recorded."""
+    if not paths.exists(paths.config):
+        return None
+    with paths.fs.open(paths.config, "r") as f:
+        return load_config(base=yaml.safe_load(f.read()))
+
+
 def _prepare_folder(config: AnnotateConfig, paths: RunPaths, overwrite: bool) -> None:
     """Refuse a folder that holds a run of another config, naming what differs. Writes nothing: the config is
     recorded (RUN/config.yaml) once the input is planned, so a run refused for its input leaves nothing that
@@ -262,9 +270,8 @@ def _prepare_folder(config: AnnotateConfig, paths: RunPaths, overwrite: bool) ->
         check_input(config.input)  # a mistake in the input must not cost the run being overwritten
         paths.remove(paths.root)
         return
-    if paths.exists(paths.config):
-        with paths.fs.open(paths.config, "r") as f:
-            previous = load_config(base=yaml.safe_load(f.read()))
+    previous = recorded_config(paths)
+    if previous is not None:
         if previous.fingerprint() != config.fingerprint():
             differences = previous.differences(config)
             shown = "; ".join(differences[:6]) + (f"; and {len(differences) - 6} more" if len(differences) > 6 else "")

@@ -121,7 +121,8 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"serving the demo web at {server.base_url}", flush=True)
         config = load_config(CONFIGS / "demo.yaml",
                              [f"input.path={web / 'urls.parquet'}", f"output={out / 'run'}", *(args.set or [])])
-        summary = annotate(config, overwrite=True, progress=not args.no_progress,
+        overwrite = _demo_starts_over(out / "run", config, args.overwrite)
+        summary = annotate(config, overwrite=overwrite, progress=not args.no_progress,
                            ray_progress=args.verbose and not args.no_progress)
     _print_summary(summary)
     annotations = pq.read_table(out / "run" / "annotations").to_pylist()
@@ -139,6 +140,28 @@ def _demo(args: argparse.Namespace) -> int:
                   f"mismatched {sum(mismatched) / len(mismatched):.3f}, ROC-AUC {auc:.3f}")
     print(f"outputs in {out / 'run'}: annotations/, images/, embeddings/, run.json")
     return 0 if agree == len(truth) else 1
+
+
+def _demo_starts_over(run: Path, config, overwrite: bool) -> bool:
+    """A demo run made with the same settings is resumed (a finished one is left as it is, with the subsets,
+    audits and captions made from it); one made with other settings, or --overwrite, is annotated anew,
+    and what goes with it is named."""
+    from pipelines.annotate import recorded_config
+    from pipelines.storage import RunPaths
+
+    previous = recorded_config(RunPaths(str(run)))
+    if previous is None:
+        return True
+    if previous.fingerprint() == config.fingerprint() and not overwrite:
+        return False
+    derived = sorted(p.name + "/" for p in run.iterdir() if p.is_dir() and p.name not in _ANNOTATE_OUTPUTS)
+    why = "--overwrite" if overwrite else "other settings: " + "; ".join(previous.differences(config)[:3])
+    print(f"annotating {run} anew ({why})" + (f"; removing what was made from it: {', '.join(derived)}"
+                                               if derived else ""), flush=True)
+    return True
+
+
+_ANNOTATE_OUTPUTS = {"annotations", "images", "embeddings", "input", "logs", "_done", "_staging"}
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -449,6 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", metavar="FIELD=VALUE")
+    p.add_argument("--overwrite", action="store_true",
+                   help="annotate anew even where OUT/run holds a demo run of the same settings (which is resumed)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_demo)
 

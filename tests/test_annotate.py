@@ -168,3 +168,24 @@ def test_every_row_gets_caption_language_and_lengths(demo_run):
     print(f"language ID: {np.mean(english):.3f} of English captions (3+ words) found English, "
           f"{np.mean(foreign):.3f} of foreign ones not English")
     assert np.mean(english) >= 0.8 and np.mean(foreign) >= 0.8
+
+
+@pytest.mark.slow
+def test_demo_again_keeps_its_run_and_what_was_made_from_it(ray_local, tmp_path, capsys):
+    """`make demo` twice: the second resumes the finished run (nothing fetched again) and keeps its subsets;
+    `tailor demo --overwrite` annotates anew and names what it removes."""
+    from pipelines.cli import main as cli
+
+    demo = ["demo", "--out", str(tmp_path), "--n", "60", "--set", "embed=null", "--no-progress"]
+    assert cli(demo) == 0
+    assert cli(["select", str(tmp_path / "run"), "--recipe", "raw", "--name", "raw"]) == 0
+    capsys.readouterr()
+    assert cli(demo) == 0
+    said = capsys.readouterr().out
+    assert "(1 were already done)" in said and "status as expected for 60/60 rows" in said, said
+    assert (tmp_path / "run" / "subsets" / "raw" / "stats.json").exists()
+
+    assert cli([*demo, "--overwrite"]) == 0
+    said = capsys.readouterr().out
+    assert "annotating" in said and "anew (--overwrite); removing what was made from it: subsets/" in said, said
+    assert "(0 were already done)" in said and not (tmp_path / "run" / "subsets").exists()
