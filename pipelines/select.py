@@ -140,6 +140,15 @@ class Basic(Step):
         # the SQL names them either way; with language: null, or no image check, they are never compared
         return ["caption_lang", "caption_lang_score", "original_width", "original_height"]
 
+    def split(self) -> list[Basic]:
+        """The caption checks, then the image checks, as two steps (one where the step has only one kind): the
+        first runs on a text pass, the second on the fetched run. Together they keep the same rows."""
+        caption = self.language is not None or self.min_lang_score > 0 or self.min_words > 0 or self.min_chars > 0
+        if not caption or (self.min_side, self.max_aspect) == (None, None):
+            return [self]
+        return [self.model_copy(update={"min_side": None, "max_aspect": None}),
+                self.model_copy(update={"language": None, "min_lang_score": 0.0, "min_words": 0, "min_chars": 0})]
+
     def params(self) -> dict[str, Any]:
         return {"check_lang": self.language is not None, "lang": self.language or "",
                 "min_lang_score": self.min_lang_score, "min_words": self.min_words, "min_chars": self.min_chars,
@@ -440,9 +449,12 @@ def plan_steps(recipe: Recipe, phase: str, run: str, paths: RunPaths) -> tuple[l
     fetch), image (status and the image steps: a fetched run, whose text steps ran on its text pass)."""
     if phase not in PHASES:
         raise ConfigError(f"--steps {phase!r}: one of {', '.join(PHASES)}")
-    first_image = next((i for i, step in enumerate(recipe.steps) if step.image_step()), len(recipe.steps))
-    text, image = recipe.steps[:first_image], recipe.steps[first_image:]
-    listed = ", ".join(f"{i + 1} ({s.name})" for i, s in enumerate(recipe.steps) if i >= first_image)
+    steps = recipe.steps
+    if phase != "all" or paths.is_text_pass():  # curating in two passes: caption checks before the download
+        steps = [part for step in steps for part in (step.split() if isinstance(step, Basic) else [step])]
+    first_image = next((i for i, step in enumerate(steps) if step.image_step()), len(steps))
+    text, image = steps[:first_image], steps[first_image:]
+    listed = ", ".join(s.name for s in image)  # names, not numbers: a split basic step is two of these
     if phase == "text" and not text:  # on a text pass too: a subset keeping every row would fetch them all
         raise ConfigError(f"--steps text: recipe {recipe.source} has no text steps" + (
             f" (its first step, {recipe.steps[0].name}, reads the image)" if recipe.steps else ""))
