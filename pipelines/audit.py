@@ -272,6 +272,11 @@ def log_linear(counts: pa.Table, accuracy: pa.Table, bins: int = 12,
 
 # ---------------------------------------------------------------- the whole audit
 
+def _shards(paths: RunPaths) -> dict:
+    total = len(paths.read_json(paths.plan)["shards"]) if paths.exists(paths.plan) else None
+    return {"committed": len(paths.committed_shards()), "total": total}
+
+
 def audit_run(run: str, options: AuditOptions | None = None, subset: str | None = None,
               accuracy: str | None = None, report: bool = True, progress: bool = False) -> dict:
     """Tag (or reuse tags), count, compare with a subset, fit accuracies; write tables and the report."""
@@ -298,6 +303,7 @@ def audit_run(run: str, options: AuditOptions | None = None, subset: str | None 
         "ok_rows": scope["ok_rows"],
         "ok_images": scope["ok_images"],
         "text_pass": text_pass,  # then every row counts as an ok caption row: none is fetched yet
+        "shards": _shards(paths),  # a run still annotating is audited over its committed shards
         "units": UNITS,
         "frequency": options.frequency,
         "tail": {"fraction": options.tail_fraction, "floor": options.tail_floor,

@@ -257,6 +257,9 @@ def _audit(args: argparse.Namespace) -> int:
 
     options = options_from(args, AuditOptions, AUDIT_FLAGS)
     s = audit_run(args.run, options, subset=args.subset, accuracy=args.accuracy, progress=not args.no_progress)
+    if s["shards"]["total"] and s["shards"]["committed"] < s["shards"]["total"]:
+        print(f"note: {args.run} is not finished ({s['shards']['committed']}/{s['shards']['total']} shards "
+              "committed): these counts cover the committed shards only; audit again when it finishes")
     print(f"{s['concepts']} concepts ({s['settings']['concepts']}), ranked by {s['frequency']} frequency; "
           f"tail {s['tail']['concepts']} concepts "
           + (f"holding {s['tail']['share_of_mentions']:.1%} of mentions; " if s["tail"]["share_of_mentions"] is not None

@@ -14,6 +14,7 @@ The real alt-texts (hosts that do not resolve here) make a text pass under the s
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -181,9 +182,17 @@ def test_image_steps_on_a_text_pass_are_refused_with_what_to_do(world, capsys):
         select(str(world["fetched"]), load_recipe(world["recipe"]), "again")
 
 
-def test_text_audit_counts_caption_rows_before_anything_is_downloaded(world, capsys):
+def test_text_audit_counts_caption_rows_before_anything_is_downloaded(world, capsys, tmp_path):
     assert cli(["audit", str(world["text"]), "--concepts", "demo", "--no-progress"]) == 0
-    assert "text pass: 400 caption rows" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "text pass: 400 caption rows" in said and "not finished" not in said
+    # a run still annotating (one shard of four not committed): counted over what is there, and said so
+    running = tmp_path / "running"
+    shutil.copytree(world["text"], running, ignore=shutil.ignore_patterns("audit", "subsets"))
+    (running / "_done" / sorted(p.name for p in (running / "_done").glob("*.json"))[-1]).unlink()
+    assert cli(["audit", str(running), "--concepts", "demo", "--no-progress"]) == 0
+    said = capsys.readouterr().out
+    assert f"note: {running} is not finished (3/4 shards committed)" in said, said
     assert cli(["audit", str(world["full"]), "--concepts", "demo", "--no-progress"]) == 0
     text = pq.read_table(world["text"] / "audit" / "demo" / "counts.parquet").to_pylist()
     full = pq.read_table(world["full"] / "audit" / "demo" / "counts.parquet").to_pylist()
