@@ -33,7 +33,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from email.message import Message
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 import pyarrow as pa
 from pydantic import Field, field_validator
@@ -285,6 +285,10 @@ class _PinnedHTTPSConnection(_PinnedHTTPConnection):
         self.sock = self._tls.wrap_socket(self.sock, server_hostname=self.host)
 
 
+_NOT_IN_HOSTS = set('<>"{}|\\^`%/?#@')
+_SAFE_IN_TARGET = "/?&=:;@!$'()*+,~%[]-._"
+
+
 def _check_url(url: str) -> tuple[str, str, int, str] | str:
     """(scheme, host, port, path+query) or an error text."""
     if not isinstance(url, str) or not url.strip():
@@ -298,11 +302,15 @@ def _check_url(url: str) -> tuple[str, str, int, str] | str:
         return f"unsupported URL scheme {parts.scheme!r} in {url!r}" if parts.scheme else f"not a URL: {url!r}"
     if not parts.hostname:
         return f"URL has no host: {url!r}"
+    if any(c in _NOT_IN_HOSTS or c.isspace() or ord(c) < 32 for c in parts.hostname):
+        return f"malformed URL {url!r}: invalid character in host {parts.hostname!r}"
     port = port or (443 if parts.scheme == "https" else 80)
     target = parts.path or "/"
     if parts.query:
         target += "?" + parts.query
-    return parts.scheme, parts.hostname, port, target
+    # as a browser sends it: spaces and other characters a request line cannot hold percent-encoded (UTF-8),
+    # escapes already there kept
+    return parts.scheme, parts.hostname, port, quote(target, safe=_SAFE_IN_TARGET)
 
 
 class Downloader:

@@ -59,11 +59,43 @@ def test_opt_out_header_semantics_match_img2dataset():
 
 
 @pytest.mark.parametrize("url", ["", "not a url", "htp:/broken", "http://", "ftp://127.0.0.1/x.jpg",
-                                 "http://[::1", "javascript:alert(1)", None])
+                                 "http://[::1", "javascript:alert(1)", None, "http://ex ample.com/a.jpg",
+                                 "http://exa<mple.com/a.jpg"])
 def test_malformed_urls_get_invalid_url(url):
     result = Downloader(DownloadOptions())(pa.table({"url": pa.array([url], pa.string())}))
     assert result.column("status").to_pylist() == [st.INVALID_URL]
     assert result.column("error").to_pylist()[0]
+
+
+def test_a_path_with_spaces_and_non_ascii_is_sent_percent_encoded_as_a_browser_sends_it():
+    """Real alt-text tables hold URLs with raw spaces and UTF-8 in the path; http.client refuses a request line
+    holding them (that was a retried connection_error). Escapes already there are sent as they are."""
+    import http.server
+    import threading
+
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            seen.append(self.path)
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_port}"
+        urls = [f"{base}/my photo.jpg", f"{base}/caf\u00e9/a%20b.jpg?q=a b"]
+        options = DownloadOptions(allow_networks=["127.0.0.0/8"], retries=0)
+        result = Downloader(options)(pa.table({"url": urls}))
+    finally:
+        server.shutdown()
+    assert result.column("status").to_pylist() == [st.HTTP_ERROR] * 2  # the server answered both
+    assert sorted(seen) == ["/caf%C3%A9/a%20b.jpg?q=a%20b", "/my%20photo.jpg"]
 
 
 def test_private_redirect_refused_without_allow_list(demo_web):
@@ -144,13 +176,14 @@ def test_a_name_that_does_not_exist_is_not_retried(tmp_path, monkeypatch, failur
     monkeypatch.setenv("SLOW_DNS_SECONDS", "0")
     monkeypatch.setenv("SLOW_DNS_FAILURE", failure)
     urls = [f"http://host{i}.invalid/{i}.jpg" for i in range(5)]  # one row per host: every attempt asks
-    options = DownloadOptions(retries=2, backoff=0, dns_negative_ttl=0, resolver="tests.slow_dns:getaddrinfo")
+    options = DownloadOptions(retries=2, backoff=0.05, dns_negative_ttl=0, resolver="tests.slow_dns:getaddrinfo")
     rows = Fetcher(options, DecodeOptions())(pa.table({"url": urls})).to_pylist()
     assert [r["status"] for r in rows] == [st.CONNECTION_ERROR] * 5
     assert all(r["error"].startswith(f"cannot resolve 'host{i}.invalid'") for i, r in enumerate(rows))
     assert all(("after 3 attempts" in r["error"]) == (attempts == 3) for r in rows), rows[0]["error"]
     lookups = log.read_text().splitlines()
-    assert len(lookups) == 5 * attempts
+    # a retry may reuse a lookup that finished a moment before (still in flight for the cache): at most 3 each
+    assert len(lookups) == 5 if attempts == 1 else 5 < len(lookups) <= 15
 
 
 def test_bad_resolver_setting_is_one_line():
