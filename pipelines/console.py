@@ -50,10 +50,10 @@ class ProgressLine:
         rate = self.done / elapsed
         share = f"{self.ok / self.done:.1%}" if self.done else "-"
         left = self.total - self.done
-        eta = _duration(left / rate) if rate > 0 and left > 0 else ("-" if left > 0 else "0s")
+        eta = duration(left / rate) if rate > 0 and left > 0 else ("-" if left > 0 else "0s")
         ok = f"  ok {share}" if self.show_ok else ""
         return (f"{self.label} {self.done:,}/{self.total:,} ({self.done / max(self.total, 1):.0%})  "
-                f"{rate:,.1f} rows/s{ok}  elapsed {_duration(elapsed)}  eta {eta}")
+                f"{rate:,.1f} rows/s{ok}  elapsed {duration(elapsed)}  eta {eta}")
 
     def _draw(self, now: float) -> None:
         line = self.text(now)
@@ -61,7 +61,7 @@ class ProgressLine:
         self.stream.flush()
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     seconds = int(round(seconds))
     if seconds < 60:
         return f"{seconds}s"

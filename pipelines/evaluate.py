@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import io
 import logging
+import sys
+import time
 from datetime import UTC, datetime
 
 import numpy as np
@@ -114,6 +116,27 @@ def train_and_score(shards: list[str], eval_images, eval_ids: np.ndarray, classe
     return {**info, "samples": len(images), "correct": correct.tolist()}
 
 
+def _gather(refs: dict, samples_seen: int, progress: bool) -> dict:
+    """Every proxy's result; with progress, a line as each finishes and one a minute while they train (a
+    proxy trains for minutes on CPU, and nothing else would be printed meanwhile)."""
+    import ray
+
+    from pipelines.console import duration
+
+    pending = {ref: key for key, ref in refs.items()}
+    results: dict = {}
+    started = last = time.time()
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=5)
+        for ref in ready:
+            results[pending.pop(ref)] = ray.get(ref)
+        if progress and (ready or time.time() - last >= 60):
+            last = time.time()
+            print(f"evaluate: {len(results)}/{len(refs)} proxies trained ({samples_seen:,} samples each), "
+                  f"elapsed {duration(last - started)}", file=sys.stderr, flush=True)
+    return results
+
+
 # ---------------------------------------------------------------- the whole evaluation
 
 def _check_subsets(paths: RunPaths, subsets: list[str]) -> None:
@@ -187,7 +210,7 @@ def evaluate(run: str, subsets: list[str], options: EvaluateOptions, config: Pro
     images_ref, ids_ref = ray.put(eval_images), ray.put(eval_class)
     refs = {(s, seed): task.remote(shards[s], images_ref, ids_ref, class_names, config, seed)
             for s in subsets for seed in config.seeds}
-    results = {key: ray.get(ref) for key, ref in refs.items()}
+    results = _gather(refs, config.samples_seen, progress)
 
     n_eval = np.bincount(eval_class, minlength=len(classes))
     runs, per_concept, summary_subsets = [], [], {}
