@@ -280,6 +280,7 @@ class Audit:
     concepts: list[str]
     ids: dict[str, int]
     frequency: str
+    counted: bool = False  # counts.parquet written (a `tailor audit`; recaption's concept tags alone have none)
 
 
 def _empty(con: duckdb.DuckDBPyConnection, name: str, columns: dict[str, str]) -> None:
@@ -370,8 +371,9 @@ class Browser:
             ids = dict(zip(names, concepts.column("concept_id").to_pylist(), strict=True))
             info = self.paths.read_json(f"{folder}/_audit.json") if self.paths.exists(f"{folder}/_audit.json") else {}
             frequency = ((info.get("summary") or {}).get("frequency")) or "text"
-            audits[name] = Audit(name, folder, names, ids, frequency)
-        return audits
+            audits[name] = Audit(name, folder, names, ids, frequency, self.paths.exists(f"{folder}/counts.parquet"))
+        # the default (first) audit is one with counts, so the concepts view opens on something to show
+        return dict(sorted(audits.items(), key=lambda item: (not item[1].counted, item[0])))
 
     def subset(self, name: str | None) -> Subset | None:
         if name is None:
@@ -381,10 +383,11 @@ class Browser:
         return self.subsets[name]
 
     def audit(self, name: str | None, required: bool = False) -> Audit | None:
-        """The audit NAME; without a name the first (by name), or None when the run has none."""
+        """The audit NAME; without a name the first (those with counts first, then by name), or None when the
+        run has none."""
         if name is None:
             if self.audits:
-                return self.audits[min(self.audits)]
+                return next(iter(self.audits.values()))
             if required:
                 raise NotFound("concepts need an audit of the run (`tailor audit RUN --concepts LIST`); "
                                "the run has none")

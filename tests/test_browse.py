@@ -245,6 +245,23 @@ def test_grid_shows_the_samples_of_a_filter_and_the_near_duplicate_drops(server,
     assert browser.dialogs == []
 
 
+def test_concepts_open_on_an_audit_with_counts_not_on_recaptions_tags_alone(browse_run):
+    """`recaption --concepts` tags concepts without counting them (no counts.parquet): such an audit, even first
+    by name, is not what the concepts view and the grid's concept filter open on."""
+    from pipelines.browse import Browser, NotFound
+
+    tags_only = browse_run / "audit" / "aaa"
+    shutil.copytree(browse_run / "audit" / "demo", tags_only, ignore=shutil.ignore_patterns("counts.parquet"))
+    try:
+        browser = Browser(str(browse_run))
+        assert [a["name"] for a in browser.meta()["audits"]] == ["demo", "aaa"]
+        assert browser.concepts({})["audit"] == "demo"
+        with pytest.raises(NotFound, match="no counts.parquet yet"):
+            browser.concepts({"audit": ["aaa"]})
+    finally:
+        shutil.rmtree(tags_only)
+
+
 @pytest.mark.slow
 def test_concept_page_links_each_concept_to_its_samples(server, browser, tmp_path):
     run = Path(server.browser.run)
