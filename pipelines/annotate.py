@@ -318,14 +318,9 @@ def _build_dataset(pending: list[Shard], config: AnnotateConfig, paths: RunPaths
 def _add_embed_stages(ds: ray.data.Dataset, config: AnnotateConfig) -> ray.data.Dataset:
     """CPU tasks preprocess (decode JPEG, resize, normalise, tokenise); an actor pool runs the model,
     one GPU per actor where the cluster has GPUs, CPU otherwise."""
-    from transformers import AutoConfig
 
     options = config.embed
-    try:
-        model_path = resolve_model(options.model)
-        AutoConfig.from_pretrained(model_path)  # fail here, in one line, not in every actor
-    except Exception as err:
-        raise ConfigError(f"config error: embed.model: cannot load {options.model!r}: {err}".splitlines()[0]) from None
+    model_path = resolve_model(options.model)
     resources = embed_actor_resources(options, ray.cluster_resources().get("GPU", 0))
     # a remote-args function keeps preprocessing in CPU tasks of its own: Ray Data would otherwise fuse it
     # (and, with equal CPUs, the fetch stage before it) into the model actors on a CPU-only cluster
@@ -434,6 +429,20 @@ def blocked_hint(statuses: collections.Counter) -> str | None:
     return f"{rows} of {total} rows are {status}: {SETTING_OF_STATUS[status]}"
 
 
+def _check_embed_model(config: AnnotateConfig) -> None:
+    """embed.model loads (its config, not its weights): one line before anything is written or Ray starts,
+    not an error in every actor, nor a run folder whose recorded config refuses the corrected command."""
+    if config.embed is None or config.text_only:
+        return
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(resolve_model(config.embed.model))
+    except Exception as err:
+        raise ConfigError(f"config error: embed.model: cannot load {config.embed.model!r}: {err}".splitlines()[0]) \
+            from None
+
+
 def _warn_demo_model(config: AnnotateConfig) -> None:
     """The demo config embeds with the demo CLIP, which knows only the demo web's shapes: say so once when the
     input is not a demo web (a folder holding truth.parquet), before its scores are taken for a real model's."""
@@ -455,6 +464,7 @@ def annotate(config: AnnotateConfig, overwrite: bool = False, progress: bool = T
     paths = RunPaths(config.output)
     # an unreadable metadata file is one line before anything is written or Ray starts; read once, here
     metadata = load_metadata(config.match.metadata) if config.match is not None else None
+    _check_embed_model(config)
     with storage_errors(config.output):
         _prepare_folder(config, paths, overwrite)
         shards = plan_shards(config, paths)  # before Ray starts (unless the input is many files)
@@ -464,16 +474,17 @@ def annotate(config: AnnotateConfig, overwrite: bool = False, progress: bool = T
             save_metadata(paths, metadata)  # RUN/metadata/ID.parquet, which match lists refer to
     planned = time.time()
     log.info("input planned after %.1f s", planned - started)
-    init_ray(config.ray.address)
+    pending = [s for s in shards if not paths.exists(paths.done(s.id))]
+    if pending:  # a finished run is summarised without starting Ray (seconds on a small machine)
+        init_ray(config.ray.address)
+        _warn_demo_model(config)
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = ray_progress
+        # Ray Data's default reserves half the CPUs for the light stages (load, download, write), which on a
+        # small node leaves the CPU-bound decode one task at a time; the budget follows demand instead.
+        context.op_resource_reservation_enabled = False
     ray_ready = time.time()
     log.info("ray ready after %.1f s", ray_ready - started)
-    _warn_demo_model(config)
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = ray_progress
-    # Ray Data's default reserves half the CPUs for the light stages (load, download, write), which on a
-    # small node leaves the CPU-bound decode one task at a time; the budget follows demand instead.
-    context.op_resource_reservation_enabled = False
-    pending = [s for s in shards if not paths.exists(paths.done(s.id))]
     # parts and outputs of unfinished shards are from an interrupted run: redo those shards whole
     paths.remove(paths.join("_staging"))
     for shard in pending:

@@ -192,6 +192,10 @@ def test_unloadable_model_is_a_one_line_config_error(ray_local, demo_web, tmp_pa
     _, web = demo_web
     with pytest.raises(ConfigError, match="embed.model: cannot load 'no/such-model'"):
         annotate(demo_config(web / "urls.parquet", tmp_path / "run", "embed.model=no/such-model"), progress=False)
+    missing = tmp_path / "models" / "mine"
+    with pytest.raises(ConfigError, match=f"cannot load '{missing}': no model folder at '{missing}'"):
+        annotate(demo_config(web / "urls.parquet", tmp_path / "run", f"embed.model={missing}"), progress=False)
+    assert not (tmp_path / "run").exists()  # nothing written: the corrected command is not refused
 
 
 def test_siglip_through_automodel_equals_direct_call(tmp_path):

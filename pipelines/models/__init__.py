@@ -14,4 +14,7 @@ def resolve_model(name: str) -> str:
         if key not in BUILTIN:
             raise ValueError(f"unknown builtin model {name!r} (known: {', '.join('builtin:' + k for k in BUILTIN)})")
         return str(BUILTIN[key])
-    return name
+    if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().is_dir():
+        raise ValueError(f"no model folder at {name!r} (a local model is a folder holding config.json; a Hugging "
+                         "Face model is named ORG/NAME)")
+    return str(Path(name).expanduser()) if name.startswith("~") else name
