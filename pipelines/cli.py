@@ -265,9 +265,11 @@ def _audit(args: argparse.Namespace) -> int:
           + (f"holding {s['tail']['share_of_mentions']:.1%} of mentions; " if s["tail"]["share_of_mentions"] is not None
              else f"(no concept has a {s['frequency']} mention); ")
           + f"never in captions: {s['concepts_never_in_text']}")
+    untagged = not s.get("text_pass") and s["settings"].get("model") is None
     scope = (f"text pass: {s['ok_rows']} caption rows, no image fetched yet" if s.get("text_pass") else
-             f"ok: {s['ok_rows']} caption rows, {s['ok_images']} distinct images by sha256; image and matched "
-             "count images")
+             f"ok: {s['ok_rows']} caption rows, {s['ok_images']} distinct images by sha256; " +
+             ("no image tagged: the run has no embeddings (annotate with an embed model)" if untagged
+              else "image and matched count images"))
     print(f"{'head concept':<24}{'text rows':>10}{'images':>8}{'matched':>9}   ({scope})")
     for row in s["head"]:
         print(f"{row['concept']:<24}{row['text_count']:>10}{row['image_count']:>8}{row['matched_count']:>9}")
