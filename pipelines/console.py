@@ -30,6 +30,7 @@ class ProgressLine:
         self.started = time.monotonic()
         self.last = 0.0
         self.done = self.ok = 0
+        self.drawn: tuple[int, int] | None = None  # (done, ok) of the last line written
 
     def update(self, rows: int, ok: int) -> None:
         self.done += rows
@@ -40,7 +41,8 @@ class ProgressLine:
             self._draw(now)
 
     def close(self) -> None:
-        self._draw(time.monotonic())
+        if self.tty or self.drawn != (self.done, self.ok):  # a log gets the final count once
+            self._draw(time.monotonic())
         if self.tty:
             self.stream.write("\n")
             self.stream.flush()
@@ -57,6 +59,7 @@ class ProgressLine:
 
     def _draw(self, now: float) -> None:
         line = self.text(now)
+        self.drawn = (self.done, self.ok)
         self.stream.write(f"\r\x1b[K{line}" if self.tty else f"{line}\n")
         self.stream.flush()
 

@@ -22,6 +22,12 @@ def test_progress_line_off_a_terminal_prints_a_line_per_interval_and_one_at_the_
     assert len(printed) == 2
     assert printed[0].startswith("rows 100/1,000 (10%)") and "ok 90.0%" in printed[0]
     assert printed[1].startswith("rows 200/1,000 (20%)") and "eta" in printed[1]
+    # a last update that was printed is not printed again at the end
+    out = io.StringIO()
+    line = ProgressLine(total=100, stream=out, every=0)
+    line.update(100, 100)
+    line.close()
+    assert len(out.getvalue().splitlines()) == 1
 
 
 @pytest.mark.slow
