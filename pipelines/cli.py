@@ -121,7 +121,8 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"serving the demo web at {server.base_url}", flush=True)
         config = load_config(CONFIGS / "demo.yaml",
                              [f"input.path={web / 'urls.parquet'}", f"output={out / 'run'}", *(args.set or [])])
-        overwrite = _demo_starts_over(out / "run", config, args.overwrite)
+        pages = pq.read_metadata(web / "truth.parquet").num_rows
+        overwrite = _demo_starts_over(out / "run", config, args.overwrite, pages)
         summary = annotate(config, overwrite=overwrite, progress=not args.no_progress,
                            ray_progress=args.verbose and not args.no_progress)
     _print_summary(summary)
@@ -142,26 +143,31 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if agree == len(truth) else 1
 
 
-def _demo_starts_over(run: Path, config, overwrite: bool) -> bool:
-    """A demo run made with the same settings is resumed (a finished one is left as it is, with the subsets,
-    audits and captions made from it); one made with other settings, or --overwrite, is annotated anew,
-    and what goes with it is named."""
+def _demo_starts_over(run: Path, config, overwrite: bool, pages: int) -> bool:
+    """A finished demo run of this web (`pages` rows) made with the same settings is left as it is, with the
+    subsets, audits and captions made from it; otherwise (other settings, an unfinished run, whose planned
+    URLs name the port of an earlier server, or --overwrite) the web is annotated anew, and what goes with it
+    is named."""
     from pipelines.annotate import recorded_config
     from pipelines.storage import RunPaths
 
-    previous = recorded_config(RunPaths(str(run)))
+    paths = RunPaths(str(run))
+    previous = recorded_config(paths)
     if previous is None:
         return True
-    if previous.fingerprint() == config.fingerprint() and not overwrite:
+    shards = paths.read_json(paths.plan)["shards"] if paths.exists(paths.plan) else []
+    finished = sum(s["rows"] for s in shards) == pages and all(paths.exists(paths.done(s["id"])) for s in shards)
+    if previous.fingerprint() == config.fingerprint() and finished and not overwrite:
         return False
     derived = sorted(p.name + "/" for p in run.iterdir() if p.is_dir() and p.name not in _ANNOTATE_OUTPUTS)
-    why = "--overwrite" if overwrite else "other settings: " + "; ".join(previous.differences(config)[:3])
+    why = ("--overwrite" if overwrite else "other settings: " + "; ".join(previous.differences(config)[:3])
+           if previous.fingerprint() != config.fingerprint() else "an unfinished run, or one of another demo web")
     print(f"annotating {run} anew ({why})" + (f"; removing what was made from it: {', '.join(derived)}"
                                                if derived else ""), flush=True)
     return True
 
 
-_ANNOTATE_OUTPUTS = {"annotations", "images", "embeddings", "input", "logs", "_done", "_staging"}
+_ANNOTATE_OUTPUTS = {"annotations", "images", "embeddings", "input", "logs", "metadata", "_done", "_staging"}
 
 
 def _status(args: argparse.Namespace) -> int:

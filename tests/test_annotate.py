@@ -172,8 +172,8 @@ def test_every_row_gets_caption_language_and_lengths(demo_run):
 
 @pytest.mark.slow
 def test_demo_again_keeps_its_run_and_what_was_made_from_it(ray_local, tmp_path, capsys):
-    """`make demo` twice: the second resumes the finished run (nothing fetched again) and keeps its subsets;
-    `tailor demo --overwrite` annotates anew and names what it removes."""
+    """`make demo` twice: the second leaves the finished run as it is (nothing fetched again) and keeps its
+    subsets; `tailor demo --overwrite` and an unfinished run annotate anew and name what goes."""
     from pipelines.cli import main as cli
 
     demo = ["demo", "--out", str(tmp_path), "--n", "60", "--set", "embed=null", "--no-progress"]
@@ -189,3 +189,11 @@ def test_demo_again_keeps_its_run_and_what_was_made_from_it(ray_local, tmp_path,
     said = capsys.readouterr().out
     assert "annotating" in said and "anew (--overwrite); removing what was made from it: subsets/" in said, said
     assert "(0 were already done)" in said and not (tmp_path / "run" / "subsets").exists()
+
+    # an interrupted demo run: its planned URLs name the port of the server that served it then, so it is
+    # annotated anew against this server (resumed, its last shards would fetch from a closed port)
+    for marker in (tmp_path / "run" / "_done").glob("*.json"):
+        marker.unlink()
+    assert cli(demo) == 0
+    said = capsys.readouterr().out
+    assert "anew (an unfinished run" in said and "status as expected for 60/60 rows" in said, said
