@@ -143,7 +143,7 @@ class Basic(Step):
     def split(self) -> list[Basic]:
         """The caption checks, then the image checks, as two steps (one where the step has only one kind): the
         first runs on a text pass, the second on the fetched run. Together they keep the same rows."""
-        caption = self.language is not None or self.min_lang_score > 0 or self.min_words > 0 or self.min_chars > 0
+        caption = self.language is not None or self.min_words > 0 or self.min_chars > 0
         if not caption or (self.min_side, self.max_aspect) == (None, None):
             return [self]
         return [self.model_copy(update={"min_side": None, "max_aspect": None}),
@@ -307,7 +307,7 @@ class Recipe:
 
     def to_dict(self) -> dict:
         return {"description": self.description,
-                "steps": [{"step": s.name, **s.model_dump(mode="json")} for s in self.steps]}
+                "steps": [_as_applied(s) for s in self.steps]}
 
 
 def _field_error(err: ValidationError) -> str:
@@ -440,6 +440,11 @@ def _unmask_images(con: duckdb.DuckDBPyConnection) -> None:
 PHASES = ("all", "text", "image")
 
 
+def _as_applied(step: Step) -> dict:
+    """A step as a subset's recipe.yaml (and so fetched_from.json) records it."""
+    return {"step": step.name, **step.model_dump(mode="json")}
+
+
 def plan_steps(recipe: Recipe, phase: str, run: str, paths: RunPaths) -> tuple[list[Step], list[Step]]:
     """The recipe's text steps (those before its first image step) and what runs after them: the implicit status
     step and the image steps. Text steps read no image column, so they decide the same on a text pass as on a
@@ -450,8 +455,12 @@ def plan_steps(recipe: Recipe, phase: str, run: str, paths: RunPaths) -> tuple[l
     if phase not in PHASES:
         raise ConfigError(f"--steps {phase!r}: one of {', '.join(PHASES)}")
     steps = recipe.steps
-    if phase != "all" or paths.is_text_pass():  # curating in two passes: caption checks before the download
+    if phase == "text" or paths.is_text_pass():  # curating in two passes: caption checks before the download
         steps = [part for step in steps for part in (step.split() if isinstance(step, Basic) else [step])]
+    elif phase == "image" and paths.exists(paths.fetched_from):  # the image checks of what the text pass split
+        applied = (paths.read_json(paths.fetched_from).get("recipe") or {}).get("steps") or []
+        steps = [step.split()[-1] if isinstance(step, Basic) and _as_applied(step) in applied else step
+                 for step in steps]
     first_image = next((i for i, step in enumerate(steps) if step.image_step()), len(steps))
     text, image = steps[:first_image], steps[first_image:]
     listed = ", ".join(s.name for s in image)  # names, not numbers: a split basic step is two of these
@@ -478,7 +487,7 @@ def plan_steps(recipe: Recipe, phase: str, run: str, paths: RunPaths) -> tuple[l
     if text and paths.exists(paths.fetched_from):
         source = paths.read_json(paths.fetched_from)
         applied = (source.get("recipe") or {}).get("steps", [])  # null: a subset of unknown recipe
-        if applied[:len(text)] == [{"step": s.name, **s.model_dump(mode="json")} for s in text]:
+        if applied[:len(text)] == [_as_applied(s) for s in text]:
             raise ConfigError(
                 f"{run} was fetched from subset {source['subset']} of {source['run']}, whose selection ran this "
                 f"recipe's text steps already; run its image steps here with --steps image")
