@@ -286,7 +286,17 @@ class _PinnedHTTPSConnection(_PinnedHTTPConnection):
 
 
 _NOT_IN_HOSTS = set('<>"{}|\\^`%/?#@')
-_SAFE_IN_TARGET = "/?&=:;@!$'()*+,~%[]-._"
+# printable ASCII but space and "<>: only what cannot go on the wire is escaped (a signed URL stays as signed)
+_SAFE_IN_TARGET = "".join(c for c in map(chr, range(33, 127)) if c not in '"<>')
+
+
+def _header_text(value: str) -> str:
+    """A header as its sender wrote it: http.client decodes headers as Latin-1, and servers write a Location
+    holding non-ASCII in UTF-8 (`/café` arrives as `/cafÃ©`)."""
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return value
 
 
 def _check_url(url: str) -> tuple[str, str, int, str] | str:
@@ -374,7 +384,7 @@ class Downloader:
             outcome = self._request(scheme, host, port, address, target, deadline)
             if isinstance(outcome, Fetched):
                 return outcome
-            location = outcome
+            location = _header_text(outcome)
             if len(visited) > self.options.max_redirects:
                 return Fetched(st.REDIRECT_ERROR, f"more than {self.options.max_redirects} redirects from {url}")
             current = urljoin(current, location)

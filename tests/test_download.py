@@ -69,7 +69,8 @@ def test_malformed_urls_get_invalid_url(url):
 
 def test_a_path_with_spaces_and_non_ascii_is_sent_percent_encoded_as_a_browser_sends_it():
     """Real alt-text tables hold URLs with raw spaces and UTF-8 in the path; http.client refuses a request line
-    holding them (that was a retried connection_error). Escapes already there are sent as they are."""
+    holding them (that was a retried connection_error). Escapes already there, and printable characters a
+    request line can hold ('|'), are sent as they are; so is a redirect's UTF-8 Location."""
     import http.server
     import threading
 
@@ -78,7 +79,11 @@ def test_a_path_with_spaces_and_non_ascii_is_sent_percent_encoded_as_a_browser_s
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 (http.server's name)
             seen.append(self.path)
-            self.send_response(404)
+            if self.path == "/go":  # a Location in raw UTF-8, as servers write it
+                self.send_response(302)
+                self.send_header("Location", "/ni\u00f1o|1.jpg".encode().decode("latin-1"))
+            else:
+                self.send_response(404)
             self.send_header("Content-Length", "0")
             self.end_headers()
 
@@ -89,13 +94,13 @@ def test_a_path_with_spaces_and_non_ascii_is_sent_percent_encoded_as_a_browser_s
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         base = f"http://127.0.0.1:{server.server_port}"
-        urls = [f"{base}/my photo.jpg", f"{base}/caf\u00e9/a%20b.jpg?q=a b"]
+        urls = [f"{base}/my photo.jpg", f"{base}/caf\u00e9/a%20b.jpg?q=a b", f"{base}/go"]
         options = DownloadOptions(allow_networks=["127.0.0.0/8"], retries=0)
         result = Downloader(options)(pa.table({"url": urls}))
     finally:
         server.shutdown()
-    assert result.column("status").to_pylist() == [st.HTTP_ERROR] * 2  # the server answered both
-    assert sorted(seen) == ["/caf%C3%A9/a%20b.jpg?q=a%20b", "/my%20photo.jpg"]
+    assert result.column("status").to_pylist() == [st.HTTP_ERROR] * 3  # the server answered each
+    assert sorted(seen) == ["/caf%C3%A9/a%20b.jpg?q=a%20b", "/go", "/my%20photo.jpg", "/ni%C3%B1o|1.jpg"]
 
 
 def test_private_redirect_refused_without_allow_list(demo_web):
