@@ -464,7 +464,9 @@ def annotate(config: AnnotateConfig, overwrite: bool = False, progress: bool = T
     paths = RunPaths(config.output)
     # an unreadable metadata file is one line before anything is written or Ray starts; read once, here
     metadata = load_metadata(config.match.metadata) if config.match is not None else None
-    _check_embed_model(config)
+    fresh = overwrite or not paths.exists(paths.config)
+    if fresh:  # before its config is recorded; a resumed run is checked only if it has work left
+        _check_embed_model(config)
     with storage_errors(config.output):
         _prepare_folder(config, paths, overwrite)
         shards = plan_shards(config, paths)  # before Ray starts (unless the input is many files)
@@ -476,6 +478,8 @@ def annotate(config: AnnotateConfig, overwrite: bool = False, progress: bool = T
     log.info("input planned after %.1f s", planned - started)
     pending = [s for s in shards if not paths.exists(paths.done(s.id))]
     if pending:  # a finished run is summarised without starting Ray (seconds on a small machine)
+        if not fresh:
+            _check_embed_model(config)
         init_ray(config.ray.address)
         _warn_demo_model(config)
         context = ray.data.DataContext.get_current()

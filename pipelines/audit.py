@@ -274,7 +274,7 @@ def log_linear(counts: pa.Table, accuracy: pa.Table, bins: int = 12,
 
 def _shards(paths: RunPaths) -> dict:
     total = len(paths.read_json(paths.plan)["shards"]) if paths.exists(paths.plan) else None
-    return {"committed": len(paths.committed_shards()), "total": total}
+    return {"committed": len(paths.list("_done", ".json")), "total": total}
 
 
 def audit_run(run: str, options: AuditOptions | None = None, subset: str | None = None,

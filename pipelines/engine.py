@@ -50,6 +50,8 @@ def _note_sigterm() -> None:
 
     def handler(signum, frame):
         global stopped_by
+        if stopped_by is not None:  # a second SIGTERM while Ray's handler stops its processes: let it finish
+            return
         stopped_by = signum
         if callable(ray_handler):
             ray_handler(signum, frame)
