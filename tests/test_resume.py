@@ -95,18 +95,26 @@ class _GatedImages(http.server.BaseHTTPRequestHandler):
         pass
 
 
+def _gated_web(tmp_path, ok: int, waiting: int):
+    """A loopback server of its own (its own gate and request counts) and a URL table: `ok` images that
+    answer at once, then `waiting` that wait for the gate. Returns (handler class, server, table path)."""
+    gated = type("Gated", (_GatedImages,), {"gate": threading.Event(), "requests": collections.Counter()})
+    image = io.BytesIO()
+    PIL.Image.new("RGB", (64, 48), (200, 30, 30)).save(image, "JPEG")
+    gated.body = image.getvalue()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), gated)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    urls = [f"{base}/ok/{i}.jpg" for i in range(ok)] + [f"{base}/gated/{i}.jpg" for i in range(waiting)]
+    table = tmp_path / "urls.parquet"
+    pq.write_table(pa.table({"url": urls, "caption": [f"a red photo {i}" for i in range(ok + waiting)]}), table)
+    return gated, server, table
+
+
 def test_shards_commit_while_the_last_one_still_downloads(tmp_path):
     """The first shards are committed while the last shard's downloads hang; a SIGKILL then loses only the
     unfinished shard, and the rerun fetches only its rows."""
-    image = io.BytesIO()
-    PIL.Image.new("RGB", (64, 48), (200, 30, 30)).save(image, "JPEG")
-    _GatedImages.body = image.getvalue()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _GatedImages)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_port}"
-    urls = [f"{base}/ok/{i}.jpg" for i in range(100)] + [f"{base}/gated/{i}.jpg" for i in range(50)]
-    table = tmp_path / "urls.parquet"
-    pq.write_table(pa.table({"url": urls, "caption": [f"a red photo {i}" for i in range(150)]}), table)
+    gated, server, table = _gated_web(tmp_path, ok=100, waiting=50)
     run = tmp_path / "run"
     command = _command(table, run) + ["--set", "embed=null", "--set", "download.timeout=300",
                                       "--set", "download.retries=0", "--set", "ray.batch_size=50"]
@@ -120,25 +128,25 @@ def test_shards_commit_while_the_last_one_still_downloads(tmp_path):
             time.sleep(0.1)
         assert len(list((run / "_done").glob("*.json"))) == 2, "the first two shards were not committed in time"
         assert proc.poll() is None
-        assert sum(n for path, n in _GatedImages.requests.items() if path.startswith("/gated/")) > 0
-        assert not _GatedImages.gate.is_set()  # the last shard's downloads are still waiting
+        assert sum(n for path, n in gated.requests.items() if path.startswith("/gated/")) > 0
+        assert not gated.gate.is_set()  # the last shard's downloads are still waiting
         assert "rows done 100/150 (100 in 2/3 committed shards" in _status(run)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
         time.sleep(3)
         assert len(pq.read_table(run / "annotations")) == 100
 
-        _GatedImages.requests.clear()
-        _GatedImages.gate.set()
+        gated.requests.clear()
+        gated.gate.set()
         rerun = subprocess.run(command, timeout=600, capture_output=True, text=True)
         assert rerun.returncode == 0, rerun.stderr[-3000:]
         assert "(2 were already done)" in rerun.stdout
-        assert not any(path.startswith("/ok/") for path in _GatedImages.requests)  # done shards not refetched
-        assert sorted(_GatedImages.requests) == sorted(f"/gated/{i}.jpg" for i in range(50))
+        assert not any(path.startswith("/ok/") for path in gated.requests)  # done shards not refetched
+        assert sorted(gated.requests) == sorted(f"/gated/{i}.jpg" for i in range(50))
         done = pq.read_table(run / "annotations")
         assert done.num_rows == 150 and set(done.column("status").to_pylist()) == {"ok"}
     finally:
-        _GatedImages.gate.set()
+        gated.gate.set()
         server.shutdown()
 
 
@@ -147,16 +155,7 @@ def test_a_stopped_run_says_so_and_resumes(tmp_path, how):
     """SIGTERM (`kill PID`, a scheduler's stop) or Ctrl-C while the last shard downloads: the command says
     it was stopped and how to resume, exits 143 or 130 without a stack trace, leaves no Ray process, and
     the same command then finishes the run."""
-    gated = type("Gated", (_GatedImages,), {"gate": threading.Event(), "requests": collections.Counter()})
-    image = io.BytesIO()
-    PIL.Image.new("RGB", (64, 48), (30, 30, 200)).save(image, "JPEG")
-    gated.body = image.getvalue()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), gated)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_port}"
-    table = tmp_path / "urls.parquet"
-    urls = [f"{base}/ok/{i}.jpg" for i in range(50)] + [f"{base}/gated/{i}.jpg" for i in range(50)]
-    pq.write_table(pa.table({"url": urls, "caption": ["a blue photo"] * 100}), table)
+    gated, server, table = _gated_web(tmp_path, ok=50, waiting=50)
     run = tmp_path / "run"
     command = [str(Path(sys.executable).parent / "tailor"), *_command(table, run)[3:], "--set", "embed=null",
                "--set", "download.timeout=300", "--set", "download.retries=0", "--set", "ray.batch_size=50"]
