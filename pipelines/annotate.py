@@ -256,10 +256,8 @@ def commit_shard(paths: RunPaths, shard: str, parts: list[str], expected_rows: i
 
 def recorded_config(paths: RunPaths) -> AnnotateConfig | None:
     """The config a run in this folder was made with (RUN/config.yaml); None where no run was recorded."""
-    if not paths.exists(paths.config):
-        return None
-    with paths.fs.open(paths.config, "r") as f:
-        return load_config(base=yaml.safe_load(f.read()))
+    recorded = paths.read_config()
+    return None if recorded is None else load_config(base=recorded)
 
 
 def _prepare_folder(config: AnnotateConfig, paths: RunPaths, overwrite: bool) -> None:

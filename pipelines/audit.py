@@ -272,11 +272,6 @@ def log_linear(counts: pa.Table, accuracy: pa.Table, bins: int = 12,
 
 # ---------------------------------------------------------------- the whole audit
 
-def _shards(paths: RunPaths) -> dict:
-    total = len(paths.read_json(paths.plan)["shards"]) if paths.exists(paths.plan) else None
-    return {"committed": len(paths.list("_done", ".json")), "total": total}
-
-
 def audit_run(run: str, options: AuditOptions | None = None, subset: str | None = None,
               accuracy: str | None = None, report: bool = True, progress: bool = False) -> dict:
     """Tag (or reuse tags), count, compare with a subset, fit accuracies; write tables and the report."""
@@ -297,13 +292,14 @@ def audit_run(run: str, options: AuditOptions | None = None, subset: str | None 
     paths.write_parquet(counts, f"{out}/counts.parquet")
     rows = counts.to_pylist()
     scope = misalignment(run, name)
+    committed, planned = paths.shard_progress()
     summary: dict = {
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "concepts": len(rows),
         "ok_rows": scope["ok_rows"],
         "ok_images": scope["ok_images"],
         "text_pass": text_pass,  # then every row counts as an ok caption row: none is fetched yet
-        "shards": _shards(paths),  # a run still annotating is audited over its committed shards
+        "shards": {"committed": committed, "total": planned},  # a run still annotating: its committed shards
         "units": UNITS,
         "frequency": options.frequency,
         "tail": {"fraction": options.tail_fraction, "floor": options.tail_floor,

@@ -155,8 +155,8 @@ def _demo_starts_over(run: Path, config, overwrite: bool, pages: int) -> bool:
     previous = recorded_config(paths)
     if previous is None:
         return True
-    shards = paths.read_json(paths.plan)["shards"] if paths.exists(paths.plan) else []
-    finished = sum(s["rows"] for s in shards) == pages and all(paths.exists(paths.done(s["id"])) for s in shards)
+    done, planned = paths.shard_progress()
+    finished = 0 < done == planned and sum(paths.committed_shards().values()) == pages
     if previous.fingerprint() == config.fingerprint() and finished and not overwrite:
         return False
     derived = sorted(p.name + "/" for p in run.iterdir() if p.is_dir() and p.name not in _ANNOTATE_OUTPUTS)
@@ -484,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", metavar="FIELD=VALUE")
     p.add_argument("--overwrite", action="store_true",
-                   help="annotate anew even where OUT/run holds a demo run of the same settings (which is resumed)")
+                   help="annotate anew even where OUT/run holds a finished demo run of the same settings (else kept)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_demo)
 

@@ -387,12 +387,10 @@ def _check_run(run: str, paths: RunPaths) -> list[str]:
     files = paths.list("annotations", ".parquet")
     if not files:
         raise ConfigError(f"{run}: no annotations (run `tailor annotate` into it first)")
-    if paths.exists(paths.plan):
-        shards = paths.read_json(paths.plan)["shards"]
-        done = sum(paths.exists(paths.done(s["id"])) for s in shards)
-        if done < len(shards):
-            raise ConfigError(f"{run}: the run is not finished ({done}/{len(shards)} shards); "
-                              "rerun annotate to finish it, then select")
+    done, planned = paths.shard_progress()
+    if done < planned:
+        raise ConfigError(f"{run}: the run is not finished ({done}/{planned} shards); "
+                          "rerun annotate to finish it, then select")
     return files
 
 

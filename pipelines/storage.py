@@ -229,6 +229,14 @@ class RunPaths:
                 done += 1
         return statuses, failed_at, done
 
+    def shard_progress(self) -> tuple[int, int]:
+        """(shards committed, shards planned) of an annotate run; (0, 0) before its input is planned."""
+        if not self.exists(self.plan):
+            return 0, 0
+        planned = {s["id"] for s in self.read_json(self.plan)["shards"]}
+        committed = {path.rsplit("/", 1)[-1].removesuffix(".json") for path in self.list("_done", ".json")}
+        return len(planned & committed), len(planned)
+
     def committed_shards(self) -> dict[str, int]:
         """Committed annotation shards (those with a _done marker) and their row counts."""
         shards = {}
