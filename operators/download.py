@@ -15,16 +15,22 @@ Safety and politeness, as a crawler at web scale needs them:
   lookups, not a billion, and a slow resolver costs each row at most its timeout.
 - a byte cap enforced while streaming, a per-attempt deadline that covers slow-drip bodies,
   retries with exponential backoff only for failures that can succeed later;
-- X-Robots-Tag opt-out, with img2dataset's directives and user-agent token semantics.
+- per-host budgets for the whole run (operators/hosts.py): requests in flight and per second per host,
+  429/503 as waits (Retry-After honoured), rows waiting in queues rather than on threads;
+- opt-outs (`opt_outs`, operators/optouts.py): robots.txt and /.well-known/tdmrep.json, fetched once per host
+  through this same guard, DNS cache and deadline (a robots-disallowed image is never requested); the
+  `tdm-reservation` header; X-Robots-Tag with img2dataset's directives and user-agent token semantics;
+- kept-alive HTTP/1.1 connections per host within a process (TLS sessions resumed), closed on any error.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import email.utils
 import http.client
 import importlib
 import ipaddress
-import random
 import socket
 import ssl
 import threading
@@ -33,27 +39,56 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from email.message import Message
+from typing import Literal
 from urllib.parse import quote, urljoin, urlsplit
 
 import pyarrow as pa
 from pydantic import Field, field_validator
 
 from operators import status as st
+from operators.hosts import HostBudget, HostScheduler
 from operators.options import Options
+from operators.optouts import (
+    MAX_POLICY_BYTES,
+    ROBOTS_PATH,
+    ROBOTS_TXT,
+    SIGNALS,
+    TDM_REP,
+    TDMREP_PATH,
+    X_ROBOTS_TAG,
+    HostPolicy,
+    robots_unreachable,
+    tdm_header_refusal,
+)
 from operators.table import replace_columns, require_columns
 
 _CHUNK = 64 * 1024
-_RETRYABLE_HTTP = {408, 425, 429, 500, 502, 503, 504}
+_THROTTLE_HTTP = {429, 503}  # "slow down": a wait on the host, not a failure of the row
+_DRAIN_BYTES = 64 * 1024     # an error or redirect body up to this is read so its connection can be reused
+MAX_RETRY_AFTER_S = 24 * 3600.0
 
 
 class DownloadOptions(Options):
     threads: int = Field(32, gt=0, description="concurrent requests within one task")
     timeout: float = Field(10.0, gt=0, description="seconds per attempt: connect, each read, and the whole body")
-    retries: int = Field(2, ge=0, description="extra attempts for retryable failures (timeouts, 5xx, resets)")
+    retries: int = Field(2, ge=0, description="extra attempts for retryable failures (timeouts, 5xx, resets); "
+                         "429 and 503 are waits on the host, not attempts (see max_wait)")
     backoff: float = Field(0.5, ge=0, description="first retry delay in seconds; doubles per attempt")
     max_bytes: int = Field(16_000_000, gt=0, description="byte cap per image, enforced while streaming")
     max_redirects: int = Field(5, ge=0)
-    user_agent_token: str | None = "tailor"
+    user_agent_token: str | None = Field("tailor", description="the crawler's name: in the User-Agent, and the "
+                                         "agent robots.txt groups and X-Robots-Tag prefixes are matched to")
+    host_concurrency: int = Field(4, gt=0, description="requests in flight per host, across the whole run (every "
+                                  "thread, process and node); halved while a host throttles, recovered slowly")
+    host_rate: float | None = Field(None, gt=0, description="requests per second per host across the whole run; "
+                                    "null: no fixed rate (a host that answers 429/503 gets a learnt one)")
+    max_wait: float = Field(300.0, ge=0, description="seconds a row waits on a host that answers 429/503 before "
+                            "it is rate_limited (counted from its first such answer)")
+    throttle_wait: float = Field(1.0, gt=0, description="seconds to wait on a 429/503 without Retry-After; "
+                                 "doubles while the host keeps throttling")
+    opt_outs: list[Literal["robots_txt", "tdm_rep", "x_robots_tag"]] = Field(
+        list(SIGNALS), description="opt-out signals honoured: robots.txt (RFC 9309), TDMRep (tdm-reservation "
+        "header and /.well-known/tdmrep.json), X-Robots-Tag. Dropping one is a legal decision, not a speed setting")
     disallowed_header_directives: list[str] = ["noai", "noimageai", "noindex", "noimageindex"]
     allow_networks: list[str] = Field(
         default_factory=list,
@@ -85,7 +120,13 @@ class Fetched:
     http_status: int | None = None
     body: bytes | None = None
     n_bytes: int | None = None
-    retryable: bool = False
+    retryable: bool = False              # may succeed later: retried in the run, and by a rerun (`transient`)
+    throttled: bool = False              # 429/503: the host asks us to wait (`retry_after` seconds, when it says)
+    retry_after: float | None = None
+    signal: str | None = None            # the opt-out signal of an opted_out row
+    policy: HostPolicy | None = None     # the host's policy files, when this attempt fetched them
+    requests: int = 0                    # HTTP requests this attempt sent (policy files and redirects included)
+    connections: int = 0                 # TCP connections it opened
 
 
 def download_columns(results: list[Fetched], with_body: bool = True) -> dict[str, pa.Array]:
@@ -95,6 +136,8 @@ def download_columns(results: list[Fetched], with_body: bool = True) -> dict[str
         "error": pa.array([r.error for r in results], pa.string()),
         "http_status": pa.array([r.http_status for r in results], pa.int32()),
         "n_bytes": pa.array([r.n_bytes for r in results], pa.int64()),
+        # the failure may not recur (timeouts, resets, 5xx, rate_limited): a rerun fetches the row again
+        "transient": pa.array([r.status != st.OK and r.retryable for r in results], pa.bool_()),
     }
     if with_body:
         columns["image"] = pa.array([r.body for r in results], pa.binary())
@@ -277,12 +320,20 @@ class _PinnedHTTPConnection(http.client.HTTPConnection):
 
 
 class _PinnedHTTPSConnection(_PinnedHTTPConnection):
+    """TLS to the vetted address, resuming the host's last TLS session where the process has one."""
+
     default_port = 443
     _tls = ssl.create_default_context()
 
+    def __init__(self, host: str, port: int, address: str, timeout: float,
+                 sessions: dict[tuple[str, int], ssl.SSLSession] | None = None):
+        super().__init__(host, port, address, timeout)
+        self._sessions = sessions if sessions is not None else {}
+
     def connect(self) -> None:
         super().connect()
-        self.sock = self._tls.wrap_socket(self.sock, server_hostname=self.host)
+        session = self._sessions.get((self.host, self.port))
+        self.sock = self._tls.wrap_socket(self.sock, server_hostname=self.host, session=session)
 
 
 _NOT_IN_HOSTS = set('<>"{}|\\^`%/?#@')
@@ -323,8 +374,77 @@ def _check_url(url: str) -> tuple[str, str, int, str] | str:
     return parts.scheme, parts.hostname, port, quote(target, safe=_SAFE_IN_TARGET)
 
 
+def retry_after_seconds(value: str | None, date: str | None = None) -> float | None:
+    """Retry-After as seconds: a number of seconds, or an HTTP date, taken against the answer's own Date header
+    when it has one (so a server whose clock is off still gets the wait it asked for)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER_S)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+        now = email.utils.parsedate_to_datetime(date).timestamp() if date else time.time()
+    except (TypeError, ValueError, IndexError):
+        return None
+    return min(max(0.0, when.timestamp() - now), MAX_RETRY_AFTER_S)
+
+
+class _Counts:
+    __slots__ = ("requests", "connections")
+
+    def __init__(self):
+        self.requests = self.connections = 0
+
+
+class _Connections:
+    """Idle kept-alive connections by (scheme, host, port, address), in this process; at most `per_host` idle per
+    origin and `total` in all, each dropped after `idle_s` unused (servers close idle ones after 5-60 s)."""
+
+    def __init__(self, per_host: int, total: int = 512, idle_s: float = 20.0):
+        self.per_host, self.total, self.idle_s = per_host, total, idle_s
+        self._idle: collections.OrderedDict[tuple, list] = collections.OrderedDict()
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> http.client.HTTPConnection | None:
+        now = time.monotonic()
+        with self._lock:
+            held = self._idle.get(key)
+            while held:
+                since, conn = held.pop()
+                self._count -= 1
+                if now - since < self.idle_s:
+                    return conn
+                conn.close()
+        return None
+
+    def put(self, key: tuple, conn: http.client.HTTPConnection) -> None:
+        with self._lock:
+            held = self._idle.setdefault(key, [])
+            self._idle.move_to_end(key)
+            if len(held) >= self.per_host:
+                conn.close()
+                return
+            held.append((time.monotonic(), conn))
+            self._count += 1
+            while self._count > self.total:  # the least recently used origin's oldest connection
+                oldest_key = next(iter(self._idle))
+                oldest = self._idle[oldest_key]
+                if oldest:
+                    oldest.pop(0)[1].close()
+                    self._count -= 1
+                if not oldest:
+                    del self._idle[oldest_key]
+
+
+class _Stale(Exception):
+    """A kept-alive connection the server had closed before our request: sent again on a new one."""
+
+
 class Downloader:
-    """Fetches one URL with retries; `__call__` downloads a whole batch on a thread pool."""
+    """Fetches URLs politely and safely. `__call__` downloads a batch under a host budget (its own, or the run's
+    when `scheduler(budget)` is given one); `attempt` is one attempt at one URL, on a download thread."""
 
     def __init__(self, options: DownloadOptions):
         self.options = options
@@ -333,38 +453,109 @@ class Downloader:
         self.headers = {
             "User-Agent": user_agent(options.user_agent_token),
             "Accept": "image/avif,image/webp,image/png,image/jpeg,image/*;q=0.8,*/*;q=0.5",
-            "Connection": "close",
         }
         self.directives = {d.strip().lower() for d in options.disallowed_header_directives}
+        self.honoured = set(options.opt_outs)
+        self.policies_needed = bool(self.honoured & {ROBOTS_TXT, TDM_REP})
+        self._connections = _Connections(per_host=options.host_concurrency)
+        self._tls_sessions: dict[tuple[str, int], ssl.SSLSession] = {}
+        self._hop_policies: dict[str, HostPolicy] = {}  # redirect targets' policies, fetched by this process
+        self._scheduler: HostScheduler | None = None
+
+    def scheduler(self, budget=None, after=None) -> HostScheduler:
+        """A scheduler of this downloader's attempts under `budget` (the run's, shared by every process; by
+        default one of this downloader's own). `after(fetched)` runs on the download thread after a success."""
+        o = self.options
+        return HostScheduler(self.attempt, self.origin, self.refusal, o.threads, o.retries, o.backoff, o.max_wait,
+                             o.throttle_wait, budget if budget is not None else HostBudget(**HostBudget.settings(o)),
+                             failed=lambda status, error, code: Fetched(status, error, code,
+                                                                        retryable=st.is_transient(status, code)),
+                             after=after, policies_needed=self.policies_needed)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         require_columns(batch, ("url",), "download")
-        urls = batch.column("url").to_pylist()
-        workers = max(1, min(self.options.threads, len(urls)))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="download") as pool:
-            results = list(pool.map(self.fetch, urls))
+        if self._scheduler is None:
+            self._scheduler = self.scheduler()
+        results = [fetched for fetched, _ in self._scheduler.run(batch.column("url").to_pylist())]
         return replace_columns(batch, download_columns(results))
 
-    def fetch(self, url: str) -> Fetched:
-        delay = self.options.backoff
-        result = Fetched(st.INVALID_URL)
-        for attempt in range(self.options.retries + 1):
-            try:
-                result = self._fetch_once(url)
-            except Exception as err:  # a bug here must not cost the row
-                result = Fetched(st.CONNECTION_ERROR, f"unexpected {type(err).__name__}: {err}")
-            if not result.retryable or attempt == self.options.retries:
-                break
-            time.sleep(delay * (0.5 + random.random()))  # jitter spreads retries to one host
-            delay *= 2
-        if result.retryable and self.options.retries:
-            result.error = f"{result.error} (after {self.options.retries + 1} attempts)"
+    # ------------------------------------------------------------------ hosts and their policies
+
+    @staticmethod
+    def origin(url: str) -> str | None:
+        """The host a URL's requests count against (scheme://host:port), None for a URL that cannot be requested."""
+        checked = _check_url(url)
+        if isinstance(checked, str):
+            return None
+        scheme, host, port, _ = checked
+        return f"{scheme}://{host.lower()}:{port}"
+
+    def refusal(self, policy: HostPolicy, url: str) -> tuple[str | None, Fetched] | None:
+        """(signal, the row's Fetched) when the host's known policy settles `url` without a request, else None."""
+        checked = _check_url(url)
+        if isinstance(checked, str):
+            return None
+        target = checked[3]
+        if ROBOTS_TXT in self.honoured:
+            if policy.robots_status is not None and robots_unreachable(policy.robots_status):
+                return None, Fetched(st.HTTP_ERROR, f"robots.txt answered HTTP {policy.robots_status}: RFC 9309 "
+                                     "treats the host as disallowed until it answers", policy.robots_status,
+                                     retryable=True)
+            reason = policy.robots_refusal(target, self.options.user_agent_token)
+            if reason:
+                return ROBOTS_TXT, Fetched(st.OPTED_OUT, reason, signal=ROBOTS_TXT)
+        if TDM_REP in self.honoured:
+            reason = policy.tdm_refusal(target)
+            if reason:
+                return TDM_REP, Fetched(st.OPTED_OUT, reason, signal=TDM_REP)
+        return None
+
+    def _fetch_policy(self, scheme: str, host: str, port: int, deadline: float,
+                      counts: _Counts) -> HostPolicy | Fetched:
+        """The host's robots.txt and tdmrep.json (those honoured), within the row's deadline; a Fetched when the
+        host cannot be reached (the row fails as its image would) or throttles us."""
+        base = f"{scheme}://{host}" + ("" if port == (443 if scheme == "https" else 80) else f":{port}")
+        policy = HostPolicy()
+        for signal, path in ((ROBOTS_TXT, ROBOTS_PATH), (TDM_REP, TDMREP_PATH)):
+            if signal not in self.honoured:
+                continue
+            got = self._get(base + path, deadline, counts, MAX_POLICY_BYTES, check=False)
+            if got.throttled:
+                got.error = f"{path}: {got.error}"
+                return got
+            if got.http_status is None or got.status not in (st.OK, st.HTTP_ERROR, st.TOO_LARGE):
+                if signal == TDM_REP:
+                    continue  # no answer for tdmrep.json: no reservation known (the header still counts)
+                got.error = f"{path}: {got.error}"
+                return got
+            body = got.body if got.status == st.OK else None
+            if signal == ROBOTS_TXT:
+                policy.robots_status, policy.robots = got.http_status, body
+            else:
+                policy.tdmrep_status, policy.tdmrep = got.http_status, body
+        return policy
+
+    # ------------------------------------------------------------------ one attempt
+
+    def attempt(self, url: str, policy: HostPolicy | None = None, fetch_policy: bool = False) -> Fetched:
+        """One attempt at `url` within download.timeout, the host's policy files first when `fetch_policy`."""
+        counts = _Counts()
+        try:
+            result = self._get(url, time.monotonic() + self.options.timeout, counts, self.options.max_bytes,
+                               check=True, policy=policy, fetch_policy=fetch_policy)
+        except Exception as err:  # a bug here must not cost the row
+            result = Fetched(st.CONNECTION_ERROR, f"unexpected {type(err).__name__}: {err}")
+        result.requests, result.connections = counts.requests, counts.connections
         return result
 
-    def _fetch_once(self, url: str) -> Fetched:
-        deadline = time.monotonic() + self.options.timeout
+    def _get(self, url: str, deadline: float, counts: _Counts, cap: int, check: bool,
+             policy: HostPolicy | None = None, fetch_policy: bool = False) -> Fetched:
+        """GET with redirects; `check`: honour the opt-outs (the first hop's `policy`, fetched first when
+        `fetch_policy`; a redirect to another host has its own policy fetched here)."""
         visited: list[str] = []
         current = url
+        fetched_policy = None
+        first_origin = None
         while True:
             checked = _check_url(current)
             if isinstance(checked, str):
@@ -381,62 +572,141 @@ class Downloader:
                 return Fetched(st.BLOCKED_ADDRESS, f"refused {current}: {err}{hop}")
             except DnsError as err:  # a name that does not exist stays so for the run: no retry
                 return Fetched(st.CONNECTION_ERROR, str(err), retryable=not err.final)
-            outcome = self._request(scheme, host, port, address, target, deadline)
+            if check and self.policies_needed:
+                origin = f"{scheme}://{host.lower()}:{port}"
+                if len(visited) == 1:
+                    first_origin = origin
+                    hop_policy = policy
+                elif origin == first_origin:
+                    hop_policy = policy or fetched_policy
+                else:
+                    hop_policy = self._hop_policies.get(origin)
+                if hop_policy is None:
+                    if fetch_policy or len(visited) > 1:
+                        got = self._fetch_policy(scheme, host, port, deadline, counts)
+                        if isinstance(got, Fetched):
+                            return got
+                        hop_policy = got
+                        if len(visited) == 1:
+                            fetched_policy = got
+                        else:
+                            if len(self._hop_policies) > 10_000:
+                                self._hop_policies.clear()
+                            self._hop_policies[origin] = got
+                if hop_policy is not None:
+                    refused = self.refusal(hop_policy, current)
+                    if refused is not None:
+                        refused[1].policy = fetched_policy
+                        if len(visited) > 1:
+                            refused[1].error += f" (redirect hop {len(visited) - 1})"
+                        return refused[1]
+            outcome = self._request(scheme, host, port, address, target, deadline, counts, cap, check)
             if isinstance(outcome, Fetched):
+                outcome.policy = fetched_policy
                 return outcome
             location = _header_text(outcome)
             if len(visited) > self.options.max_redirects:
-                return Fetched(st.REDIRECT_ERROR, f"more than {self.options.max_redirects} redirects from {url}")
+                return Fetched(st.REDIRECT_ERROR, f"more than {self.options.max_redirects} redirects from {url}",
+                               policy=fetched_policy)
             current = urljoin(current, location)
 
-    def _request(self, scheme: str, host: str, port: int, address: str, target: str,
-                 deadline: float) -> Fetched | str:
+    def _connect(self, scheme: str, host: str, port: int, address: str, timeout: float, counts: _Counts):
+        key = (scheme, host, port, address)
+        conn = self._connections.get(key)
+        if conn is not None:
+            conn.timeout = timeout
+            if conn.sock is not None:
+                conn.sock.settimeout(timeout)
+            return conn, True
+        counts.connections += 1
+        if scheme == "https":
+            return _PinnedHTTPSConnection(host, port, address, timeout, self._tls_sessions), False
+        return _PinnedHTTPConnection(host, port, address, timeout), False
+
+    def _request(self, scheme: str, host: str, port: int, address: str, target: str, deadline: float,
+                 counts: _Counts, cap: int, check: bool) -> Fetched | str:
         """Fetched on a final answer, or the Location of a redirect."""
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return Fetched(st.TIMEOUT, f"no answer within {self.options.timeout:g}s", retryable=True)
-        cls = _PinnedHTTPSConnection if scheme == "https" else _PinnedHTTPConnection
-        conn = cls(host, port, address, timeout=remaining)
-        try:
-            conn.request("GET", target, headers=self.headers)
-            resp = conn.getresponse()
-            code = resp.status
-            if 300 <= code < 400 and code != 304:
-                location = resp.getheader("Location")
-                if not location:
-                    return Fetched(st.HTTP_ERROR, f"HTTP {code} redirect without Location", code)
-                return location
-            if code >= 400:
-                return Fetched(st.HTTP_ERROR, f"HTTP {code} {resp.reason}".strip(), code,
-                               retryable=code in _RETRYABLE_HTTP)
-            if self.directives and is_disallowed(resp.msg, self.options.user_agent_token, self.directives):
+        for _ in range(2):  # a second time only when a kept-alive connection turned out closed
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return Fetched(st.TIMEOUT, f"no answer within {self.options.timeout:g}s", retryable=True)
+            conn, reused = self._connect(scheme, host, port, address, remaining, counts)
+            keep = False
+            try:
+                try:
+                    counts.requests += 1
+                    conn.request("GET", target, headers=self.headers)
+                    resp = conn.getresponse()
+                except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as err:
+                    if reused:
+                        raise _Stale from err
+                    raise
+                outcome, keep = self._answer(conn, resp, deadline, cap, check)
+                if keep and not resp.will_close:
+                    self._connections.put((scheme, host, port, address), conn)
+                    if isinstance(conn.sock, ssl.SSLSocket) and conn.sock.session is not None:
+                        self._tls_sessions[(host, port)] = conn.sock.session
+                else:
+                    keep = False
+                return outcome
+            except _Stale:
+                counts.requests -= 1
+                continue
+            except TimeoutError:
+                return Fetched(st.TIMEOUT, f"no complete answer within {self.options.timeout:g}s", retryable=True)
+            except ssl.SSLError as err:
+                return Fetched(st.CONNECTION_ERROR, f"TLS error: {err}")
+            except (ConnectionError, http.client.HTTPException, OSError) as err:
+                text = str(err) or type(err).__name__
+                return Fetched(st.CONNECTION_ERROR, f"{type(err).__name__}: {text}", retryable=True)
+            finally:
+                if not keep:
+                    conn.close()
+        return Fetched(st.CONNECTION_ERROR, "the server closed every connection before answering", retryable=True)
+
+    def _answer(self, conn, resp: http.client.HTTPResponse, deadline: float, cap: int,
+                check: bool) -> tuple[Fetched | str, bool]:
+        """What an answer means, and whether its connection can serve another request."""
+        code = resp.status
+        if 300 <= code < 400 and code != 304:
+            location = resp.getheader("Location")
+            keep = _drain(resp)
+            if not location:
+                return Fetched(st.HTTP_ERROR, f"HTTP {code} redirect without Location", code), keep
+            return location, keep
+        if code >= 400:
+            keep = _drain(resp)
+            text = f"HTTP {code} {resp.reason}".strip()
+            if code in _THROTTLE_HTTP:
+                wait = retry_after_seconds(resp.getheader("Retry-After"), resp.getheader("Date"))
+                if resp.getheader("Retry-After"):
+                    text += f" (Retry-After: {resp.getheader('Retry-After')})"
+                return Fetched(st.HTTP_ERROR, text, code, retryable=True, throttled=True, retry_after=wait), keep
+            return Fetched(st.HTTP_ERROR, text, code, retryable=code in st.RETRYABLE_HTTP), keep
+        if check:
+            if X_ROBOTS_TAG in self.honoured and self.directives and \
+                    is_disallowed(resp.msg, self.options.user_agent_token, self.directives):
                 tags = ", ".join(resp.msg.get_all("X-Robots-Tag") or [])
-                return Fetched(st.OPTED_OUT, f"X-Robots-Tag disallows use: {tags}", code)
-            return self._read_body(conn, resp, deadline)
-        except TimeoutError:
-            return Fetched(st.TIMEOUT, f"no complete answer within {self.options.timeout:g}s", retryable=True)
-        except ssl.SSLError as err:
-            return Fetched(st.CONNECTION_ERROR, f"TLS error: {err}")
-        except (ConnectionError, http.client.HTTPException, OSError) as err:
-            text = str(err) or type(err).__name__
-            return Fetched(st.CONNECTION_ERROR, f"{type(err).__name__}: {text}", retryable=True)
-        finally:
-            conn.close()
+                return Fetched(st.OPTED_OUT, f"X-Robots-Tag disallows use: {tags}", code, signal=X_ROBOTS_TAG), False
+            if TDM_REP in self.honoured:
+                reason = tdm_header_refusal(resp.msg)
+                if reason:
+                    return Fetched(st.OPTED_OUT, f"TDM rights reserved: {reason}", code, signal=TDM_REP), False
+        return self._read_body(conn, resp, deadline, cap)
 
     def _read_body(self, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse,
-                   deadline: float) -> Fetched:
-        cap = self.options.max_bytes
+                   deadline: float, cap: int) -> tuple[Fetched, bool]:
         length = resp.getheader("Content-Length")
         if length and length.isdigit() and int(length) > cap:
             return Fetched(st.TOO_LARGE, f"Content-Length {int(length)} exceeds max_bytes {cap}", resp.status,
-                           n_bytes=int(length))
+                           n_bytes=int(length)), False
         chunks: list[bytes] = []
         total = 0
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return Fetched(st.TIMEOUT, f"body incomplete after {self.options.timeout:g}s ({total} bytes read)",
-                               resp.status, retryable=True)
+                               resp.status, retryable=True), False
             if conn.sock is not None:
                 conn.sock.settimeout(remaining)
             chunk = resp.read(_CHUNK)
@@ -444,7 +714,16 @@ class Downloader:
                 break
             total += len(chunk)
             if total > cap:
-                return Fetched(st.TOO_LARGE, f"body exceeds max_bytes {cap}", resp.status, n_bytes=total)
+                return Fetched(st.TOO_LARGE, f"body exceeds max_bytes {cap}", resp.status, n_bytes=total), False
             chunks.append(chunk)
         body = b"".join(chunks)
-        return Fetched(st.OK, None, resp.status, body, len(body))
+        return Fetched(st.OK, None, resp.status, body, len(body)), True
+
+
+def _drain(resp: http.client.HTTPResponse) -> bool:
+    """Read a small error or redirect body so the connection can serve the next request; False: close it."""
+    length = resp.getheader("Content-Length")
+    if resp.chunked or not length or not length.isdigit() or int(length) > _DRAIN_BYTES:
+        return False
+    resp.read()
+    return True

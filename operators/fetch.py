@@ -14,8 +14,6 @@ an I/O stage and a CPU stage. img2dataset's downloader works the same way.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import pyarrow as pa
 
 from operators import status as st
@@ -25,19 +23,20 @@ from operators.table import replace_columns, require_columns
 
 
 class Fetcher:
-    """Batch operator: download every row's URL and decode what arrived, on one thread pool."""
+    """Batch operator: download every row's URL and decode what arrived, on one thread pool.
 
-    def __init__(self, download: DownloadOptions, decode: DecodeOptions):
+    `budget`: the run's per-host budget (operators/hosts.py), shared by every fetch process of the run; by
+    default one of this operator's own."""
+
+    def __init__(self, download: DownloadOptions, decode: DecodeOptions, budget=None):
         self.downloader = Downloader(download)
         self.decode_options = decode
         prepare_decoder()
-        # one pool per operator (per Ray worker process), reused batch after batch; threads start on demand
-        self._pool = ThreadPoolExecutor(max_workers=download.threads, thread_name_prefix="fetch")
+        # one scheduler (and thread pool, connections, policies) per operator (per Ray worker process), reused
+        # batch after batch; threads start on demand
+        self.scheduler = self.downloader.scheduler(budget, after=self._decode)
 
-    def _one(self, url: str) -> tuple[Fetched, Decoded]:
-        fetched = self.downloader.fetch(url)
-        if fetched.status != st.OK:
-            return fetched, Decoded(fetched.status, fetched.error)
+    def _decode(self, fetched: Fetched) -> tuple[Fetched, Decoded]:
         try:
             decoded = decode_image(fetched.body, self.decode_options)
         except Exception as err:  # a bug in a decoder must not cost the row
@@ -47,10 +46,11 @@ class Fetcher:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         require_columns(batch, ("url",), "fetch")
-        urls = batch.column("url").to_pylist()
-        results = list(self._pool.map(self._one, urls))
-        columns = download_columns([f for f, _ in results], with_body=False)
-        columns |= decode_columns([d for _, d in results])
+        results = self.scheduler.run(batch.column("url").to_pylist())
+        fetched = [f for f, _ in results]
+        decoded = [d if d is not None else Decoded(f.status, f.error) for f, d in results]
+        columns = download_columns(fetched, with_body=False)
+        columns |= decode_columns(decoded)
         return replace_columns(batch, columns)
 
 

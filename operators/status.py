@@ -15,7 +15,8 @@ CONNECTION_ERROR = "connection_error"  # refused, reset, DNS failure, TLS failur
 TIMEOUT = "timeout"                    # no response or body within the timeout
 HTTP_ERROR = "http_error"              # 4xx/5xx after retries
 REDIRECT_ERROR = "redirect_error"      # redirect loop or too many redirects
-OPTED_OUT = "opted_out"                # X-Robots-Tag disallows AI use
+OPTED_OUT = "opted_out"                # robots.txt, a TDM reservation or X-Robots-Tag refuses (error names which)
+RATE_LIMITED = "rate_limited"          # the host kept answering 429/503 past download.max_wait
 TOO_LARGE = "too_large"                # body over the byte cap, or header claims too many pixels
 
 # decode stage
@@ -32,11 +33,22 @@ STAGE_OF_STATUS = {
     HTTP_ERROR: "download",
     REDIRECT_ERROR: "download",
     OPTED_OUT: "download",
+    RATE_LIMITED: "download",
     NOT_IMAGE: "decode",
     DECODE_ERROR: "decode",
     TOO_SMALL: "decode",
     BAD_ASPECT_RATIO: "decode",
 }
+
+# a failure that may not happen again: a rerun of the same command fetches these rows again (the row's
+# `transient` column says it of each row; this is the rule for runs written before that column)
+TRANSIENT = {CONNECTION_ERROR, TIMEOUT, RATE_LIMITED}
+RETRYABLE_HTTP = {408, 425, 429, 500, 502, 503, 504}
+
+
+def is_transient(status: str | None, http_status: int | None) -> bool:
+    return status in TRANSIENT or (status == HTTP_ERROR and http_status in RETRYABLE_HTTP)
+
 
 # captioning (recaption: one caption-set row per sample, its own status vocabulary beside the one above)
 NO_IMAGE = "no_image"                  # the sample has no stored image (its annotation row is not ok)

@@ -39,6 +39,7 @@ from operators.text import CaptionText
 from pipelines.config import AnnotateConfig, ConfigError, load_config
 from pipelines.console import ProgressLine
 from pipelines.engine import embed_actor_resources, init_ray, storage_errors
+from pipelines.hosts import HostsReport, RemoteBudget, start_budget
 from pipelines.match import add_match_stage, save_metadata
 from pipelines.metadata import load_metadata
 from pipelines.models import resolve_model
@@ -123,30 +124,53 @@ def _plan_input(config: AnnotateConfig, paths: RunPaths) -> tuple[list[Shard], l
 
 # ---------------------------------------------------------------- stages (thin Ray wrappers over operators)
 
-def pieces(shards: list[Shard], rows_per_piece: int) -> list[dict]:
+def pieces(shards: list[Shard], rows_per_piece: int, retry: dict[str, int] | None = None) -> list[dict]:
     """Work items: URL-table shards cut into pieces so download and decode run as many parallel tasks.
 
     (Ray Data merges a task's outputs into one block, so a whole shard per item would be one task
-    per stage.) An img2dataset shard is one piece: its tar is read once.
+    per stage.) An img2dataset shard is one piece: its tar is read once. `retry`: finished shards and how many
+    of their rows failed for a moment; their pieces cut those rows only (in key order: `transient_keys`).
     """
     items = []
     for shard in shards:
-        step = rows_per_piece if shard.kind == "table" else max(shard.rows, 1)
-        for offset in range(0, max(shard.rows, 1), step):
-            items.append(shard.to_dict() | {"offset": offset, "length": step})
+        rows = (retry or {}).get(shard.id, shard.rows)
+        step = rows_per_piece if shard.kind == "table" else max(rows, 1)
+        for offset in range(0, max(rows, 1), step):
+            items.append(shard.to_dict() | {"offset": offset, "length": step, "retry": shard.id in (retry or {})})
     return items
+
+
+def transient_keys(paths: RunPaths, shard: str) -> list[str]:
+    """The keys of a committed shard's rows that failed for a moment (timeouts, resets, 5xx, rate_limited), in
+    key order: what a rerun fetches again. Runs written before the `transient` column: by status."""
+    with paths.fs.open(paths.output("annotations", shard), "rb") as f:
+        names = set(pq.read_schema(f).names)
+        columns = ["key", "status", "http_status"] + (["transient"] if "transient" in names else [])
+        table = pq.read_table(f, columns=columns)
+    if "transient" in names:
+        mask = pc.fill_null(table.column("transient"), False)
+    else:
+        mask = pa.array([st.is_transient(s, h) for s, h in zip(table.column("status").to_pylist(),
+                                                                 table.column("http_status").to_pylist(),
+                                                                 strict=True)], pa.bool_())
+    return sorted(table.filter(mask).column("key").to_pylist())
 
 
 def load_pieces(batch: pa.Table, paths: RunPaths) -> pa.Table:
     tables = []
     for row in batch.to_pylist():
-        offset, length = row.pop("offset"), row.pop("length")
+        offset, length, retry = row.pop("offset"), row.pop("length"), row.pop("retry")
         shard = Shard(**row)
         if shard.kind == "img2dataset":
             table = load_img2dataset_shard(shard)
         else:
             with paths.fs.open(shard.path, "rb") as f:
-                table = pq.read_table(f).slice(offset, length)
+                table = pq.read_table(f)
+            if retry:
+                keys = transient_keys(paths, shard.id)[offset:offset + length]
+                table = table.filter(pc.is_in(table.column("key"), pa.array(keys, table.column("key").type)))
+            else:
+                table = table.slice(offset, length)
         tables.append(table.append_column("shard", pa.array([shard.id] * table.num_rows, pa.string())))
     return pa.concat_tables(tables, promote_options="default")
 
@@ -171,9 +195,9 @@ def _worker_operator(kind: str, key: str, build):
     return held[1]
 
 
-def fetch_batch(batch: pa.Table, download, decode) -> pa.Table:
-    key = download.model_dump_json() + decode.model_dump_json()
-    return _worker_operator("fetch", key, lambda: Fetcher(download, decode))(batch)
+def fetch_batch(batch: pa.Table, download, decode, budget) -> pa.Table:
+    key = download.model_dump_json() + decode.model_dump_json() + budget.key
+    return _worker_operator("fetch", key, lambda: Fetcher(download, decode, budget))(batch)
 
 
 def preprocess_batch(batch: pa.Table, model_path: str) -> pa.Table:
@@ -227,22 +251,48 @@ def _read_parts(paths: RunPaths, shard: str, parts: list[str], kind: str) -> pa.
     return pa.concat_tables(tables, promote_options="default").sort_by("key")
 
 
+def _merged(paths: RunPaths, shard: str, kind: str, new: pa.Table, keys: pa.Array) -> pa.Table:
+    """A committed shard's `kind` table with the rows of `keys` (a rerun's retried rows) replaced by `new`'s.
+    Idempotent: a commit killed between two files is merged again from the same parts by the next rerun."""
+    path = paths.output(kind, shard)
+    if not paths.exists(path):
+        return new
+    with paths.fs.open(path, "rb") as f:
+        old = pq.read_table(f)
+    kept = old.filter(pc.invert(pc.is_in(old.column("key"), keys)))
+    return pa.concat_tables([kept, new], promote_options="default").sort_by("key")
+
+
 @ray.remote(num_cpus=0.25, max_retries=3)
-def commit_shard(paths: RunPaths, shard: str, parts: list[str], expected_rows: int, kinds: list[str]) -> dict:
+def commit_shard(paths: RunPaths, shard: str, parts: list[str], expected_rows: int, kinds: list[str],
+                 retried: int | None = None) -> dict:
+    """Seal a shard from its staged parts; `retried`: the parts hold that many rows retried in a finished
+    shard of `expected_rows`, which replace their old rows (the heavy tables first, the marker last)."""
     annotations = _read_parts(paths, shard, parts, "annotations")
     keys = annotations.column("key")
-    if annotations.num_rows != expected_rows or pc.count_distinct(keys).as_py() != expected_rows:
-        raise RuntimeError(f"shard {shard}: {annotations.num_rows} rows, "
-                           f"{pc.count_distinct(keys).as_py()} distinct keys, expected {expected_rows}")
+    if retried is not None:
+        if annotations.num_rows != retried:
+            raise RuntimeError(f"shard {shard}: {annotations.num_rows} retried rows written, expected {retried}")
+        annotations = _merged(paths, shard, "annotations", annotations, keys)
+    distinct = pc.count_distinct(annotations.column("key")).as_py()
+    if annotations.num_rows != expected_rows or distinct != expected_rows:
+        raise RuntimeError(f"shard {shard}: {annotations.num_rows} rows, {distinct} distinct keys, "
+                           f"expected {expected_rows}")
     for kind in kinds:  # the heavy tables first: a shard's annotations file appears last
-        paths.write_parquet(_read_parts(paths, shard, parts, kind), paths.output(kind, shard), row_group_size=256)
+        table = _read_parts(paths, shard, parts, kind)
+        if retried is not None:
+            table = _merged(paths, shard, kind, table, keys)
+        paths.write_parquet(table, paths.output(kind, shard), row_group_size=256)
     paths.write_parquet(annotations, paths.output("annotations", shard))
     statuses = annotations.column("status").to_pylist()
     widths = annotations.column("original_width").to_pylist()
     failed_at = collections.Counter((stage_of(s, w), s) for s, w in zip(statuses, widths, strict=True))
+    transient = pc.sum(pc.fill_null(annotations.column("transient"), False)).as_py() or 0 \
+        if "transient" in annotations.column_names else None
     marker = {
         "shard": shard,
         "rows": annotations.num_rows,
+        "transient": transient,
         "status_counts": dict(collections.Counter(statuses)),
         "failed_at": {f"{stage}:{status}": n for (stage, status), n in failed_at.items() if stage},
         "committed_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -281,7 +331,8 @@ def _prepare_folder(config: AnnotateConfig, paths: RunPaths, overwrite: bool) ->
         paths.remove(paths.join("input"))  # planned by a run that stopped before it recorded its config
 
 
-def _build_dataset(pending: list[Shard], config: AnnotateConfig, paths: RunPaths) -> ray.data.Dataset:
+def _build_dataset(pending: list[Shard], config: AnnotateConfig, paths: RunPaths, retry: dict[str, int],
+                   budget: RemoteBudget | None) -> ray.data.Dataset:
     """The pipeline. Load, text, fetch (or decode) and, when no model stage follows, write ask Ray for the
     same resources, so Ray Data fuses them into one task per piece: a piece's rows never leave the worker
     between stages, and the cluster runs as many worker processes as the fetch stage's CPUs allow (each
@@ -291,7 +342,8 @@ def _build_dataset(pending: list[Shard], config: AnnotateConfig, paths: RunPaths
     cpus, tasks = (rc.fetch_cpus, rc.max_fetch_tasks) if fetching else (rc.decode_cpus, rc.max_decode_tasks)
     same = {"num_cpus": cpus, "concurrency": tasks, "batch_format": "pyarrow"}
     # a text pass does no I/O per row: pieces of a download batch's size would be mostly per-task overhead
-    items = pieces(pending, rc.batch_size if not config.text_only else max(rc.batch_size, TEXT_PASS_PIECE_ROWS))
+    items = pieces(pending, rc.batch_size if not config.text_only else max(rc.batch_size, TEXT_PASS_PIECE_ROWS),
+                   retry)
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(load_pieces, batch_size=1, fn_kwargs={"paths": paths}, **same)
     ds = ds.map_batches(text_batch, batch_size=None, fn_kwargs={"options": config.text}, **same)
@@ -299,7 +351,8 @@ def _build_dataset(pending: list[Shard], config: AnnotateConfig, paths: RunPaths
         ds = ds.map_batches(not_fetched, batch_size=None, **same)
     elif fetching:
         ds = ds.map_batches(fetch_batch, batch_size=None, fn_kwargs={"download": config.download,
-                                                                     "decode": config.decode}, **same)
+                                                                     "decode": config.decode, "budget": budget},
+                            **same)
     else:
         ds = ds.map_batches(decode_batch, batch_size=None, fn_kwargs={"options": config.decode}, **same)
     embed = config.embed if not config.text_only else None
@@ -332,8 +385,12 @@ def _add_embed_stages(ds: ray.data.Dataset, config: AnnotateConfig) -> ray.data.
                           compute=ray.data.ActorPoolStrategy(size=options.num_actors), **resources)
 
 
-def _run_pending(pending: list[Shard], config: AnnotateConfig, paths: RunPaths, progress: bool) -> str:
-    expected = {s.id: s.rows for s in pending}
+def _run_pending(pending: list[Shard], config: AnnotateConfig, paths: RunPaths, progress: bool,
+                 retry: dict[str, int], budget: RemoteBudget | None) -> str:
+    """Annotate the pending shards whole and, in finished shards, the `retry` rows (shard -> rows that failed
+    for a moment), in one dataset; commit each shard as its rows are all written."""
+    expected = {s.id: retry.get(s.id, s.rows) for s in pending}
+    sizes = {s.id: s.rows for s in pending}
     line = None
     if progress:  # a text pass fetches nothing, so its ok share would read 0%
         line = ProgressLine(sum(expected.values()), label="text pass: rows" if config.text_only else "rows",
@@ -342,7 +399,7 @@ def _run_pending(pending: list[Shard], config: AnnotateConfig, paths: RunPaths, 
     parts: dict[str, list[str]] = collections.defaultdict(list)
     commits = []
     kinds = ["images", "embeddings"] if config.embed is not None and not config.text_only else ["images"]
-    ds = _build_dataset(pending, config, paths)
+    ds = _build_dataset(pending, config, paths, retry, budget)
     # prefetch_batches=0: with Ray's default of 1 the iterator holds each finished block until the next one
     # arrives, so a shard whose rows are all written is not committed while a slow shard is still running
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0):
@@ -353,7 +410,8 @@ def _run_pending(pending: list[Shard], config: AnnotateConfig, paths: RunPaths, 
             if line is not None:
                 line.update(row["rows"], row["ok"])
             if written[shard] == expected[shard]:
-                commits.append(commit_shard.remote(paths, shard, parts.pop(shard), expected[shard], kinds))
+                commits.append(commit_shard.remote(paths, shard, parts.pop(shard), sizes[shard], kinds,
+                                                   expected[shard] if shard in retry else None))
     if line is not None:
         line.close()
     log.info("all parts written; waiting for %d shard commits", len(commits))
@@ -410,8 +468,12 @@ SETTING_OF_STATUS = {
     st.TOO_LARGE: "see download.max_bytes and decode.max_pixels",
     st.TOO_SMALL: "see decode.min_image_size",
     st.BAD_ASPECT_RATIO: "see decode.max_aspect_ratio",
-    st.OPTED_OUT: "the servers opt out of AI use (download.disallowed_header_directives)",
-    st.CONNECTION_ERROR: "no host answered (DNS or connection failures): can the workers reach the network?",
+    st.OPTED_OUT: "the hosts opt out (robots.txt, TDM reservations or X-Robots-Tag: see `error`, and "
+                  "download.opt_outs)",
+    st.CONNECTION_ERROR: "no host answered (DNS or connection failures): can the workers reach the network? "
+                         "Running the same command again fetches the rows that failed for a moment once more",
+    st.RATE_LIMITED: "the hosts kept answering 429/503 (see download.max_wait, download.host_rate); running the "
+                     "same command again fetches these rows once more",
     st.INVALID_URL: "no URL could be requested: is input.url_column the URL column?",
 }
 
@@ -454,10 +516,32 @@ def _warn_demo_model(config: AnnotateConfig) -> None:
                 "(a local path or hub name), or embed=null to skip embedding")
 
 
+def _to_retry(paths: RunPaths, finished: list[Shard], config: AnnotateConfig) -> dict[str, int]:
+    """Finished shards holding rows that failed for a moment, and how many: what a rerun fetches again."""
+    if config.text_only:
+        return {}
+    retry = {}
+    for shard in finished:
+        if shard.kind != "table":
+            continue
+        marker = paths.read_json(paths.done(shard.id))
+        counted = marker.get("transient")
+        if counted is None:  # a marker written before the count: any status that may be transient
+            counted = sum(n for status, n in marker["status_counts"].items()
+                          if status in st.TRANSIENT or status == st.HTTP_ERROR)
+        if counted:
+            keys = transient_keys(paths, shard.id)
+            if keys:
+                retry[shard.id] = len(keys)
+    return retry
+
+
 def annotate(config: AnnotateConfig, overwrite: bool = False, progress: bool = True,
-             ray_progress: bool = False) -> dict:
+             ray_progress: bool = False, retry_transient: bool = True) -> dict:
     """Run (or resume) annotation into config.output and return the run summary. `progress`: tailor's
-    progress line on stderr; `ray_progress`: Ray Data's own per-operator bars as well."""
+    progress line on stderr; `ray_progress`: Ray Data's own per-operator bars as well. `retry_transient`: rows
+    of finished shards that failed for a moment (connection errors, timeouts, 5xx, rate_limited) are fetched
+    again, and their shards rewritten with the new outcomes."""
     started = time.time()
     paths = RunPaths(config.output)
     # an unreadable metadata file is one line before anything is written or Ray starts; read once, here
@@ -475,7 +559,9 @@ def annotate(config: AnnotateConfig, overwrite: bool = False, progress: bool = T
     planned = time.time()
     log.info("input planned after %.1f s", planned - started)
     pending = [s for s in shards if not paths.exists(paths.done(s.id))]
-    if pending:  # a finished run is summarised without starting Ray (seconds on a small machine)
+    retry = _to_retry(paths, [s for s in shards if s not in pending], config) if retry_transient else {}
+    work = pending + [s for s in shards if s.id in retry]
+    if work:  # a finished run with nothing to retry is summarised without starting Ray (seconds on a small machine)
         if not fresh:
             _check_embed_model(config)
         init_ray(config.ray.address)
@@ -492,18 +578,43 @@ def annotate(config: AnnotateConfig, overwrite: bool = False, progress: bool = T
     for shard in pending:
         for kind in OUTPUT_KINDS:
             paths.remove(paths.output(kind, shard.id))
-    log.info("%d shards, %d already done, %d to do", len(shards), len(shards) - len(pending), len(pending))
-    stats = ""
-    if pending:
+    log.info("%d shards, %d already done, %d to do, %d rows to retry in %d finished shards", len(shards),
+             len(shards) - len(pending), len(pending), sum(retry.values()), len(retry))
+    before = paths.committed_counts([s for s in retry]) if retry else None
+    stats, hosts = "", None
+    if work:
+        fetching = not config.text_only and any(s.kind == "table" for s in work)
+        budget = start_budget(config.download) if fetching else None
         with storage_errors(config.output):
-            stats = _run_pending(pending, config, paths, progress)
+            if budget is None:
+                stats = _run_pending(work, config, paths, progress, retry, None)
+            else:
+                with HostsReport(budget, lambda snapshot: paths.write_json(snapshot, paths.hosts)) as report:
+                    stats = _run_pending(work, config, paths, progress, retry, budget)
+                hosts = report.last
         paths.write_text(stats, paths.join("logs", "ray_data_stats.txt"))
         paths.remove(paths.join("_staging"))
     pipeline_done = time.time()
-    pending_rows = sum(s.rows for s in pending)
-    summary = summarize(shards, paths, config, started, pending_rows, len(shards) - len(pending))
+    processed = sum(s.rows for s in pending) + sum(retry.values())
+    summary = summarize(shards, paths, config, started, processed, len(shards) - len(pending))
+    if retry:
+        after = paths.committed_counts(list(retry))[0]
+        summary["retried"] = {"rows": sum(retry.values()), "shards": len(retry),
+                              "resolved": dict(sorted((before[0] - after).items())),
+                              "now_ok": after.get(st.OK, 0) - before[0].get(st.OK, 0)}
+    summary["retry_transient"] = retry_transient
+    if hosts is not None:
+        summary["hosts"] = hosts
+    if not work and paths.exists(paths.summary):  # nothing ran: keep the figures of the run that did the work
+        previous = paths.read_json(paths.summary)
+        for field in ("stage_throughput", "seconds", "hosts"):
+            if field in previous:
+                summary[field] = previous[field]
+        summary["rows_processed_this_run"] = 0
+        paths.write_json(summary, paths.summary)
+        return summary
     try:
-        summary["stage_throughput"] = stage_throughput(stats, pending_rows)  # this run's stages (empty if none ran)
+        summary["stage_throughput"] = stage_throughput(stats, processed)  # this run's stages (empty if none ran)
     except StatsFormatError as err:
         log.warning("per-stage throughput left out of run.json: %s", err)
         summary["stage_throughput"] = {"unreadable": str(err)}

@@ -29,6 +29,23 @@ def _print_summary(summary: dict) -> None:
     for stage, counts in summary["stages"].items():
         failed = ", ".join(f"{k} {v}" for k, v in counts["failed"].items()) or "none"
         print(f"stage {stage:<9} in {counts['rows_in']:>7}  ok {counts['rows_ok']:>7}  failed: {failed}")
+    retried = summary.get("retried")
+    if retried:
+        resolved = ", ".join(f"{k} {v}" for k, v in retried["resolved"].items()) or "none"
+        print(f"rerun: {retried['rows']} rows of {retried['shards']} finished shards had failed for a moment and "
+              f"were fetched again: {retried['now_ok']} ok now (statuses gone: {resolved}); --no-retry keeps them")
+    elif summary["shards"]["skipped_already_done"] and summary.get("retry_transient"):
+        print("rerun: no row of the finished shards had failed for a moment (nothing to fetch again)")
+    hosts = summary.get("hosts")
+    if hosts:
+        opted = ", ".join(f"{k} {v}" for k, v in sorted(hosts["opted_out"].items())) or "none"
+        print(f"hosts {hosts['hosts']}, requests {hosts['requests']} ({hosts['requests_per_connection']} per "
+              f"connection), throttled answers (429/503) {hosts['throttled']}, rate_limited rows "
+              f"{hosts['rate_limited']}, opt-outs by signal: {opted}")
+        for host in hosts["most_throttled"][:5]:
+            print(f"  throttled: {host['host']} {host['throttled']}x, rows {host['rows']} (ok {host['ok']}), "
+                  f"waited {host['waited_s']} s, now {host['concurrency']:g} at a time"
+                  + (f", {host['rate']:g}/s" if host["rate"] else ""))
     if summary.get("hint"):
         print(f"no row came through: {summary['hint']}")
     if summary.get("text_only"):
@@ -58,7 +75,7 @@ def _annotate(args: argparse.Namespace) -> int:
     from pipelines.annotate import annotate
 
     summary = annotate(config, overwrite=args.overwrite, progress=not args.no_progress,
-                       ray_progress=args.verbose and not args.no_progress)
+                       ray_progress=args.verbose and not args.no_progress, retry_transient=not args.no_retry)
     _print_summary(summary)
     print(f"annotations: {config.output}/annotations/  summary: {config.output}/run.json")
     return 0
@@ -68,7 +85,8 @@ def _fetch(args: argparse.Namespace) -> int:
     from pipelines.fetch_subset import fetch_subset
 
     summary = fetch_subset(args.run, args.subset, args.out, overrides=args.set, overwrite=args.overwrite,
-                           progress=not args.no_progress, ray_progress=args.verbose and not args.no_progress)
+                           progress=not args.no_progress, ray_progress=args.verbose and not args.no_progress,
+                           retry_transient=not args.no_retry)
     _print_summary(summary)
     print(f"fetched run: {args.out} (annotations/, images/, run.json; fetched_from.json names {args.run} "
           f"subset {args.subset})")
@@ -188,6 +206,11 @@ def _status(args: argparse.Namespace) -> int:
           f"committed shards, {written} written in unfinished shards: a killed run redoes those)")
     for status, n in sorted((counts + staged).items(), key=lambda kv: -kv[1]):
         print(f"  {status:<20}{n:>8}")
+    if paths.exists(paths.hosts):  # written every 10 s while a run fetches
+        hosts = paths.read_json(paths.hosts)
+        waiting = ", ".join(f"{host} {n}" for host, n in hosts["waiting"].items()) or "none"
+        print(f"hosts (as of {hosts.get('written_at', '?')}): {hosts['waiting_rows']} rows waiting on hosts "
+              f"({waiting}); throttled answers {hosts['throttled']}, rate_limited rows {hosts['rate_limited']}")
     return 0
 
 
@@ -466,6 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a text pass: text columns (and matches) of every row, no network; fetch a subset later")
     p.add_argument("--overwrite", action="store_true", help="delete the run folder first instead of resuming")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-retry", action="store_true",
+                   help="a rerun keeps the rows that failed for a moment (connection errors, timeouts, 5xx, "
+                        "rate_limited) as they are; by default it fetches them again")
     p.set_defaults(func=_annotate)
 
     p = sub.add_parser("fetch", help="download only a text pass's subset, same keys, into a run of its own")
@@ -476,6 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a field of the text pass's config for the fetch, e.g. download.threads=64")
     p.add_argument("--overwrite", action="store_true", help="delete OUT first instead of resuming")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-retry", action="store_true",
+                   help="a rerun keeps the rows that failed for a moment (connection errors, timeouts, 5xx, "
+                        "rate_limited) as they are; by default it fetches them again")
     p.set_defaults(func=_fetch)
 
     p = sub.add_parser("demo", help="build + serve the demo web, annotate it, check against ground truth")

@@ -67,8 +67,9 @@ def fetch_config(run: str, input_path: str, out: str, overrides: list[str] | Non
 
 
 def fetch_subset(run: str, subset: str, out: str, overrides: list[str] | None = None, overwrite: bool = False,
-                 progress: bool = True, ray_progress: bool = False) -> dict:
-    """Download a text pass's subset into OUT (an annotate run, resumed when rerun); returns its summary."""
+                 progress: bool = True, ray_progress: bool = False, retry_transient: bool = True) -> dict:
+    """Download a text pass's subset into OUT (an annotate run, resumed when rerun, its rows that failed for a
+    moment fetched again unless `retry_transient` is off); returns its summary."""
     from pipelines.annotate import annotate
 
     run, out = RunPaths.absolute(run), RunPaths.absolute(out)
@@ -77,7 +78,8 @@ def fetch_subset(run: str, subset: str, out: str, overrides: list[str] | None = 
     with storage_errors(run):
         input_path, stats = fetch_input(run, subset)
     config = fetch_config(run, input_path, out, overrides)
-    summary = annotate(config, overwrite=overwrite, progress=progress, ray_progress=ray_progress)
+    summary = annotate(config, overwrite=overwrite, progress=progress, ray_progress=ray_progress,
+                       retry_transient=retry_transient)
     paths = RunPaths(out)
     paths.write_json({"run": run, "subset": subset, "subset_made_at": stats["made_at"], "input": input_path,
                       "rows": summary["rows_in"], "recipe": subset_recipe(run, subset, stats)}, paths.fetched_from)

@@ -106,6 +106,11 @@ class RunPaths:
         return self.join("run.json")
 
     @property
+    def hosts(self) -> str:
+        """Per-host figures of the run's fetching (busiest and most throttled hosts, rows waiting on hosts)."""
+        return self.join("hosts.json")
+
+    @property
     def config(self) -> str:
         return self.join("config.yaml")
 

@@ -134,16 +134,26 @@ def test_embeddings_table_holds_ok_rows_and_probes_score_images(demo_run):
     assert len(shown) >= 10 and _auc(shown, others) >= 0.8
 
 
-def test_rerun_of_a_finished_run_redoes_nothing_and_changes_nothing(demo_run, demo_web):
+def test_rerun_of_a_finished_run_retries_only_what_failed_for_a_moment(demo_run, demo_web):
+    """The same command again fetches the rows whose failure may pass (the demo web's slow, stalled and refused
+    pages: they fail again, the same way) and nothing else; with retry_transient off it redoes nothing."""
     summary, run, web = demo_run
     before = pq.read_table(run / "annotations").sort_by("key")
+    transient = [r["key"] for r in before.to_pylist() if r["transient"]]
+    assert transient and all(r["status"] in ("timeout", "connection_error", "http_error", "rate_limited")
+                             for r in before.to_pylist() if r["transient"])
     again = annotate(demo_config(web / "urls.parquet", run, "input.rows_per_shard=120"), progress=False)
-    assert again["shards"]["skipped_already_done"] == 4 and again["rows_processed_this_run"] == 0
-    assert pq.read_table(run / "annotations").sort_by("key").equals(before)
+    assert again["shards"]["skipped_already_done"] == 4
+    assert again["retried"]["rows"] == again["rows_processed_this_run"] == len(transient)
+    after = pq.read_table(run / "annotations").sort_by("key")
+    same = ["key", "status", "http_status", "transient", "sha256", "phash"]
+    assert after.num_rows == before.num_rows and after.select(same).equals(before.select(same))
     # settings of speed only (threads, model batch and replicas) change nothing written: the run resumes
     faster = annotate(demo_config(web / "urls.parquet", run, "input.rows_per_shard=120", "download.threads=4",
-                                  "embed.batch_size=8", "embed.num_actors=2"), progress=False)
+                                  "embed.batch_size=8", "embed.num_actors=2"), progress=False, retry_transient=False)
     assert faster["shards"]["skipped_already_done"] == 4 and faster["rows_processed_this_run"] == 0
+    assert "retried" not in faster
+    assert pq.read_table(run / "annotations").sort_by("key").equals(after)
 
 
 def test_changed_settings_refuse_to_mix_into_an_existing_run(demo_run, demo_web):

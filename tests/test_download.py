@@ -100,7 +100,8 @@ def test_a_path_with_spaces_and_non_ascii_is_sent_percent_encoded_as_a_browser_s
     finally:
         server.shutdown()
     assert result.column("status").to_pylist() == [st.HTTP_ERROR] * 3  # the server answered each
-    assert sorted(seen) == ["/caf%C3%A9/a%20b.jpg?q=a%20b", "/go", "/my%20photo.jpg", "/ni%C3%B1o|1.jpg"]
+    assert sorted(seen) == ["/.well-known/tdmrep.json", "/caf%C3%A9/a%20b.jpg?q=a%20b", "/go", "/my%20photo.jpg",
+                            "/ni%C3%B1o|1.jpg", "/robots.txt"]  # the host's policy files, once
 
 
 def test_private_redirect_refused_without_allow_list(demo_web):
