@@ -269,8 +269,8 @@ class HostBudget:
         while state.ok_times and state.ok_times[0] < now - 1.0:
             state.ok_times.popleft()
         admitted = len(state.ok_times)
-        base = min(admitted, state.rate) if state.rate else admitted
-        state.rate = max(MIN_RATE, 0.9 * base if base >= 2 else (state.rate or 2.0) / 2)
+        if admitted:  # none answered within the second: the host refused for concurrency, not for rate
+            state.rate = max(MIN_RATE, 0.9 * min(admitted, state.rate or math.inf))
         state.next_at = max(state.next_at, state.blocked_until)
 
     def _served(self, state: _Host, now: float) -> None:

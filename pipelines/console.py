@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import math
 import sys
 import tempfile
 import time
@@ -28,7 +29,7 @@ class ProgressLine:
         self.tty = self.stream.isatty()
         self.every = 0.5 if self.tty else every
         self.started = time.monotonic()
-        self.last = 0.0
+        self.last = -math.inf  # the first update draws, however long the machine has been up (monotonic)
         self.done = self.ok = 0
         self.drawn: tuple[int, int] | None = None  # (done, ok) of the last line written
 
