@@ -39,7 +39,9 @@ from operators import status as st
 from operators.optouts import HostPolicy, robots_unreachable
 
 MIN_RATE = 0.2               # requests/s: the slowest a throttled host is asked
-RATE_STEP_S = 5.0            # a learnt rate is raised by 10% at most this often, once no throttle came for as long
+RATE_MARGIN = 0.95           # a learnt rate: this share of what the host admitted in the second before it refused
+RACE_S = 0.1                 # requests granted this close together may reach a host in either order
+RATE_STEP_S = 5.0            # a learnt rate is raised by 3% at most this often, once no throttle came for as long
 POLICY_TTL_S = 24 * 3600.0   # RFC 9309 §2.4: a cached robots.txt is used for at most 24 hours
 UNREACHABLE_POLICY_TTL_S = 60.0  # a robots.txt answering 5xx: asked again after a minute
 POLL_S = 0.05                # a caller whose hosts are all busy elsewhere asks again this often
@@ -57,6 +59,7 @@ class Report:
     answer: str | None = None        # the host's answer when throttled
     final: str | None = None         # the row's status, when the row is settled
     signal: str | None = None        # the opt-out signal of an opted_out row
+    age: float = 0.0                 # seconds from the slot's grant to this report (the request's admission)
     waited: float = 0.0              # seconds the settled row waited on its host
     policy: HostPolicy | None = None  # the host's policy files, when this attempt fetched them
     policy_failed: bool = False      # this attempt was to fetch the policy and did not get an answer
@@ -74,7 +77,7 @@ class Answer:
 
 
 class _Host:
-    __slots__ = ("limit", "rate", "next_at", "blocked_until", "leases", "ok_times", "last_throttle",
+    __slots__ = ("limit", "rate", "next_at", "blocked_until", "leases", "ok_times", "last_throttle", "refused_at",
                  "last_increase", "last_decrease", "consecutive", "throttled_since", "last_answer", "fetcher",
                  "fetcher_until", "last_seen", "stats")
 
@@ -82,7 +85,8 @@ class _Host:
         self.limit, self.rate = limit, rate
         self.next_at = self.blocked_until = 0.0
         self.leases: dict[str, list[float]] = {}   # caller -> expiry of each slot it holds
-        self.ok_times: collections.deque = collections.deque()
+        self.ok_times: collections.deque = collections.deque()  # when the host admitted requests it answered
+        self.refused_at = -math.inf  # when the host admitted the request whose refusal last set our rate
         self.last_throttle = self.last_increase = self.last_decrease = -math.inf
         self.consecutive = 0
         self.throttled_since: float | None = None
@@ -236,7 +240,7 @@ class HostBudget:
         if report.outcome == "throttled":
             self._throttled(state, now, report)
         elif report.outcome == "ok":
-            self._served(state, now)
+            self._served(state, now, report)
         stats = state.stats
         stats["requests"] += report.requests
         stats["connections"] += report.connections
@@ -266,24 +270,31 @@ class HostBudget:
             return  # the other answers of the same burst: slow down once
         state.last_decrease = now
         state.limit = max(1.0, state.limit / 2)
-        while state.ok_times and state.ok_times[0] < now - 1.0:
-            state.ok_times.popleft()
-        admitted = len(state.ok_times)
-        if admitted:  # none answered within the second: the host refused for concurrency, not for rate
-            state.rate = max(MIN_RATE, 0.9 * min(admitted, state.rate or math.inf))
+        # what the host admitted in the second before it refused this request: its rate, when it refused for rate
+        sent = now - report.age  # (requests granted a moment after it may have reached the host before it)
+        admitted = sum(sent - 1.0 < t <= sent + RACE_S for t in state.ok_times)
+        if admitted >= 3:
+            state.rate = max(MIN_RATE, RATE_MARGIN * min(admitted, state.rate / RATE_MARGIN if state.rate else
+                                                          math.inf))
+            state.refused_at = sent
+        elif state.rate:  # too few answered to measure (a concurrency refusal, or a slow host): slow down
+            state.rate = max(MIN_RATE, state.rate * 0.75)
         state.next_at = max(state.next_at, state.blocked_until)
 
-    def _served(self, state: _Host, now: float) -> None:
+    def _served(self, state: _Host, now: float, report: Report) -> None:
         state.consecutive = 0
         state.throttled_since = None
-        state.ok_times.append(now)
-        while state.ok_times and state.ok_times[0] < now - 1.0:
+        sent, admitted = now - report.age, max(1, report.requests)  # the policy files count with their row
+        state.ok_times.extend([sent] * admitted)
+        while state.ok_times and state.ok_times[0] < now - 5.0:
             state.ok_times.popleft()
+        if state.rate and state.refused_at - 1.0 < sent <= state.refused_at + RACE_S:
+            state.rate += RATE_MARGIN * admitted  # admitted around the refusal, answered after it: count it in
         if state.limit < self.concurrency:
             state.limit = min(float(self.concurrency), state.limit + 1.0 / (10.0 * state.limit))
         if state.rate and now - state.last_throttle > RATE_STEP_S and now - state.last_increase > RATE_STEP_S:
             state.last_increase = now
-            state.rate *= 1.1
+            state.rate *= 1.03
             if self.rate is not None:
                 state.rate = min(state.rate, self.rate)
 
@@ -362,6 +373,7 @@ class _Row:
     first_throttled: float | None = None
     ready_since: float = 0.0
     waited: float = 0.0
+    granted: float = 0.0
     fetch_policy: bool = False
 
 
@@ -503,6 +515,7 @@ class HostScheduler:
                             continue
                         row = rows.popleft()
                         row.waited += now - row.ready_since
+                        row.granted = time.monotonic()
                         row.fetch_policy = host in answer.fetch_policy
                         refused = self.refusal(policy, row.url) if policy is not None else None
                         if refused is not None:
@@ -559,7 +572,7 @@ class HostScheduler:
 
     def _finished(self, row: _Row, fetched, extra, now: float, timers: list, settle) -> Report:
         report = Report(row.host, outcome="ok", requests=getattr(fetched, "requests", 0),
-                        connections=getattr(fetched, "connections", 0))
+                        connections=getattr(fetched, "connections", 0), age=now - row.granted)
         policy = getattr(fetched, "policy", None)
         if policy is not None:
             report.policy = policy
