@@ -2,9 +2,10 @@
 
 A real URL table puts 10-14% of its rows on one host. Each host gets, across every thread, task, process and
 node of the run together:
-- at most `host_concurrency` requests in flight (halved on a 429/503, recovered slowly on successes),
-- at most `host_rate` requests a second when set, and a learnt rate once the host has throttled us (0.9 of
-  what it admitted in the second before, raised 10% every 5 s without a throttle),
+- at most `host_concurrency` requests in flight (halved on a 429/503 that was not about rate, recovered slowly
+  to one less than the concurrency refused; one more tried after a minute without a throttle),
+- at most `host_rate` requests a second when set, and a learnt rate once the host has throttled us for rate
+  (0.95 of what it admitted in the second before it refused; raised 3% every 5 s after a minute without one),
 - no request before its `Retry-After` has passed (seconds or an HTTP date; `throttle_wait`, doubling, when the
   answer has none),
 - its robots.txt and tdmrep.json fetched once (`HostPolicy`), by the first worker to reach it.
@@ -41,9 +42,11 @@ from operators.optouts import HostPolicy, robots_unreachable
 MIN_RATE = 0.2               # requests/s: the slowest a throttled host is asked
 RATE_MARGIN = 0.95           # a learnt rate: this share of what the host admitted in the second before it refused
 RACE_S = 0.1                 # requests granted this close together may reach a host in either order
-RATE_STEP_S = 5.0            # a learnt rate is raised by 3% at most this often, once no throttle came for as long
+RATE_STEP_S = 5.0            # a learnt rate is raised by 3% at most this often ...
+RATE_PROBE_S = 60.0          # ... once no throttle came for this long (and one more request at a time allowed)
 POLICY_TTL_S = 24 * 3600.0   # RFC 9309 §2.4: a cached robots.txt is used for at most 24 hours
 UNREACHABLE_POLICY_TTL_S = 60.0  # a robots.txt answering 5xx: asked again after a minute
+RELEASE = object()           # a thread's note that its download ended and decoding begins
 POLL_S = 0.05                # a caller whose hosts are all busy elsewhere asks again this often
 MAX_HOSTS = 200_000          # host states kept; idle ones beyond this are folded into `other`
 
@@ -77,12 +80,13 @@ class Answer:
 
 
 class _Host:
-    __slots__ = ("limit", "rate", "next_at", "blocked_until", "leases", "ok_times", "last_throttle", "refused_at",
-                 "last_increase", "last_decrease", "consecutive", "throttled_since", "last_answer", "fetcher",
-                 "fetcher_until", "last_seen", "stats")
+    __slots__ = ("limit", "max_limit", "rate", "next_at", "blocked_until", "leases", "ok_times", "last_throttle",
+                 "refused_at", "last_increase", "last_decrease", "consecutive", "throttled_since", "last_answer",
+                 "fetcher", "fetcher_until", "last_seen", "stats")
 
     def __init__(self, limit: float, rate: float | None, now: float):
         self.limit, self.rate = limit, rate
+        self.max_limit = int(limit)  # what `limit` recovers to: one less than a concurrency the host refused
         self.next_at = self.blocked_until = 0.0
         self.leases: dict[str, list[float]] = {}   # caller -> expiry of each slot it holds
         self.ok_times: collections.deque = collections.deque()  # when the host admitted requests it answered
@@ -269,16 +273,16 @@ class HostBudget:
         if now - state.last_decrease < 1.0:
             return  # the other answers of the same burst: slow down once
         state.last_decrease = now
-        state.limit = max(1.0, state.limit / 2)
         # what the host admitted in the second before it refused this request: its rate, when it refused for rate
         sent = now - report.age  # (requests granted a moment after it may have reached the host before it)
         admitted = sum(sent - 1.0 < t <= sent + RACE_S for t in state.ok_times)
-        if admitted >= 3:
+        if admitted >= 3:  # a rate: the host's, with a margin; not probed past for a while (RATE_PROBE_S)
             state.rate = max(MIN_RATE, RATE_MARGIN * min(admitted, state.rate / RATE_MARGIN if state.rate else
                                                           math.inf))
             state.refused_at = sent
-        elif state.rate:  # too few answered to measure (a concurrency refusal, or a slow host): slow down
-            state.rate = max(MIN_RATE, state.rate * 0.75)
+        else:  # too few answered to measure a rate: it refused for concurrency; no more than one less than that
+            state.max_limit = max(1, int(state.limit) - 1)
+            state.limit = max(1.0, state.limit / 2)
         state.next_at = max(state.next_at, state.blocked_until)
 
     def _served(self, state: _Host, now: float, report: Report) -> None:
@@ -290,9 +294,13 @@ class HostBudget:
             state.ok_times.popleft()
         if state.rate and state.refused_at - 1.0 < sent <= state.refused_at + RACE_S:
             state.rate += RATE_MARGIN * admitted  # admitted around the refusal, answered after it: count it in
-        if state.limit < self.concurrency:
-            state.limit = min(float(self.concurrency), state.limit + 1.0 / (10.0 * state.limit))
-        if state.rate and now - state.last_throttle > RATE_STEP_S and now - state.last_increase > RATE_STEP_S:
+        quiet = now - state.last_throttle
+        if quiet > RATE_PROBE_S and state.max_limit < self.concurrency:
+            state.max_limit += 1  # a minute without a throttle: try one more at a time
+            state.last_throttle = now - RATE_PROBE_S / 2
+        if state.limit < state.max_limit:
+            state.limit = min(float(state.max_limit), state.limit + 1.0 / (10.0 * state.limit))
+        if state.rate and quiet > RATE_PROBE_S and now - state.last_increase > RATE_STEP_S:
             state.last_increase = now
             state.rate *= 1.03
             if self.rate is not None:
@@ -375,6 +383,7 @@ class _Row:
     waited: float = 0.0
     granted: float = 0.0
     fetch_policy: bool = False
+    released: bool = False  # its slot went back before the row settled (decoding after a download)
 
 
 class HostScheduler:
@@ -441,6 +450,7 @@ class HostScheduler:
             try:
                 fetched = self.attempt(row.url, policy, row.fetch_policy)
                 if fetched.status == st.OK and self.after is not None:
+                    done.put((row, fetched, RELEASE))  # the host's slot is free while this thread decodes
                     fetched, extra = self.after(fetched)
             except Exception as err:  # a bug here must not cost the row, nor hang the batch
                 fetched = self.failed(st.CONNECTION_ERROR, f"unexpected {type(err).__name__}: {err}", None)
@@ -466,8 +476,11 @@ class HostScheduler:
                     row, fetched, extra = done.get_nowait()
                 except queue.Empty:
                     break
-                inflight -= 1
                 now = time.monotonic()
+                if extra is RELEASE:
+                    reports.append(self._released(row, fetched, now))
+                    continue
+                inflight -= 1
                 reports.append(self._finished(row, fetched, extra, now, timers, settle))
             # rows a known policy refuses: settled without a request (and without a slot)
             for host, rows in queues.items():
@@ -542,6 +555,9 @@ class HostScheduler:
                 except queue.Empty:
                     continue
                 row, fetched, extra = item
+                if extra is RELEASE:
+                    reports.append(self._released(row, fetched, time.monotonic()))
+                    continue
                 inflight -= 1
                 reports.append(self._finished(row, fetched, extra, time.monotonic(), timers, settle))
             else:
@@ -570,7 +586,21 @@ class HostScheduler:
                     hosts.remove(host)
         return dict(wants)
 
+    def _released(self, row: _Row, fetched, now: float) -> Report:
+        """A successful download whose thread goes on decoding: its slot goes back now, the row settles later."""
+        row.released = True
+        report = Report(row.host, outcome="ok", requests=fetched.requests, connections=fetched.connections,
+                        age=now - row.granted, policy=fetched.policy)
+        if fetched.policy is not None:
+            self._keep_policy(row.host, fetched.policy, now)
+        return report
+
     def _finished(self, row: _Row, fetched, extra, now: float, timers: list, settle) -> Report:
+        if row.released:  # its slot went back when the download ended (`_released`): only the row's end
+            row.released = False
+            report = Report(row.host, released=False, outcome="none")
+            settle(row, fetched, extra, report)
+            return report
         report = Report(row.host, outcome="ok", requests=getattr(fetched, "requests", 0),
                         connections=getattr(fetched, "connections", 0), age=now - row.granted)
         policy = getattr(fetched, "policy", None)

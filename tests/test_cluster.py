@@ -11,6 +11,7 @@ by killing those process groups, never with `ray stop` (which would stop every R
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -228,3 +229,34 @@ def test_an_address_where_no_cluster_listens_is_one_line_not_a_wait(tmp_path):
     done = subprocess.run(runs["RAY_ADDRESS"], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "RAY_ADDRESS": "http://127.0.0.1:8265"})
     assert done.returncode == 2 and "an http:// URL" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_host_budget_holds_across_the_processes_of_a_cluster(cluster, tmp_path):
+    """The run's host budget lives in one actor on the driver's node (the head); every fetch process on the worker
+    node asks it for slots across nodes. A host that does not defend itself still never sees more than
+    download.host_concurrency requests at once; a throttling one gets every row through; robots.txt holds."""
+    import io
+
+    import PIL.Image
+    import pyarrow as pa
+    from host_web import DISALLOW_IMG, HostSpec, HostWeb
+
+    buf = io.BytesIO()
+    PIL.Image.new("RGB", (80, 60), (200, 90, 40)).save(buf, "JPEG")
+    specs = [HostSpec("127.0.0.50", latency=0.03), HostSpec("127.0.0.51", concurrency=2, rate=10),
+             HostSpec("127.0.0.52", robots=DISALLOW_IMG)]
+    with HostWeb(specs, [buf.getvalue()]) as web:
+        hosts = ["127.0.0.50"] * 80 + ["127.0.0.51"] * 30 + ["127.0.0.52"] * 10
+        urls = tmp_path / "urls.parquet"
+        pq.write_table(pa.table({"url": web.urls_for(hosts), "caption": ["a photo"] * len(hosts)}), urls)
+        run = tmp_path / "run"
+        job = submit(cluster, "tailor-hosts", [
+            "tailor", "annotate", "--config", str(DEMO_CONFIG), "--input", str(urls), "--output", str(run),
+            "--no-progress", "--set", "embed=null", "--set", "download.host_concurrency=2",
+            "--set", "ray.batch_size=10", "--set", "input.rows_per_shard=40", "--set", "download.max_wait=120"],
+            timeout=420)
+        assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-2000:]
+        assert web.max_inflight("127.0.0.50") <= 2
+        assert not [r for r in web.log("127.0.0.52") if r.path.startswith("/img/")]
+    statuses = collections.Counter(pq.read_table(run / "annotations").column("status").to_pylist())
+    assert statuses == {"ok": 110, "opted_out": 10}
