@@ -185,6 +185,16 @@ def measure(web: HostWeb, result: dict, statuses: dict[str, str], lost: collecti
                                      ("/robots.txt", "/.well-known/tdmrep.json")),
         "rc": result["rc"],
     }
+    busiest = max((a for a in web.addresses if a not in opted), key=lambda a: len(web.log(a)), default=None)
+    if busiest is not None and web.log(busiest):
+        times = sorted(r.time for r in web.log(busiest))
+        gaps = [b - a for a, b in zip(times, times[1:], strict=False) if b - a > 0.3]
+        start = min(r.time for r in logs)
+        # where the busiest host's time went: its first request after the run's first, its own window, idle gaps
+        m["busiest"] = {"host": busiest, "requests": len(times), "starts_after_s": round(times[0] - start, 1),
+                        "window_s": round(times[-1] - times[0], 1), "refused": web.refused(busiest),
+                        "gaps_over_0.3s": len(gaps), "gap_s": round(sum(gaps), 1),
+                        "ends_before_last_s": round(max(r.time for r in logs) - times[-1], 1)}
     for key in ("status_counts", "stderr_tail"):
         if key in result:
             m[key] = result[key]

@@ -63,6 +63,7 @@ class Report:
     final: str | None = None         # the row's status, when the row is settled
     signal: str | None = None        # the opt-out signal of an opted_out row
     age: float = 0.0                 # seconds from the slot's grant to this report (the request's admission)
+    others: int = 0                  # the host's other requests in flight (the run's) when this one was granted
     waited: float = 0.0              # seconds the settled row waited on its host
     policy: HostPolicy | None = None  # the host's policy files, when this attempt fetched them
     policy_failed: bool = False      # this attempt was to fetch the policy and did not get an answer
@@ -73,6 +74,7 @@ class Report:
 @dataclass
 class Answer:
     grants: dict[str, int] = field(default_factory=dict)
+    inflight: dict[str, int] = field(default_factory=dict)     # granted hosts: requests in flight before these
     waits: dict[str, float] = field(default_factory=dict)      # hosts with unmet demand: seconds to ask again
     give_up: dict[str, str] = field(default_factory=dict)      # hosts whose wait outlasts max_wait: last answer
     policies: dict[str, HostPolicy] = field(default_factory=dict)
@@ -221,6 +223,7 @@ class HostBudget:
         if granted:
             state.leases.setdefault(client, []).extend([now + self.lease_s] * granted)
             answer.grants[host] = granted
+            answer.inflight[host] = inflight
             state.stats["requests_granted"] += granted
         if granted < n:
             if state.rate and now < state.next_at:
@@ -276,13 +279,17 @@ class HostBudget:
         # what the host admitted in the second before it refused this request: its rate, when it refused for rate
         sent = now - report.age  # (requests granted a moment after it may have reached the host before it)
         admitted = sum(sent - 1.0 < t <= sent + RACE_S for t in state.ok_times)
-        if admitted >= 3:  # a rate: the host's, with a margin; not probed past for a while (RATE_PROBE_S)
-            state.rate = max(MIN_RATE, RATE_MARGIN * min(admitted, state.rate / RATE_MARGIN if state.rate else
-                                                          math.inf))
+        if report.others:  # refused with others of ours in flight: a concurrency the host does not take
+            state.max_limit = max(1, min(report.others, int(state.limit) - 1))
+            state.limit = min(state.limit, float(state.max_limit))
+        elif admitted >= 3:  # a rate: the host's, with a margin; not probed past for a while (RATE_PROBE_S)
+            # (refused below it, with our margin: requests bunched on the way; slowing down would cost more than
+            # the host's rare waits)
+            state.rate = max(MIN_RATE, min(state.rate or math.inf, RATE_MARGIN * admitted))
             state.refused_at = sent
-        else:  # too few answered to measure a rate: it refused for concurrency; no more than one less than that
-            state.max_limit = max(1, int(state.limit) - 1)
-            state.limit = max(1.0, state.limit / 2)
+        else:  # alone and too few answered to measure a rate: slow down
+            state.max_limit = max(1, int(state.limit) // 2)
+            state.limit = float(state.max_limit)
         state.next_at = max(state.next_at, state.blocked_until)
 
     def _served(self, state: _Host, now: float, report: Report) -> None:
@@ -384,6 +391,7 @@ class _Row:
     granted: float = 0.0
     fetch_policy: bool = False
     released: bool = False  # its slot went back before the row settled (decoding after a download)
+    others: int = 0         # the host's requests in flight (the run's) when this row's slot was granted
 
 
 class HostScheduler:
@@ -522,13 +530,14 @@ class HostScheduler:
                 for host, n in answer.grants.items():
                     rows = queues[host]
                     policy = self._policy(host, now)
-                    for _ in range(n):
+                    for i in range(n):
                         if not rows:  # granted more than is left (a row settled meanwhile): give it back
                             reports.append(Report(host, outcome="none"))
                             continue
                         row = rows.popleft()
                         row.waited += now - row.ready_since
                         row.granted = time.monotonic()
+                        row.others = answer.inflight.get(host, 0) + i
                         row.fetch_policy = host in answer.fetch_policy
                         refused = self.refusal(policy, row.url) if policy is not None else None
                         if refused is not None:
@@ -602,7 +611,7 @@ class HostScheduler:
             settle(row, fetched, extra, report)
             return report
         report = Report(row.host, outcome="ok", requests=getattr(fetched, "requests", 0),
-                        connections=getattr(fetched, "connections", 0), age=now - row.granted)
+                        connections=getattr(fetched, "connections", 0), age=now - row.granted, others=row.others)
         policy = getattr(fetched, "policy", None)
         if policy is not None:
             report.policy = policy
