@@ -78,7 +78,7 @@ class DownloadOptions(Options):
     max_redirects: int = Field(5, ge=0)
     user_agent_token: str | None = Field("tailor", description="the crawler's name: in the User-Agent, and the "
                                          "agent robots.txt groups and X-Robots-Tag prefixes are matched to")
-    host_concurrency: int = Field(4, gt=0, description="requests in flight per host, across the whole run (every "
+    host_concurrency: int = Field(16, gt=0, description="requests in flight per host, across the whole run (every "
                                   "thread, process and node); halved while a host throttles, recovered slowly")
     host_rate: float | None = Field(None, gt=0, description="requests per second per host across the whole run; "
                                     "null: no fixed rate (a host that answers 429/503 gets a learnt one)")

@@ -141,8 +141,9 @@ def _demo(args: argparse.Namespace) -> int:
                              [f"input.path={web / 'urls.parquet'}", f"output={out / 'run'}", *(args.set or [])])
         pages = pq.read_metadata(web / "truth.parquet").num_rows
         overwrite = _demo_starts_over(out / "run", config, args.overwrite, pages)
+        # a kept run is not retried: its URLs name an earlier server's port, and the demo web fails by design
         summary = annotate(config, overwrite=overwrite, progress=not args.no_progress,
-                           ray_progress=args.verbose and not args.no_progress)
+                           ray_progress=args.verbose and not args.no_progress, retry_transient=False)
     _print_summary(summary)
     annotations = pq.read_table(out / "run" / "annotations").to_pylist()
     truth = {r["demo_id"]: r for r in pq.read_table(web / "truth.parquet").to_pylist()}
