@@ -537,19 +537,21 @@ class Downloader:
 
     # ------------------------------------------------------------------ one attempt
 
-    def attempt(self, url: str, policy: HostPolicy | None = None, fetch_policy: bool = False) -> Fetched:
-        """One attempt at `url` within download.timeout, the host's policy files first when `fetch_policy`."""
+    def attempt(self, url: str, policy: HostPolicy | None = None, fetch_policy: bool = False,
+                on_policy=None) -> Fetched:
+        """One attempt at `url` within download.timeout, the host's policy files first when `fetch_policy` (and
+        given to `on_policy` as soon as they are read, before the image is asked for)."""
         counts = _Counts()
         try:
             result = self._get(url, time.monotonic() + self.options.timeout, counts, self.options.max_bytes,
-                               check=True, policy=policy, fetch_policy=fetch_policy)
+                               check=True, policy=policy, fetch_policy=fetch_policy, on_policy=on_policy)
         except Exception as err:  # a bug here must not cost the row
             result = Fetched(st.CONNECTION_ERROR, f"unexpected {type(err).__name__}: {err}")
         result.requests, result.connections = counts.requests, counts.connections
         return result
 
     def _get(self, url: str, deadline: float, counts: _Counts, cap: int, check: bool,
-             policy: HostPolicy | None = None, fetch_policy: bool = False) -> Fetched:
+             policy: HostPolicy | None = None, fetch_policy: bool = False, on_policy=None) -> Fetched:
         """GET with redirects; `check`: honour the opt-outs (the first hop's `policy`, fetched first when
         `fetch_policy`; a redirect to another host has its own policy fetched here)."""
         visited: list[str] = []
@@ -589,6 +591,8 @@ class Downloader:
                         hop_policy = got
                         if len(visited) == 1:
                             fetched_policy = got
+                            if on_policy is not None:
+                                on_policy(got)
                         else:
                             if len(self._hop_policies) > 10_000:
                                 self._hop_policies.clear()

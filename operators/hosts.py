@@ -47,6 +47,7 @@ RATE_PROBE_S = 60.0          # ... once no throttle came for this long (and one 
 POLICY_TTL_S = 24 * 3600.0   # RFC 9309 §2.4: a cached robots.txt is used for at most 24 hours
 UNREACHABLE_POLICY_TTL_S = 60.0  # a robots.txt answering 5xx: asked again after a minute
 RELEASE = object()           # a thread's note that its download ended and decoding begins
+POLICY = object()            # a thread's note that it read its host's policy files (its image comes next)
 POLL_S = 0.05                # a caller whose hosts are all busy elsewhere asks again this often
 MAX_HOSTS = 200_000          # host states kept; idle ones beyond this are folded into `other`
 
@@ -235,7 +236,7 @@ class HostBudget:
         state = self._state(report.host, now)
         if report.released:
             state.release(client)
-        if state.fetcher == client and report.released:
+        if state.fetcher == client and (report.released or report.policy is not None):
             state.fetcher = None
         if report.policy is not None:
             ttl = UNREACHABLE_POLICY_TTL_S if robots_unreachable_policy(report.policy) else POLICY_TTL_S
@@ -397,7 +398,7 @@ class _Row:
 class HostScheduler:
     """Runs a batch of URLs under the budget: `run(urls)` returns one (Fetched, extra) per URL, in order.
 
-    `attempt(url, policy, fetch_policy)` makes one attempt on a download thread and returns a Fetched (see
+    `attempt(url, policy, fetch_policy, on_policy)` makes one attempt on a download thread and returns a Fetched (see
     operators/download.py: `throttled`, `retry_after`, `retryable`, `policy`, `requests`, `connections`);
     `origin(url)` names the host a row counts against (None: settle it with `attempt` at once, no slot);
     `refusal(policy, url)` says which opt-out of a known policy refuses a URL before any request;
@@ -456,7 +457,8 @@ class HostScheduler:
         def work(row: _Row, policy: HostPolicy | None) -> None:
             extra = None
             try:
-                fetched = self.attempt(row.url, policy, row.fetch_policy)
+                # the host's policy goes to the budget as soon as it is read, not when this row's image is done
+                fetched = self.attempt(row.url, policy, row.fetch_policy, lambda got: done.put((row, got, POLICY)))
                 if fetched.status == st.OK and self.after is not None:
                     done.put((row, fetched, RELEASE))  # the host's slot is free while this thread decodes
                     fetched, extra = self.after(fetched)
@@ -485,6 +487,9 @@ class HostScheduler:
                 except queue.Empty:
                     break
                 now = time.monotonic()
+                if extra is POLICY:
+                    reports.append(self._policy_read(row, fetched, now))
+                    continue
                 if extra is RELEASE:
                     reports.append(self._released(row, fetched, now))
                     continue
@@ -564,6 +569,9 @@ class HostScheduler:
                 except queue.Empty:
                     continue
                 row, fetched, extra = item
+                if extra is POLICY:
+                    reports.append(self._policy_read(row, fetched, time.monotonic()))
+                    continue
                 if extra is RELEASE:
                     reports.append(self._released(row, fetched, time.monotonic()))
                     continue
@@ -594,6 +602,11 @@ class HostScheduler:
                 if wants[host] >= ready[host]:
                     hosts.remove(host)
         return dict(wants)
+
+    def _policy_read(self, row: _Row, policy: HostPolicy, now: float) -> Report:
+        """The host's policy files, read by this row's attempt before its image: for every worker at once."""
+        self._keep_policy(row.host, policy, now)
+        return Report(row.host, released=False, outcome="none", policy=policy)
 
     def _released(self, row: _Row, fetched, now: float) -> Report:
         """A successful download whose thread goes on decoding: its slot goes back now, the row settles later."""

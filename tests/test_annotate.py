@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 
 import numpy as np
 import pyarrow as pa
@@ -134,10 +135,12 @@ def test_embeddings_table_holds_ok_rows_and_probes_score_images(demo_run):
     assert len(shown) >= 10 and _auc(shown, others) >= 0.8
 
 
-def test_rerun_of_a_finished_run_retries_only_what_failed_for_a_moment(demo_run, demo_web):
+def test_rerun_of_a_finished_run_retries_only_what_failed_for_a_moment(demo_run, demo_web, tmp_path):
     """The same command again fetches the rows whose failure may pass (the demo web's slow, stalled and refused
     pages: they fail again, the same way) and nothing else; with retry_transient off it redoes nothing."""
-    summary, run, web = demo_run
+    _, shared, web = demo_run
+    run = tmp_path / "run"  # a copy: the session's run (its logs and run.json) is other tests' to read
+    shutil.copytree(shared, run)
     before = pq.read_table(run / "annotations").sort_by("key")
     transient = [r["key"] for r in before.to_pylist() if r["transient"]]
     assert transient and all(r["status"] in ("timeout", "connection_error", "http_error", "rate_limited")

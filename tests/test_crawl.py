@@ -183,3 +183,55 @@ def test_connections_are_kept_alive_per_host():
         assert {r["status"] for r in rows} == {st.OK}
         assert web.requests("127.0.0.11") == 62  # 60 images, robots.txt, tdmrep.json
         assert web.connections("127.0.0.11") <= 4, web.connections("127.0.0.11")
+
+
+def test_a_slow_image_of_the_row_that_read_the_policy_holds_up_no_other_row():
+    """The first row to reach a host reads its robots.txt and tdmrep.json, then waits on a slow image; the policy
+    goes to the budget as soon as it is read, so the host's other rows are fetched meanwhile."""
+    import http.server
+    import threading
+
+    release = threading.Event()
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            seen.append(self.path)
+            if self.path == "/hang.jpg":
+                release.wait(timeout=30)
+            body = _images(1)[0]
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.12", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.12:{server.server_port}"
+
+    others_first: list[bool] = []
+
+    def open_when_the_others_are_in():
+        for _ in range(400):  # the others arrive while /hang.jpg is held; then it is let go
+            if sum(p.startswith("/img/") for p in seen) == 20:
+                others_first.append(True)
+                break
+            threading.Event().wait(0.05)
+        release.set()
+
+    watcher = threading.Thread(target=open_when_the_others_are_in)
+    watcher.start()
+    try:
+        rows = _download([base + "/hang.jpg"] + [f"{base}/img/{i}.jpg" for i in range(20)], timeout=30)
+    finally:
+        release.set()
+        watcher.join()
+        server.shutdown()
+    assert {r["status"] for r in rows} == {st.OK}
+    assert seen.index("/hang.jpg") < min(i for i, p in enumerate(seen) if p.startswith("/img/"))
+    assert others_first, "the host's other rows waited for the row that read its policy"

@@ -137,8 +137,11 @@ def test_fetch_requests_only_the_kept_rows(world):
 
 
 def test_fetch_reruns_resume_without_requests(world, capsys):
+    """A finished fetch run again, --no-retry: nothing requested (by default the demo web's slow and refused pages,
+    transient failures, would be fetched again: tests/test_crawl_runs.py)."""
     before = world["server"].request_counts()
-    assert cli(["fetch", str(world["text"]), "--subset", "kept", "--out", str(world["fetched"]), "--no-progress"]) == 0
+    assert cli(["fetch", str(world["text"]), "--subset", "kept", "--out", str(world["fetched"]), "--no-progress",
+                "--no-retry"]) == 0
     assert requested(world["server"], before) == {}
     assert "were already done" in capsys.readouterr().out
 
