@@ -95,6 +95,11 @@ class _GatedImages(http.server.BaseHTTPRequestHandler):
         pass
 
 
+# the gated and the prompt images share one host: held requests must not take the host's whole budget (its
+# slots are the run's, and a held request keeps its slot), or a piece of prompt rows waits out the gate
+UNBUDGETED = ["--set", "download.host_concurrency=1000"]
+
+
 def _gated_web(tmp_path, ok: int, waiting: int):
     """A loopback server of its own (its own gate and request counts) and a URL table: `ok` images that
     answer at once, then `waiting` that wait for the gate. Returns (handler class, server, table path)."""
@@ -117,7 +122,7 @@ def test_shards_commit_while_the_last_one_still_downloads(tmp_path):
     gated, server, table = _gated_web(tmp_path, ok=100, waiting=50)
     run = tmp_path / "run"
     command = _command(table, run) + ["--set", "embed=null", "--set", "download.timeout=300",
-                                      "--set", "download.retries=0", "--set", "ray.batch_size=50"]
+                                      "--set", "download.retries=0", "--set", "ray.batch_size=50", *UNBUDGETED]
     log = tmp_path / "first-run.log"
     try:
         with open(log, "wb") as out:
@@ -159,7 +164,8 @@ def test_a_stopped_run_says_so_and_resumes(tmp_path, how):
     gated, server, table = _gated_web(tmp_path, ok=50, waiting=50)
     run = tmp_path / "run"
     command = [str(Path(sys.executable).parent / "tailor"), *_command(table, run)[3:], "--set", "embed=null",
-               "--set", "download.timeout=300", "--set", "download.retries=0", "--set", "ray.batch_size=50"]
+               "--set", "download.timeout=300", "--set", "download.retries=0", "--set", "ray.batch_size=50",
+               *UNBUDGETED]
     try:
         proc = subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
