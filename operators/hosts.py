@@ -2,8 +2,9 @@
 
 A real URL table puts 10-14% of its rows on one host. Each host gets, across every thread, task, process and
 node of the run together:
-- at most `host_concurrency` requests in flight (halved on a 429/503 that was not about rate, recovered slowly
-  to one less than the concurrency refused; one more tried after a minute without a throttle),
+- at most `host_concurrency` requests in flight, reached by a slow start (2 at first, one more per round of
+  answers); a refusal while others were in flight caps the host at what it took, one more tried after a
+  minute without a throttle,
 - at most `host_rate` requests a second when set, and a learnt rate once the host has throttled us for rate
   (0.95 of what it admitted in the second before it refused; raised 3% every 5 s after a minute without one),
 - no request before its `Retry-After` has passed (seconds or an HTTP date; `throttle_wait`, doubling, when the
@@ -46,6 +47,7 @@ RATE_STEP_S = 5.0            # a learnt rate is raised by 3% at most this often 
 RATE_PROBE_S = 60.0          # ... once no throttle came for this long (and one more request at a time allowed)
 POLICY_TTL_S = 24 * 3600.0   # RFC 9309 §2.4: a cached robots.txt is used for at most 24 hours
 UNREACHABLE_POLICY_TTL_S = 60.0  # a robots.txt answering 5xx: asked again after a minute
+START_LIMIT = 2.0            # requests at a time to a host not heard from yet (slow start, as TCP's)
 RELEASE = object()           # a thread's note that its download ended and decoding begins
 POLICY = object()            # a thread's note that it read its host's policy files (its image comes next)
 POLL_S = 0.05                # a caller whose hosts are all busy elsewhere asks again this often
@@ -88,8 +90,10 @@ class _Host:
                  "fetcher", "fetcher_until", "last_seen", "stats")
 
     def __init__(self, limit: float, rate: float | None, now: float):
-        self.limit, self.rate = limit, rate
-        self.max_limit = int(limit)  # what `limit` recovers to: one less than a concurrency the host refused
+        # a host starts at START_LIMIT at a time and grows by one per `limit` answers served up to `max_limit`:
+        # a host that takes 2 at a time sees a refusal or two, not a burst of host_concurrency
+        self.limit, self.rate = min(limit, START_LIMIT), rate
+        self.max_limit = int(limit)  # what `limit` grows to: one less than a concurrency the host refused
         self.next_at = self.blocked_until = 0.0
         self.leases: dict[str, list[float]] = {}   # caller -> expiry of each slot it holds
         self.ok_times: collections.deque = collections.deque()  # when the host admitted requests it answered
@@ -307,7 +311,7 @@ class HostBudget:
             state.max_limit += 1  # a minute without a throttle: try one more at a time
             state.last_throttle = now - RATE_PROBE_S / 2
         if state.limit < state.max_limit:
-            state.limit = min(float(state.max_limit), state.limit + 1.0 / (10.0 * state.limit))
+            state.limit = min(float(state.max_limit), state.limit + 1.0 / state.limit)
         if state.rate and quiet > RATE_PROBE_S and now - state.last_increase > RATE_STEP_S:
             state.last_increase = now
             state.rate *= 1.03

@@ -36,7 +36,7 @@ def _print_summary(summary: dict) -> None:
               f"were fetched again: {retried['now_ok']} ok now (statuses gone: {resolved}); --no-retry keeps them")
     elif summary["shards"]["skipped_already_done"] and summary.get("retry_transient"):
         print("rerun: no row of the finished shards had failed for a moment (nothing to fetch again)")
-    hosts = summary.get("hosts")
+    hosts = summary.get("hosts") if summary.get("rows_processed_this_run") else None  # (a kept run's figures)
     if hosts:
         opted = ", ".join(f"{k} {v}" for k, v in sorted(hosts["opted_out"].items())) or "none"
         print(f"hosts {hosts['hosts']}, requests {hosts['requests']} ({hosts['requests_per_connection']} per "
