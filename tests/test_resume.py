@@ -95,25 +95,31 @@ class _GatedImages(http.server.BaseHTTPRequestHandler):
         pass
 
 
-# the gated and the prompt images share one host: held requests must not take the host's whole budget (its
-# slots are the run's, and a held request keeps its slot), or a piece of prompt rows waits out the gate
-UNBUDGETED = ["--set", "download.host_concurrency=1000"]
+class _Servers:
+    def __init__(self, servers):
+        self.servers = servers
+
+    def shutdown(self):
+        for server in self.servers:
+            server.shutdown()
 
 
 def _gated_web(tmp_path, ok: int, waiting: int):
-    """A loopback server of its own (its own gate and request counts) and a URL table: `ok` images that
-    answer at once, then `waiting` that wait for the gate. Returns (handler class, server, table path)."""
+    """Two loopback hosts of their own (one gate and request counts): `ok` images on 127.0.0.1 that answer at
+    once, then `waiting` on 127.0.0.2 that wait for the gate (a held request keeps its host's slot: on one host,
+    the held rows would take the prompt ones' budget). Returns (handler class, servers, table path)."""
     gated = type("Gated", (_GatedImages,), {"gate": threading.Event(), "requests": collections.Counter()})
     image = io.BytesIO()
     PIL.Image.new("RGB", (64, 48), (200, 30, 30)).save(image, "JPEG")
     gated.body = image.getvalue()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), gated)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_port}"
-    urls = [f"{base}/ok/{i}.jpg" for i in range(ok)] + [f"{base}/gated/{i}.jpg" for i in range(waiting)]
+    servers = [http.server.ThreadingHTTPServer((address, 0), gated) for address in ("127.0.0.1", "127.0.0.2")]
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    prompt, held = (f"http://{s.server_address[0]}:{s.server_port}" for s in servers)
+    urls = [f"{prompt}/ok/{i}.jpg" for i in range(ok)] + [f"{held}/gated/{i}.jpg" for i in range(waiting)]
     table = tmp_path / "urls.parquet"
     pq.write_table(pa.table({"url": urls, "caption": [f"a red photo {i}" for i in range(ok + waiting)]}), table)
-    return gated, server, table
+    return gated, _Servers(servers), table
 
 
 def test_shards_commit_while_the_last_one_still_downloads(tmp_path):
@@ -122,7 +128,7 @@ def test_shards_commit_while_the_last_one_still_downloads(tmp_path):
     gated, server, table = _gated_web(tmp_path, ok=100, waiting=50)
     run = tmp_path / "run"
     command = _command(table, run) + ["--set", "embed=null", "--set", "download.timeout=300",
-                                      "--set", "download.retries=0", "--set", "ray.batch_size=50", *UNBUDGETED]
+                                      "--set", "download.retries=0", "--set", "ray.batch_size=50"]
     log = tmp_path / "first-run.log"
     try:
         with open(log, "wb") as out:
@@ -164,8 +170,7 @@ def test_a_stopped_run_says_so_and_resumes(tmp_path, how):
     gated, server, table = _gated_web(tmp_path, ok=50, waiting=50)
     run = tmp_path / "run"
     command = [str(Path(sys.executable).parent / "tailor"), *_command(table, run)[3:], "--set", "embed=null",
-               "--set", "download.timeout=300", "--set", "download.retries=0", "--set", "ray.batch_size=50",
-               *UNBUDGETED]
+               "--set", "download.timeout=300", "--set", "download.retries=0", "--set", "ray.batch_size=50"]
     try:
         proc = subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
