@@ -491,14 +491,7 @@ class HostScheduler:
                 except queue.Empty:
                     break
                 now = time.monotonic()
-                if extra is POLICY:
-                    reports.append(self._policy_read(row, fetched, now))
-                    continue
-                if extra is RELEASE:
-                    reports.append(self._released(row, fetched, now))
-                    continue
-                inflight -= 1
-                reports.append(self._finished(row, fetched, extra, now, timers, settle))
+                inflight -= self._took(row, fetched, extra, now, timers, settle, reports)
             # rows a known policy refuses: settled without a request (and without a slot)
             for host, rows in queues.items():
                 policy = self._policy(host, now) if rows and self.policies_needed else None
@@ -572,15 +565,7 @@ class HostScheduler:
                     item = done.get(timeout=timeout)
                 except queue.Empty:
                     continue
-                row, fetched, extra = item
-                if extra is POLICY:
-                    reports.append(self._policy_read(row, fetched, time.monotonic()))
-                    continue
-                if extra is RELEASE:
-                    reports.append(self._released(row, fetched, time.monotonic()))
-                    continue
-                inflight -= 1
-                reports.append(self._finished(row, fetched, extra, time.monotonic(), timers, settle))
+                inflight -= self._took(*item, time.monotonic(), timers, settle, reports)
             else:
                 time.sleep(timeout)
         if reports:
@@ -606,6 +591,18 @@ class HostScheduler:
                 if wants[host] >= ready[host]:
                     hosts.remove(host)
         return dict(wants)
+
+    def _took(self, row: _Row, fetched, extra, now: float, timers: list, settle, reports: list[Report]) -> int:
+        """One note from a download thread into `reports`; 1 when its thread is free again (the row's attempt ended),
+        0 for a note along the way (its host's policy read, its download done while it decodes)."""
+        if extra is POLICY:
+            reports.append(self._policy_read(row, fetched, now))
+            return 0
+        if extra is RELEASE:
+            reports.append(self._released(row, fetched, now))
+            return 0
+        reports.append(self._finished(row, fetched, extra, now, timers, settle))
+        return 1
 
     def _policy_read(self, row: _Row, policy: HostPolicy, now: float) -> Report:
         """The host's policy files, read by this row's attempt before its image: for every worker at once."""
