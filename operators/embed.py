@@ -42,7 +42,7 @@ from operators.clip import (
     text_features,
 )
 from operators.options import Options
-from operators.table import replace_columns
+from operators.table import replace_columns, require_columns
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,7 @@ class ClipPreprocessor:
         self.pad_to_max = pads_to_context(config)  # else the embedder pads each batch to its longest text
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        require_columns(batch, ("status", "image", "caption"), "CLIP preprocessing")
         n = batch.num_rows
         ok = [s == st.OK for s in batch.column("status").to_pylist()]
         rows = [i for i in range(n) if ok[i]]
@@ -202,6 +203,7 @@ class ClipEmbedder:
         return scores
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        require_columns(batch, ("status", *MODEL_INPUTS), "CLIP embedding")
         n = batch.num_rows
         statuses = batch.column("status").to_pylist()
         pixels = batch.column("pixel_values").combine_chunks()

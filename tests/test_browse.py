@@ -307,9 +307,19 @@ def test_duplicates_show_exact_near_and_semantic_groups_with_the_member_kept(ser
         assert all(decisions[m]["reason"] == "near_duplicate" and decisions[m]["detail"] == g["kept"]
                    for m in g["members"][1:])
     sha = {r["key"]: r["sha256"] for r in annotations(run)}
+    exact_drops: dict[str, set[str]] = {}  # select's exact_dedup: the key it kept -> the keys it dropped for it
+    for d in decisions.values():
+        if d["step"] == "exact_dedup":
+            assert d["reason"] == "exact_duplicate"
+            exact_drops.setdefault(d["detail"], set()).add(d["key"])
     assert groups["exact"]
     for g in groups["exact"]:
-        assert g["keeper"] == [g["kept"]] and len({sha[m] for m in g["members"]}) == 1 and len(g["members"]) > 1
+        assert g["keeper"] == [g["kept"]] and g["members"][0] == g["kept"] and len(g["members"]) > 1
+        assert len({sha[m] for m in g["members"]}) == 1
+        # the member shown as kept is the one select's exact_dedup kept (a later step may still drop it), and
+        # the others are exactly the rows exact_dedup dropped for it
+        assert decisions[g["kept"]]["step"] != "exact_dedup"
+        assert set(g["members"][1:]) == exact_drops.get(g["kept"], set())
     semantic = {r["key"]: r["dup_of"] for r in pq.read_table(run / "dedup" / "semdedup.parquet").to_pylist()}
     assert groups["semantic"]
     for g in groups["semantic"]:

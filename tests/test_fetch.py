@@ -35,22 +35,3 @@ def test_fetch_equals_download_then_decode_on_every_demo_page(demo_web):
         assert (one["error"] is None) == (two["error"] is None)
         assert one["status"] == truth[one["demo_id"]]["expected_status"], (one["url"], one["error"])
 
-
-def test_row_operators_name_a_missing_column_and_the_columns_present():
-    """The operator contract (operators/__init__.py): a batch without the column an operator reads gets
-    an error naming that column, not a bare pyarrow KeyError."""
-    import pyarrow as pa
-
-    from operators.decode import DecodeOptions, Decoder
-    from operators.download import Downloader, DownloadOptions
-    from operators.fetch import Fetcher
-    from operators.match import MetaclipMatcher
-    from operators.text import CaptionText, TextOptions
-
-    batch = pa.table({"key": ["a"], "link": ["http://127.0.0.1/x.jpg"]})
-    operators = {"image": Decoder(DecodeOptions()), "caption": CaptionText(TextOptions(language_id=False)),
-                 "url": Downloader(DownloadOptions()), "url ": Fetcher(DownloadOptions(), DecodeOptions()),
-                 "'caption'": MetaclipMatcher(["dog"])}
-    for column, operator in operators.items():
-        with pytest.raises(KeyError, match=column.strip() + r".*\(columns: key, link\)"):
-            operator(batch)
