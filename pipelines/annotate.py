@@ -460,6 +460,27 @@ def summarize(shards: list[Shard], paths: RunPaths, config: AnnotateConfig, star
     }
 
 
+def run_status(paths: RunPaths) -> dict | None:
+    """A run's progress from its files alone, while it runs, after it was interrupted or once it finished
+    (`tailor status`); None before its input is planned. rows_committed: the rows of committed shards;
+    rows_written: those of unfinished shards written as parts so far (a killed run redoes them);
+    status_counts: both together per status, most first; hosts: RUN/hosts.json (rewritten every 10 s
+    while a run fetches), None where there is none."""
+    if not paths.exists(paths.plan):
+        return None
+    shards = [Shard(**s) for s in paths.read_json(paths.plan)["shards"]]
+    committed, _, done = paths.committed_counts([s.id for s in shards])
+    written = paths.staged_counts([s.id for s in shards if not paths.exists(paths.done(s.id))])
+    return {
+        "finished": done == len(shards) and paths.exists(paths.summary),
+        "rows": sum(s.rows for s in shards),
+        "shards": {"total": len(shards), "committed": done},
+        "rows_committed": sum(committed.values()),
+        "rows_written": sum(written.values()),
+        "status_counts": dict(sorted((committed + written).items(), key=lambda kv: -kv[1])),
+        "hosts": paths.read_json(paths.hosts) if paths.exists(paths.hosts) else None,
+    }
+
 # the setting to look at when one status took (most of) the rows and none came through (`error` says more)
 SETTING_OF_STATUS = {
     st.BLOCKED_ADDRESS: "hosts resolved to private or loopback addresses, which download.allow_networks refuses "

@@ -127,6 +127,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     from pipelines.annotate import annotate
     from pipelines.config import load_config
+    from pipelines.demo import check_run, starts_over
     from pipelines.demo_web.build import build_demo_web
     from pipelines.demo_web.serve import DemoWebServer
 
@@ -140,75 +141,41 @@ def _demo(args: argparse.Namespace) -> int:
         config = load_config(CONFIGS / "demo.yaml",
                              [f"input.path={web / 'urls.parquet'}", f"output={out / 'run'}", *(args.set or [])])
         pages = pq.read_metadata(web / "truth.parquet").num_rows
-        overwrite = _demo_starts_over(out / "run", config, args.overwrite, pages)
+        restart = starts_over(out / "run", config, args.overwrite, pages)
+        if restart.why:
+            print(f"annotating {out / 'run'} anew ({restart.why})" + (
+                f"; removing what was made from it: {', '.join(restart.removed)}" if restart.removed else ""),
+                flush=True)
         # a kept run is not retried: its URLs name an earlier server's port, and the demo web fails by design
-        summary = annotate(config, overwrite=overwrite, progress=not args.no_progress,
+        summary = annotate(config, overwrite=restart.anew, progress=not args.no_progress,
                            ray_progress=args.verbose and not args.no_progress, retry_transient=False)
     _print_summary(summary)
-    annotations = pq.read_table(out / "run" / "annotations").to_pylist()
-    truth = {r["demo_id"]: r for r in pq.read_table(web / "truth.parquet").to_pylist()}
-    agree = sum(truth[r["demo_id"]]["expected_status"] == r["status"] for r in annotations)
-    print(f"ground truth: status as expected for {agree}/{len(truth)} rows")
-    if config.embed is not None:
-        scored = [(r["clip_score"], truth[r["demo_id"]]["mismatch"]) for r in annotations
-                  if r["clip_score"] is not None and not truth[r["demo_id"]]["boilerplate"]]
-        matched = [s for s, mismatch in scored if not mismatch]
-        mismatched = [s for s, mismatch in scored if mismatch]
-        if matched and mismatched:
-            auc = sum((m > x) + 0.5 * (m == x) for m in matched for x in mismatched) / (len(matched) * len(mismatched))
-            print(f"CLIP score ({config.embed.model}): matched captions {sum(matched) / len(matched):.3f}, "
-                  f"mismatched {sum(mismatched) / len(mismatched):.3f}, ROC-AUC {auc:.3f}")
+    check = check_run(out / "run", web)
+    print(f"ground truth: status as expected for {check['as_expected']}/{check['rows']} rows")
+    if config.embed is not None and check["clip"]:
+        clip = check["clip"]
+        print(f"CLIP score ({config.embed.model}): matched captions {clip['matched_mean']:.3f}, "
+              f"mismatched {clip['mismatched_mean']:.3f}, ROC-AUC {clip['roc_auc']:.3f}")
     print(f"outputs in {out / 'run'}: annotations/, images/, embeddings/, run.json")
-    return 0 if agree == len(truth) else 1
-
-
-def _demo_starts_over(run: Path, config, overwrite: bool, pages: int) -> bool:
-    """A finished demo run of this web (`pages` rows) made with the same settings is left as it is, with the
-    subsets, audits and captions made from it; otherwise (other settings, an unfinished run, whose planned
-    URLs name the port of an earlier server, or --overwrite) the web is annotated anew, and what goes with it
-    is named."""
-    from pipelines.annotate import recorded_config
-    from pipelines.storage import RunPaths
-
-    paths = RunPaths(str(run))
-    previous = recorded_config(paths)
-    if previous is None:
-        return True
-    done, planned = paths.shard_progress()
-    finished = 0 < done == planned and sum(paths.committed_shards().values()) == pages
-    if previous.fingerprint() == config.fingerprint() and finished and not overwrite:
-        return False
-    derived = sorted(p.name + "/" for p in run.iterdir() if p.is_dir() and p.name not in _ANNOTATE_OUTPUTS)
-    why = ("--overwrite" if overwrite else "other settings: " + "; ".join(previous.differences(config)[:3])
-           if previous.fingerprint() != config.fingerprint() else "an unfinished run, or one of another demo web")
-    print(f"annotating {run} anew ({why})" + (f"; removing what was made from it: {', '.join(derived)}"
-                                               if derived else ""), flush=True)
-    return True
-
-
-_ANNOTATE_OUTPUTS = {"annotations", "images", "embeddings", "input", "logs", "metadata", "_done", "_staging"}
+    return 0 if check["as_expected"] == check["rows"] else 1
 
 
 def _status(args: argparse.Namespace) -> int:
-    from pipelines.sources import Shard
+    from pipelines.annotate import run_status
     from pipelines.storage import RunPaths
 
-    paths = RunPaths(args.run)
-    if not paths.exists(paths.plan):
+    s = run_status(RunPaths(args.run))
+    if s is None:
         print(f"{args.run}: no run here yet (no input plan)")
         return 1
-    shards = [Shard(**s) for s in paths.read_json(paths.plan)["shards"]]
-    counts, _, done = paths.committed_counts([s.id for s in shards])
-    staged = paths.staged_counts([s.id for s in shards if not paths.exists(paths.done(s.id))])
-    total_rows = sum(s.rows for s in shards)
-    state = "finished" if done == len(shards) and paths.exists(paths.summary) else "running or interrupted"
-    committed, written = sum(counts.values()), sum(staged.values())
-    print(f"{args.run}: {state}; rows done {committed + written}/{total_rows} ({committed} in {done}/{len(shards)} "
-          f"committed shards, {written} written in unfinished shards: a killed run redoes those)")
-    for status, n in sorted((counts + staged).items(), key=lambda kv: -kv[1]):
+    state = "finished" if s["finished"] else "running or interrupted"
+    print(f"{args.run}: {state}; rows done {s['rows_committed'] + s['rows_written']}/{s['rows']} "
+          f"({s['rows_committed']} in {s['shards']['committed']}/{s['shards']['total']} committed shards, "
+          f"{s['rows_written']} written in unfinished shards: a killed run redoes those)")
+    for status, n in s["status_counts"].items():
         print(f"  {status:<20}{n:>8}")
-    if paths.exists(paths.hosts):  # written every 10 s while a run fetches
-        hosts = paths.read_json(paths.hosts)
+    if s["hosts"]:
+        hosts = s["hosts"]
         waiting = ", ".join(f"{host} {n}" for host, n in hosts["waiting"].items()) or "none"
         print(f"hosts (as of {hosts.get('written_at', '?')}): {hosts['waiting_rows']} rows waiting on hosts "
               f"({waiting}); throttled answers {hosts['throttled']}, rate_limited rows {hosts['rate_limited']}")
@@ -233,7 +200,7 @@ def _metaclip_balance(args: argparse.Namespace) -> int:
     from pipelines.cli_options import options_from
     from pipelines.metaclip import MetaclipBalanceOptions, balance_subset
 
-    stats = balance_subset(args.run, args.name, options_from(args, MetaclipBalanceOptions))
+    stats = balance_subset(args.run, args.name, options_from(args, MetaclipBalanceOptions), overwrite=args.overwrite)
     captions, before, after = stats["captions"], stats["before"], stats["after"]
     print(f"balanced {stats['recipe']['rows']}: kept {captions['kept']}/{captions['total']} captions "
           f"{captions['by_reason']}; "
@@ -464,6 +431,24 @@ def _browse(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shared(flag: str, help: str, **kwargs) -> argparse.ArgumentParser:
+    """A parent parser (`add_parser(..., parents=[...])`) of one option that several verbs take, a switch unless
+    `kwargs` say otherwise, shown under "common options" in each verb's --help. argparse shares a parent's
+    option among the verbs made from it, help text included: a verb whose help says what the option does
+    there has a parent of its own."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument_group("common options").add_argument(flag, help=help, **({"action": "store_true"} | kwargs))
+    return parent
+
+
+def _overwrite(help: str) -> argparse.ArgumentParser:
+    return _shared("--overwrite", help)
+
+
+def _settings(help: str) -> argparse.ArgumentParser:
+    return _shared("--set", help, action="append", metavar="FIELD=VALUE")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from operators.defaults import MatchOptions
     from pipelines.cli_options import add_options
@@ -479,73 +464,65 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tailor", description="Curate web-scale image-text datasets.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True)
+    progress = _shared("--no-progress", "no progress bars")
+    retry = _shared("--no-retry", "a rerun keeps the rows that failed for a moment (connection errors, timeouts, "
+                                  "5xx, rate_limited) as they are; by default it fetches them again")
 
-    p = sub.add_parser("annotate", help="download, decode and hash every input row (Ray Data)")
+    p = sub.add_parser("annotate", help="download, decode and hash every input row (Ray Data)", parents=[
+        _settings("override any config field, e.g. --set decode.image_size=128 (repeatable)"),
+        _overwrite("delete the run folder first instead of resuming"), progress, retry])
     p.add_argument("--config", required=True, help="a shipped config by name (demo, laion-style) or a YAML path")
     p.add_argument("--input", help="override input.path")
     p.add_argument("--output", help="override output (the run folder)")
-    p.add_argument("--set", action="append", metavar="FIELD=VALUE",
-                   help="override any config field, e.g. --set decode.image_size=128 (repeatable)")
     p.add_argument("--text-only", action="store_true",
                    help="a text pass: text columns (and matches) of every row, no network; fetch a subset later")
-    p.add_argument("--overwrite", action="store_true", help="delete the run folder first instead of resuming")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--no-retry", action="store_true",
-                   help="a rerun keeps the rows that failed for a moment (connection errors, timeouts, 5xx, "
-                        "rate_limited) as they are; by default it fetches them again")
     p.set_defaults(func=_annotate)
 
-    p = sub.add_parser("fetch", help="download only a text pass's subset, same keys, into a run of its own")
+    p = sub.add_parser("fetch", help="download only a text pass's subset, same keys, into a run of its own", parents=[
+        _settings("override a field of the text pass's config for the fetch, e.g. download.threads=64"),
+        _overwrite("delete OUT first instead of resuming"), progress, retry])
     p.add_argument("run", help="a text pass (tailor annotate --text-only)")
     p.add_argument("--subset", required=True, help="the subset of RUN to fetch (RUN/subsets/NAME)")
     p.add_argument("--out", required=True, help="the fetched run's folder (local path or s3://...)")
-    p.add_argument("--set", action="append", metavar="FIELD=VALUE",
-                   help="override a field of the text pass's config for the fetch, e.g. download.threads=64")
-    p.add_argument("--overwrite", action="store_true", help="delete OUT first instead of resuming")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--no-retry", action="store_true",
-                   help="a rerun keeps the rows that failed for a moment (connection errors, timeouts, 5xx, "
-                        "rate_limited) as they are; by default it fetches them again")
     p.set_defaults(func=_fetch)
 
-    p = sub.add_parser("demo", help="build + serve the demo web, annotate it, check against ground truth")
+    p = sub.add_parser("demo", help="build + serve the demo web, annotate it, check against ground truth", parents=[
+        _settings("override a field of the demo config (configs/demo.yaml), e.g. embed=null (repeatable)"),
+        _overwrite("annotate anew even where OUT/run holds a finished demo run of the same settings (else kept)"),
+        progress])
     p.add_argument("--out", default="demo", help="folder for the demo web and the run (default: demo)")
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--set", action="append", metavar="FIELD=VALUE")
-    p.add_argument("--overwrite", action="store_true",
-                   help="annotate anew even where OUT/run holds a finished demo run of the same settings (else kept)")
-    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("status", help="progress of a running or interrupted run")
     p.add_argument("run")
     p.set_defaults(func=_status)
 
-    p = sub.add_parser("match", help="MetaCLIP metadata matching over a run's captions (Ray Data)")
+    p = sub.add_parser("match", help="MetaCLIP metadata matching over a run's captions (Ray Data)",
+                       parents=[_overwrite("redo all matches instead of resuming"), progress])
     p.add_argument("run")
     add_options(p, MatchOptions)
     p.add_argument("--actors", type=int, help="matcher actors (default: one per CPU)")
-    p.add_argument("--overwrite", action="store_true", help="redo all matches instead of resuming")
-    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_match)
 
-    p = sub.add_parser("metaclip-balance", help="MetaCLIP balancing of a matched run into RUN/subsets/NAME")
+    p = sub.add_parser("metaclip-balance", help="MetaCLIP balancing of a matched run into RUN/subsets/NAME",
+                       parents=[_overwrite("replace an existing subset of that name")])
     p.add_argument("run")
     p.add_argument("--name", required=True, help="subset name (RUN/subsets/NAME)")
     add_options(p, MetaclipBalanceOptions)
     p.set_defaults(func=_metaclip_balance)
 
-    p = sub.add_parser("materialize", help="write subset NAME of RUN as WebDataset tar shards (+ Parquet copy)")
+    p = sub.add_parser("materialize", help="write subset NAME of RUN as WebDataset tar shards (+ Parquet copy)",
+                       parents=[_overwrite("replace a previous materialize output in OUT"), progress])
     p.add_argument("run")
     p.add_argument("name", help="subset name (RUN/subsets/NAME/manifest.parquet)")
     p.add_argument("--out", required=True, help="output folder, local or fsspec URL (s3://...)")
     add_options(p, MaterializeOptions, skip=MATERIALIZE_NOT_ON_CLI)
-    p.add_argument("--overwrite", action="store_true", help="replace a previous materialize output in OUT")
-    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_materialize)
 
-    p = sub.add_parser("select", help="a curated subset of a run: a recipe of SQL steps (DuckDB)")
+    p = sub.add_parser("select", help="a curated subset of a run: a recipe of SQL steps (DuckDB)",
+                       parents=[_overwrite("replace an existing subset of that name")])
     p.add_argument("run")
     p.add_argument("--recipe", required=True,
                    help="recipe YAML, or a shipped one: laion-style, datacomp-basic, datacomp-clip-top30, "
@@ -555,15 +532,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", choices=["all", "text", "image"], default="all",
                    help="all (default); text: the steps before the first image step (on a text pass, before "
                         "tailor fetch); image: the implicit status step and the image steps (on a fetched run)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing subset of that name")
     p.set_defaults(func=_select)
 
-    p = sub.add_parser("audit", help="concept frequencies in captions, images and both; the long tail")
+    p = sub.add_parser("audit", help="concept frequencies in captions, images and both; the long tail",
+                       parents=[progress])
     p.add_argument("run")
     p.add_argument("--subset", help="also count RUN/subsets/NAME and report what it removed from the tail")
     p.add_argument("--accuracy", help="CSV/TSV/Parquet/JSONL with columns concept, accuracy: log-linear analysis")
     add_options(p, AuditOptions, AUDIT_FLAGS, required=("concepts",))
-    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_audit)
 
     p = sub.add_parser("loglinear", help="the paper's log-linear analysis of per-concept counts and accuracies")
@@ -572,36 +548,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for loglinear.json and loglinear.png")
     p.set_defaults(func=_loglinear)
 
-    p = sub.add_parser("recaption", help="new captions for a subset from a vision-language model; rescored, audited")
+    p = sub.add_parser("recaption", help="new captions for a subset from a vision-language model; rescored, audited",
+                       parents=[_settings("override a config field, e.g. captions.prompt=altogether (repeatable)"),
+                                progress])
     p.add_argument("run")
     p.add_argument("--subset", required=True, help="subset name (RUN/subsets/NAME/manifest.parquet)")
     p.add_argument("--config", help="recaption YAML (captions: model, prompt, prompts, generation, batch_size, ...)")
-    p.add_argument("--set", action="append", metavar="FIELD=VALUE",
-                   help="override a config field, e.g. captions.prompt=altogether (repeatable)")
     p.add_argument("--name", help="caption set name (RUN/captions/NAME; default SUBSET.PROMPT)")
     p.add_argument("--concepts", help="concept list to audit original vs new captions (demo, coco80, ...)")
-    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_recaption)
 
-    p = sub.add_parser("evaluate", help="train the same proxy CLIP on each subset; zero-shot accuracy per concept")
+    p = sub.add_parser("evaluate", help="train the same proxy CLIP on each subset; zero-shot accuracy per concept",
+                       parents=[_settings("override a proxy field (repeatable)"), progress])
     p.add_argument("run")
     p.add_argument("--subsets", required=True, help="comma-separated subset names (RUN/subsets/NAME)")
     add_options(p, EvaluateOptions, EVALUATE_FLAGS)
     p.add_argument("--config", help="proxy YAML (image_size, width, samples_seen, batch_size, seeds, ...)")
-    p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a proxy field (repeatable)")
-    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_evaluate)
 
-    p = sub.add_parser("semdedup", help="SemDeDup over the image embeddings: RUN/dedup/semdedup.parquet")
+    p = sub.add_parser("semdedup", help="SemDeDup over the image embeddings: RUN/dedup/semdedup.parquet",
+                       parents=[_overwrite("recompute even when the settings are unchanged")])
     p.add_argument("run")
     add_options(p, SemdedupOptions, SEMDEDUP_FLAGS)
-    p.add_argument("--overwrite", action="store_true", help="recompute even when the settings are unchanged")
     p.set_defaults(func=_semdedup)
 
-    p = sub.add_parser("decontaminate", help="pool rows near an evaluation image set: RUN/dedup/decontam-*.parquet")
+    p = sub.add_parser("decontaminate", help="pool rows near an evaluation image set: RUN/dedup/decontam-*.parquet",
+                       parents=[_overwrite("recompute even when the table exists")])
     p.add_argument("run")
     add_options(p, DecontamOptions, DECONTAM_FLAGS)
-    p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_decontaminate)
 
     p = sub.add_parser("browse", help="browse a run in a web page on 127.0.0.1 (read-only), or write a static copy")

@@ -132,6 +132,67 @@ def test_metaclip_balance_cli_flags_from_its_options():
         parser.parse_args(["metaclip-balance", "run", "--name", "s"])
 
 
+
+def test_metaclip_balance_overwrite_reaches_balance_subset(monkeypatch, capsys):
+    import pipelines.metaclip
+    from pipelines.cli import main
+
+    calls = []
+
+    def balance_subset(run, name, options, **kwargs):
+        calls.append(kwargs)
+        return {"recipe": {"rows": "ok rows"}, "captions": {"kept": 1, "total": 2, "by_reason": {}},
+                "entries": {"head": 0}, "before": {"tail_share_of_matches": 0.5},
+                "after": {"tail_share_of_matches": 0.6}}
+
+    monkeypatch.setattr(pipelines.metaclip, "balance_subset", balance_subset)
+    assert main(["metaclip-balance", "run", "--name", "s", "--t", "2"]) == 0
+    assert main(["metaclip-balance", "run", "--name", "s", "--t", "2", "--overwrite"]) == 0
+    assert calls == [{"overwrite": False}, {"overwrite": True}]
+    assert "kept 1/2 captions" in capsys.readouterr().out
+
+
+# the verbs' required arguments, and the shared flags each takes (parent parsers in pipelines/cli.py)
+VERBS = {"annotate": ["--config", "c"], "fetch": ["run", "--subset", "s", "--out", "o"], "demo": [], "match": ["run"],
+         "metaclip-balance": ["run", "--name", "n", "--t", "2"], "materialize": ["run", "n", "--out", "o"],
+         "select": ["run", "--recipe", "r", "--name", "n"], "semdedup": ["run"],
+         "decontaminate": ["run", "--eval", "e"], "audit": ["run", "--concepts", "demo"], "recaption": ["run",
+         "--subset", "s"], "evaluate": ["run", "--subsets", "a", "--eval", "e"]}
+SHARED = {"--overwrite": ["annotate", "fetch", "demo", "match", "metaclip-balance", "materialize", "select",
+                          "semdedup", "decontaminate"],
+          "--no-progress": ["annotate", "fetch", "demo", "match", "materialize", "audit", "recaption", "evaluate"],
+          "--no-retry": ["annotate", "fetch"]}
+
+
+@pytest.mark.parametrize("flag", sorted(SHARED))
+def test_shared_flags_on_the_verbs_that_take_them_and_no_other(flag):
+    from pipelines.cli import build_parser
+
+    parser, dest = build_parser(), flag.removeprefix("--").replace("-", "_")
+    for verb, argv in VERBS.items():
+        if verb in SHARED[flag]:
+            assert getattr(parser.parse_args([verb, *argv, flag]), dest) is True, verb
+            assert getattr(parser.parse_args([verb, *argv]), dest) is False, verb
+        else:
+            with pytest.raises(SystemExit):
+                parser.parse_args([verb, *argv, flag])
+
+
+def test_a_shared_flag_keeps_the_help_of_each_verb(capsys):
+    from pipelines.cli import build_parser
+
+    parser = build_parser()
+    helps = {}
+    for verb in ("annotate", "select", "demo"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([verb, "--help"])
+        helps[verb] = " ".join(capsys.readouterr().out.split())
+    assert "--overwrite delete the run folder first instead of resuming" in helps["annotate"]
+    assert "--overwrite replace an existing subset of that name" in helps["select"]
+    assert "finished demo run of the same settings (else kept)" in helps["demo"]
+    assert "--no-progress no progress bars" in helps["annotate"].split("common options:")[1]
+    assert "--no-progress no progress bars" in helps["demo"].split("common options:")[1]
+
 def test_audit_cli_flags_from_audit_options_with_the_old_names():
     from pipelines.cli import AUDIT_FLAGS, build_parser
     from pipelines.verb_options import AuditOptions
