@@ -59,3 +59,34 @@ def run_with_truth(demo_run) -> tuple[Path, list[dict], dict]:
     _, run, web = demo_run
     truth = {r["demo_id"]: r for r in pq.read_table(web / "truth.parquet").to_pylist()}
     return run, pq.read_table(run / "annotations").to_pylist(), truth
+
+
+def live_processes(*, session: int | None = None, group: int | None = None) -> list[int]:
+    """Pids of the processes (zombies aside) in session `session` and/or process group `group`, from /proc.
+
+    A command started with start_new_session=True leads a session whose id is its pid; the Ray it starts keeps
+    that session even where Ray puts a worker in a process group of its own.
+    """
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        state, pgrp, sid = fields[0], int(fields[2]), int(fields[3])
+        if state not in ("Z", "X") and (session is None or sid == session) and (group is None or pgrp == group):
+            found.append(int(entry.name))
+    return found
+
+
+def wait_until_gone(*, session: int | None = None, group: int | None = None, timeout: float = 120) -> list[int]:
+    """Wait until no process of `session` / `group` is left (a killed run's Ray workers die a moment after their
+    raylet); returns those still alive after `timeout` seconds (empty when all are gone)."""
+    import time
+
+    deadline = time.time() + timeout
+    while (left := live_processes(session=session, group=group)) and time.time() < deadline:
+        time.sleep(0.1)
+    return left

@@ -33,7 +33,7 @@ pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
 RAY = str(BIN / "ray")
-ROWS = 160
+ROWS = 80  # two shards of 40: enough to see the run spread over the worker node
 WORKER_RESOURCES = {"tailor_worker": 1}
 
 
@@ -46,7 +46,7 @@ def free_port() -> int:
 def cluster_env() -> dict[str, str]:
     """The suite's environment (network guard on PYTHONPATH, netguard log), `tailor` on PATH, no auth token.
 
-    Token authentication stays off: the cluster listens on loopback only and lives for one test. With usage
+    Token authentication stays off: the cluster listens on loopback only and lives for one test module. With usage
     stats off, a `ray start` cluster's dashboard still pings the stats server once to say so: it is pointed
     at a closed loopback port.
     """
@@ -159,8 +159,10 @@ class LocalCluster:
         return "\n".join(f"--- {log.name}\n{log.read_text()[-2000:]}" for log in self.logs if log.exists())
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def cluster():
+    """One cluster for the module's tests (starting one is most of a test's time): each test submits a job of
+    its own, with a submission id of its own, and reads only what its own job wrote."""
     c = LocalCluster()
     try:
         yield c.start()
@@ -196,7 +198,7 @@ def test_job_submit_on_two_node_cluster(cluster, demo_web, tmp_path):
              if r["demo_id"] in submitted}
     assert {r["demo_id"]: r["status"] for r in annotations.to_pylist()} == truth
     summary = json.loads((run / "run.json").read_text())
-    assert summary["shards"] == {"total": 4, "done": 4, "skipped_already_done": 0}
+    assert summary["shards"] == {"total": ROWS // 40, "done": ROWS // 40, "skipped_already_done": 0}
     assert len(pq.read_table(run / "embeddings")) == summary["status_counts"]["ok"] > 0
     assert {"fetch", "embed", "write"} <= set(summary["stage_throughput"])
 
@@ -213,22 +215,34 @@ def test_an_address_where_no_cluster_listens_is_one_line_not_a_wait(tmp_path):
     table = tmp_path / "one.tsv"
     table.write_text("url\tcaption\nhttp://127.0.0.1:9/a.jpg\ta cat\n")
     address = f"127.0.0.1:{free_port()}"
+    # embed=null: the embed stage's up-front model check imports torch (seconds per command), and the address
+    # is checked the same way with or without it
     runs = {"ray.address": [str(BIN / "tailor"), "annotate", "--config", str(DEMO_CONFIG), "--input", str(table),
-                            "--output", str(tmp_path / "a"), "--set", f"ray.address={address}"],
+                            "--set", "embed=null", "--output", str(tmp_path / "a"), "--set", f"ray.address={address}"],
             "RAY_ADDRESS": [str(BIN / "tailor"), "annotate", "--config", str(DEMO_CONFIG), "--input", str(table),
-                            "--output", str(tmp_path / "b")]}
-    for source, cmd in runs.items():
-        env = {**os.environ, "RAY_ADDRESS": address} if source == "RAY_ADDRESS" else os.environ
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
-        assert done.returncode == 2, done.stderr
-        assert done.stderr.strip().splitlines() == [
+                            "--set", "embed=null", "--output", str(tmp_path / "b")]}
+    envs = {"ray.address": os.environ, "RAY_ADDRESS": {**os.environ, "RAY_ADDRESS": address},
+            # the dashboard's URL (what `ray job submit` reads from RAY_ADDRESS) is not an address to join
+            "http": {**os.environ, "RAY_ADDRESS": "http://127.0.0.1:8265"}}
+    # the three commands at once: each is mostly the interpreter's start-up and imports, not the check
+    runs["http"] = [*runs["RAY_ADDRESS"][:-1], str(tmp_path / "c")]  # an output folder of its own
+    procs = {source: subprocess.Popen(runs[source], stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True, env=env) for source, env in envs.items()}
+    try:
+        done = {source: (proc.communicate(timeout=180)[1], proc.returncode) for source, proc in procs.items()}
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+    for source in ("ray.address", "RAY_ADDRESS"):
+        stderr, returncode = done[source]
+        assert returncode == 2, stderr
+        assert stderr.strip().splitlines() == [
             f"tailor: {source} {address!r}: no Ray cluster answers there ([Errno 111] Connection refused). "
             "Start one (`ray start --head`), or run on a private local Ray with --set ray.address=null"
             + (" and RAY_ADDRESS unset" if source == "RAY_ADDRESS" else "")]
-    # the dashboard's URL (what `ray job submit` reads from RAY_ADDRESS) is not an address to join
-    done = subprocess.run(runs["RAY_ADDRESS"], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "RAY_ADDRESS": "http://127.0.0.1:8265"})
-    assert done.returncode == 2 and "an http:// URL" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    stderr, returncode = done["http"]
+    assert returncode == 2 and "an http:// URL" in stderr and len(stderr.strip().splitlines()) == 1
 
 
 def test_host_budget_holds_across_the_processes_of_a_cluster(cluster, tmp_path):
