@@ -10,16 +10,27 @@ Synthetic annotation shards are generated with DuckDB (100k rows per shard, as a
 - near_dedup (multi-index hashing + components in SQL) against faiss's exact binary range search
   (IndexBinaryFlat, all pairs within the radius) on a subsample where that is affordable, and
   checked to find the same pairs there.
-Results go to benchmarks/.work/select_steps.json.
+Each select runs in a fresh process, which reports its peak RSS (select's memory alone, not the generator's
+or pandas'). `--memory-limit`, `--threads`, `--temp-directory` are select's DuckDB settings (DuckOptions; unset:
+its defaults). `--select-only` skips the peers and near_dedup, for the memory check at two sizes:
+
+    .venv/bin/python benchmarks/select_steps.py --select-only --rounds 1 --rows 10000000
+    .venv/bin/python benchmarks/select_steps.py --select-only --rounds 1 --rows 40000000
+
+(the issue's target: peak RSS at 40M within 1.3x of 10M). Results go to benchmarks/.work/select_steps.json
+(with --select-only: select_steps_ROWS.json); a generated run is kept and reused by later calls.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import resource
 import shutil
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import duckdb
@@ -31,13 +42,17 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from network_guard import install_network_guard  # noqa: E402
 
+from pipelines.duck import DuckOptions  # noqa: E402
 from pipelines.select import parse_recipe, select  # noqa: E402
 
 WORK = ROOT / "benchmarks" / ".work"
 
 
 def make_run(folder: Path, rows: int, shard_rows: int = 100_000, near: bool = False) -> str:
-    """A run folder of synthetic annotation shards."""
+    """A run folder of synthetic annotation shards (kept: the same call later reuses it)."""
+    made = folder / ".made"  # what the folder holds, written once it is complete
+    if made.exists() and made.read_text() == f"{rows} {shard_rows} {near}":
+        return str(folder)
     if folder.exists():
         shutil.rmtree(folder)
     (folder / "annotations").mkdir(parents=True)
@@ -63,7 +78,22 @@ def make_run(folder: Path, rows: int, shard_rows: int = 100_000, near: bool = Fa
                 FROM range({start}, {stop}) AS t(i)
             ) TO '{folder}/annotations/{shard:05d}.parquet' (FORMAT parquet, COMPRESSION zstd)
         """)
+    made.write_text(f"{rows} {shard_rows} {near}")
     return str(folder)
+
+
+def _select_here(run: str, recipe: dict, name: str, duck: dict) -> tuple[float, float, dict, int]:
+    """In a fresh process: select's seconds (wall, CPU), stats and this process's peak RSS in MB."""
+    cpu = time.process_time()
+    began = time.perf_counter()
+    stats = select(run, parse_recipe(recipe), name, duck=DuckOptions(**duck), overwrite=True)
+    seconds, cpu = time.perf_counter() - began, time.process_time() - cpu
+    return seconds, cpu, stats, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10  # KB on Linux
+
+
+def select_apart(run: str, recipe: dict, name: str, duck: dict) -> tuple[float, float, dict, int]:
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_select_here, run, recipe, name, duck).result()
 
 
 def pandas_peer(run: str) -> tuple[float, int]:
@@ -83,21 +113,24 @@ def pandas_peer(run: str) -> tuple[float, int]:
     return time.perf_counter() - began, kept
 
 
-def bench_select(rows: int, rounds: int) -> dict:
-    run = make_run(WORK / "select-run", rows)
-    recipe = parse_recipe({"steps": [{"step": "basic"}, {"step": "clip_score", "min_score": 0.28},
-                                     {"step": "exact_dedup"}]})
-    ours, peer = [], []
+def bench_select(rows: int, rounds: int, duck: dict, peer: bool = True) -> dict:
+    run = make_run(WORK / f"select-run-{rows}", rows)
+    recipe = {"steps": [{"step": "basic"}, {"step": "clip_score", "min_score": 0.28}, {"step": "exact_dedup"}]}
+    ours, cpus, peers, peaks = [], [], [], []
     for _ in range(rounds):
-        began = time.perf_counter()
-        stats = select(run, recipe, "bench", overwrite=True)
-        ours.append(time.perf_counter() - began)
-        seconds, kept = pandas_peer(run)
-        peer.append(seconds)
-        assert kept == stats["kept"], (kept, stats["kept"])
-    return {"rows": rows, "kept": stats["kept"], "select_s": round(min(ours), 2), "pandas_s": round(min(peer), 2),
-            "ratio_pandas_over_select": round(min(peer) / min(ours), 2),
-            "step_seconds": {s["name"]: s["seconds"] for s in stats["steps"]}}
+        seconds, cpu, stats, peak = select_apart(run, recipe, "bench", duck)
+        ours.append(seconds)
+        cpus.append(cpu)
+        peaks.append(peak)
+        if peer:
+            seconds, kept = pandas_peer(run)
+            peers.append(seconds)
+            assert kept == stats["kept"], (kept, stats["kept"])
+    result = {"rows": rows, "kept": stats["kept"], "duck": duck, "select_s": round(min(ours), 2),
+              "select_cpu_s": round(min(cpus), 2), "select_peak_rss_mb": max(peaks)}
+    if peer:
+        result |= {"pandas_s": round(min(peers), 2), "ratio_pandas_over_select": round(min(peers) / min(ours), 2)}
+    return result | {"step_seconds": {s["name"]: s["seconds"] for s in stats["steps"]}}
 
 
 def faiss_pairs(hashes: np.ndarray, radius: int) -> set[tuple[int, int]]:
@@ -130,13 +163,13 @@ def components(nodes: np.ndarray, pairs: set[tuple[int, int]]) -> int:
     return len({find(int(h)) for h in nodes})
 
 
-def bench_near(rows: int, peer_rows: int, k: int) -> dict:
+def bench_near(rows: int, peer_rows: int, k: int, duck: dict) -> dict:
     out = {"max_hamming": k}
     recipe = parse_recipe({"steps": [{"step": "near_dedup", "max_hamming": k}]})
     for n, with_peer in ((peer_rows, True), (rows, False)):
         run = make_run(WORK / f"near-run-{n}", n, near=True)
         began = time.perf_counter()
-        stats = select(run, recipe, "near", overwrite=True)
+        stats = select(run, recipe, "near", duck=DuckOptions(**duck), overwrite=True)
         ours = time.perf_counter() - began
         entry = {"rows": n, "near_dedup_s": round(ours, 2), "dropped": stats["steps"][1]["dropped"]}
         if with_peer:
@@ -163,14 +196,23 @@ def main() -> None:
     parser.add_argument("--near-peer-rows", type=int, default=100_000)
     parser.add_argument("--max-hamming", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--select-only", action="store_true", help="no peers, no near_dedup: select's time and "
+                        "peak RSS alone")
+    parser.add_argument("--memory-limit", help="select's DuckDB memory limit (default: DuckOptions')")
+    parser.add_argument("--threads", type=int, help="select's DuckDB threads")
+    parser.add_argument("--temp-directory", help="select's DuckDB spill folder")
     args = parser.parse_args()
+    duck = {k: v for k, v in {"memory_limit": args.memory_limit, "threads": args.threads,
+                              "temp_directory": args.temp_directory}.items() if v is not None}
     guard_log = install_network_guard(WORK)
-    result = {"select": bench_select(args.rows, args.rounds),
-              "near_dedup": bench_near(args.near_rows, args.near_peer_rows, args.max_hamming)}
+    result = {"select": bench_select(args.rows, args.rounds, duck, peer=not args.select_only)}
+    if not args.select_only:
+        result["near_dedup"] = bench_near(args.near_rows, args.near_peer_rows, args.max_hamming, duck)
     refused = guard_log.read_text().strip()
     if refused:
         raise SystemExit(f"the network guard refused connections:\n{refused}")
-    (WORK / "select_steps.json").write_text(json.dumps(result, indent=2))
+    out = f"select_steps_{args.rows}.json" if args.select_only else "select_steps.json"
+    (WORK / out).write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 
 

@@ -42,6 +42,7 @@ from pydantic import Field, model_validator
 from operators.clip import pick_device, pick_dtype, quiet_model_loading
 from operators.options import Options
 from operators.status import DECODE_ERROR, EMPTY_CAPTION, GENERATION_ERROR, NO_ALT_TEXT, NO_IMAGE, OK
+from operators.table import require_columns
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +244,7 @@ class Captioner:
     # ------------------------------------------------------------ rows
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        require_columns(batch, ("key", "image", "caption"), "captioning")
         n = batch.num_rows
         keys = batch.column("key").to_pylist()
         images = batch.column("image").to_pylist()

@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from operators.defaults import MatchOptions, Punctuation  # noqa: F401  (MatchOptions: re-exported)
-from operators.table import replace_columns
+from operators.table import replace_columns, require_columns
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +151,6 @@ class MetaclipMatcher:
                 np.concatenate([ids, np.array(extra_ids, np.int64)]))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        if self.caption_column not in batch.column_names:
-            raise KeyError(f"metadata matching needs a {self.caption_column!r} column "
-                           f"(columns: {', '.join(batch.column_names)})")
+        require_columns(batch, (self.caption_column,), "metadata matching")
         return replace_columns(batch, {self.output_column: self.match(batch.column(self.caption_column))})
 

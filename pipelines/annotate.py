@@ -87,7 +87,7 @@ def plan_shards(config: AnnotateConfig, paths: RunPaths) -> list[Shard]:
     except InputError as err:
         error = err
     if error is not None:  # raised outside the handler, and without the OSError it may wrap: an input
-        paths.remove(paths.join("input"))  # problem, not one of the run folder (see storage_errors)
+        paths.remove(paths.input)  # problem, not one of the run folder (see storage_errors)
         error.__cause__ = error.__context__ = None
         raise error
     paths.write_json({"shards": [s.to_dict() for s in shards], "rows": sum(s.rows for s in shards),
@@ -327,8 +327,8 @@ def _prepare_folder(config: AnnotateConfig, paths: RunPaths, overwrite: bool) ->
                 f"config error: {config.output} holds a run made with a different input or settings "
                 f"({shown or f'config hash {previous.fingerprint()} != {config.fingerprint()}'}); "
                 "use another output folder, or --overwrite to start over")
-    elif paths.exists(paths.join("input")):
-        paths.remove(paths.join("input"))  # planned by a run that stopped before it recorded its config
+    elif paths.exists(paths.input):
+        paths.remove(paths.input)  # planned by a run that stopped before it recorded its config
 
 
 def _build_dataset(pending: list[Shard], config: AnnotateConfig, paths: RunPaths, retry: dict[str, int],
@@ -372,7 +372,7 @@ def _add_embed_stages(ds: ray.data.Dataset, config: AnnotateConfig) -> ray.data.
 
     options = config.embed
     model_path = resolve_model(options.model)
-    resources = embed_actor_resources(options, ray.cluster_resources().get("GPU", 0))
+    resources = embed_actor_resources(options)
     # a remote-args function keeps preprocessing in CPU tasks of its own: Ray Data would otherwise fuse it
     # (and, with equal CPUs, the fetch stage before it) into the model actors on a CPU-only cluster
     with warnings.catch_warnings():  # Ray 2.60 calls the argument deprecated; it is still the documented way
@@ -470,7 +470,8 @@ def run_status(paths: RunPaths) -> dict | None:
         return None
     shards = [Shard(**s) for s in paths.read_json(paths.plan)["shards"]]
     committed, _, done = paths.committed_counts([s.id for s in shards])
-    written = paths.staged_counts([s.id for s in shards if not paths.exists(paths.done(s.id))])
+    sealed = paths.committed()
+    written = paths.staged_counts([s.id for s in shards if s.id not in sealed])
     return {
         "finished": done == len(shards) and paths.exists(paths.summary),
         "rows": sum(s.rows for s in shards),
@@ -579,7 +580,8 @@ def annotate(config: AnnotateConfig, overwrite: bool = False, progress: bool = T
             save_metadata(paths, metadata)  # RUN/metadata/ID.parquet, which match lists refer to
     planned = time.time()
     log.info("input planned after %.1f s", planned - started)
-    pending = [s for s in shards if not paths.exists(paths.done(s.id))]
+    committed = paths.committed()
+    pending = [s for s in shards if s.id not in committed]
     retry = _to_retry(paths, [s for s in shards if s not in pending], config) if retry_transient else {}
     work = pending + [s for s in shards if s.id in retry]
     if work:  # a finished run with nothing to retry is summarised without starting Ray (seconds on a small machine)
@@ -595,7 +597,7 @@ def annotate(config: AnnotateConfig, overwrite: bool = False, progress: bool = T
     ray_ready = time.time()
     log.info("ray ready after %.1f s", ray_ready - started)
     # parts and outputs of unfinished shards are from an interrupted run: redo those shards whole
-    paths.remove(paths.join("_staging"))
+    paths.remove(paths.staging_root)
     for shard in pending:
         for kind in OUTPUT_KINDS:
             paths.remove(paths.output(kind, shard.id))
@@ -613,8 +615,8 @@ def annotate(config: AnnotateConfig, overwrite: bool = False, progress: bool = T
                 with HostsReport(budget, lambda snapshot: paths.write_json(snapshot, paths.hosts)) as report:
                     stats = _run_pending(work, config, paths, progress, retry, budget)
                 hosts = report.last
-        paths.write_text(stats, paths.join("logs", "ray_data_stats.txt"))
-        paths.remove(paths.join("_staging"))
+        paths.write_text(stats, paths.log("ray_data_stats.txt"))
+        paths.remove(paths.staging_root)
     pipeline_done = time.time()
     processed = sum(s.rows for s in pending) + sum(retry.values())
     summary = summarize(shards, paths, config, started, processed, len(shards) - len(pending))

@@ -39,10 +39,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from operators.clip import ClipTextTower
 from operators.concepts import IDS, ConceptMatcher, Concepts, ImageConceptTagger, make_tagger
+from pipelines.audit_report import write_report
 from pipelines.concepts import concept_list_name, load_concepts
 from pipelines.config import ConfigError
 from pipelines.duck import connect, run_sql, scan
+from pipelines.engine import map_shards
+from pipelines.loglinear import analyse, read_points, run_points
+from pipelines.models import resolve_model
 from pipelines.passes import Pass
 from pipelines.storage import RunPaths
 from pipelines.verb_options import DEFAULT_THRESHOLD, MODEL_THRESHOLD, AuditOptions  # noqa: F401  (re-exported)
@@ -66,19 +71,15 @@ UNITS = {
 }  # engine="auto": below this many rows tagging runs in this process
 
 
-def audit_dir(paths: RunPaths, name: str) -> str:
-    return paths.audit(name)
-
-
 # ---------------------------------------------------------------- tagging
 
 class ShardTagger:
     """Tags one annotated shard: annotations (key, caption, status) + embeddings (key, image_emb)."""
 
     def __init__(self, concepts: Concepts, options: AuditOptions, concept_emb: np.ndarray | None, model: str | None,
-                 run: str, out: str):
+                 run: str, name: str):
         self.paths = RunPaths(run)
-        self.out = out
+        self.audit = self.paths.audit(name)
         self.matcher = ConceptMatcher(concepts, options.lang, options.nested)
         self.image = None
         if concept_emb is not None and model is not None:
@@ -107,7 +108,7 @@ class ShardTagger:
 
     def write(self, shard: str) -> int:
         table = self.tag(shard)
-        self.paths.write_parquet(table, f"{self.out}/tags/{shard}.parquet")
+        self.paths.write_parquet(table, self.audit.tags(shard))
         return table.num_rows
 
     def __call__(self, items: pa.Table) -> pa.Table:  # Ray Data: one shard per row
@@ -118,7 +119,7 @@ class ShardTagger:
 
 def run_embed_model(paths: RunPaths) -> str | None:
     """The embed model of the run (RUN/config.yaml's embed.model), or None without embeddings."""
-    if not paths.exists(paths.config) or not paths.list("embeddings", ".parquet"):
+    if not paths.exists(paths.config) or not paths.outputs("embeddings"):
         return None
     embed = paths.read_config().get("embed")
     if not embed:
@@ -128,9 +129,6 @@ def run_embed_model(paths: RunPaths) -> str | None:
 
 def concept_embeddings(concepts: Concepts, model: str, options: AuditOptions) -> np.ndarray:
     """(C, D) concept text embeddings: the model's prompt ensemble over each concept's name and synonyms."""
-    from operators.clip import ClipTextTower
-    from pipelines.models import resolve_model
-
     return ClipTextTower.load(resolve_model(model), options.device).ensemble(concepts.all_names(), options.templates)
 
 
@@ -143,7 +141,7 @@ def tag_run(run: str, options: AuditOptions, progress: bool = False) -> dict:
         raise ConfigError(f"{run}: no annotated shards to audit (no RUN/_done/*.json); run `tailor annotate` first")
     concepts = load_concepts(options.concepts)
     name = concept_list_name(options.concepts)
-    out = audit_dir(paths, name)
+    audit = paths.audit(name)
     model = run_embed_model(paths)
     settings = {
         "concepts": options.concepts, "concepts_id": concepts.id, "n_concepts": len(concepts),
@@ -153,36 +151,36 @@ def tag_run(run: str, options: AuditOptions, progress: bool = False) -> dict:
         "templates": options.templates,
         "tags_version": TAGS_VERSION,
     }
-    info_path = f"{out}/_audit.json"
+    info_path = audit.settings
     check = this.settings(info_path, settings)  # other settings are not refused: the tags are redone
     if not check.same:
         if check.previous is not None:
             log.info("audit %s: retagging, the tags were made with other settings (%s)", name, check.describe())
-        paths.remove(f"{out}/tags")
+        paths.remove(audit.tags_folder)
     paths.write_json({"settings": settings, "summary": None}, info_path)
     paths.write_parquet(pa.table({
         "concept_id": pa.array(range(len(concepts)), pa.int32()),
         "concept": pa.array(concepts.names, pa.string()),
         "synonyms": pa.array([list(s) for s in concepts.synonyms], pa.list_(pa.string()))}),
-        f"{out}/concepts.parquet")
+        audit.concepts)
     variants = concepts.variants()
     paths.write_parquet(pa.table({
         "variant_id": pa.array(range(len(variants)), pa.int32()),
         "concept_id": pa.array([k for k, _ in variants], pa.int32()),
-        "variant": pa.array([t for _, t in variants], pa.string())}), f"{out}/variants.parquet")
+        "variant": pa.array([t for _, t in variants], pa.string())}), audit.variants)
 
-    pending = sorted(s for s in shards if not paths.exists(f"{out}/tags/{s}.parquet"))
+    pending = paths.pending(shards, audit.tag_files())
     if pending:
         concept_emb = concept_embeddings(concepts, model, options) if model else None
         engine = options.engine
         if engine == "auto":
             engine = "ray" if sum(shards[s] for s in pending) > LOCAL_MAX_ROWS else "local"
         kwargs = {"concepts": concepts, "options": options, "concept_emb": concept_emb, "model": model,
-                  "run": run, "out": out}
+                  "run": run, "name": name}
         done = _tag_ray(pending, kwargs, progress) if engine == "ray" else _tag_local(pending, kwargs)
         for shard, rows in done.items():
             if rows != shards[shard]:
-                paths.remove(f"{out}/tags/{shard}.parquet")
+                paths.remove(audit.tags(shard))
                 raise RuntimeError(f"shard {shard}: tagged {rows} rows, annotations have {shards[shard]}")
     settings["name"] = name
     settings["tagged_now"] = len(pending)
@@ -195,36 +193,21 @@ def _tag_local(pending: list[str], kwargs: dict) -> dict[str, int]:
 
 
 def _tag_ray(pending: list[str], kwargs: dict, progress: bool) -> dict[str, int]:
-    import ray
-
-    from pipelines.engine import init_ray
-
-    init_ray(None)
-    ray.data.DataContext.get_current().enable_progress_bars = progress
-    actors = max(1, min(len(pending), int(ray.cluster_resources().get("CPU", 1))))
-    ds = ray.data.from_items([{"shard": s} for s in pending], override_num_blocks=len(pending))
-    ds = ds.map_batches(ShardTagger, batch_size=1, batch_format="pyarrow", num_cpus=1, fn_constructor_kwargs=kwargs,
-                        compute=ray.data.ActorPoolStrategy(size=actors))
-    done: dict[str, int] = {}
-    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-        done.update(zip(batch.column("shard").to_pylist(), batch.column("rows").to_pylist(), strict=True))
-    return done
+    return {row["shard"]: row["rows"] for row in map_shards(ShardTagger, pending, kwargs, progress)}
 
 
 # ---------------------------------------------------------------- statistics (SQL)
 
 def _register(con, paths: RunPaths, name: str, subset: str | None = None) -> None:
-    out = audit_dir(paths, name)
-    tags = scan(con, paths, paths.list(f"audit/{name}/tags", ".parquet"))
+    audit = paths.audit(name)
+    tags = scan(con, paths, audit.tag_files())
     if subset is not None:
-        manifest = paths.subset_manifest(subset)
-        if not paths.exists(manifest):
-            raise ConfigError(f"--subset {subset}: {manifest} does not exist")
+        manifest = paths.complete_subset(subset).manifest
         scan(con, paths, [manifest]).select("key").create_view("subset_keys")
         tags = tags.filter("key IN (SELECT key FROM subset_keys)")
     tags.create_view("tags", replace=True)
-    scan(con, paths, [f"{out}/concepts.parquet"]).create_view("concepts", replace=True)
-    scan(con, paths, [f"{out}/variants.parquet"]).create_view("variants", replace=True)
+    scan(con, paths, [audit.concepts]).create_view("concepts", replace=True)
+    scan(con, paths, [audit.variants]).create_view("variants", replace=True)
 
 
 def concept_counts(run: str, name: str, options: AuditOptions, subset: str | None = None) -> pa.Table:
@@ -254,8 +237,6 @@ def subset_delta(full: pa.Table, sub: pa.Table) -> pa.Table:
 def read_accuracy(path: str) -> pa.Table:
     """A per-concept accuracy file (CSV/TSV/Parquet/JSON lines): columns `concept` and `accuracy`, and
     optionally `count` (then used instead of the run's frequency) and `dataset` (pipelines/loglinear.py)."""
-    from pipelines.loglinear import read_points
-
     return read_points(path, "--accuracy", count_required=False)
 
 
@@ -264,8 +245,6 @@ def log_linear(counts: pa.Table, accuracy: pa.Table, bins: int = 12,
     """The paper's log-linear analysis (pipelines/loglinear.py) of the accuracies against the run's
     `frequency`, or against the accuracy table's own `count` column when it has one: (bins table,
     fit {bins_used, pearson_r, slope, intercept}, the points). A ConfigError below 3 usable bins."""
-    from pipelines.loglinear import analyse, run_points
-
     result = analyse(run_points(counts, accuracy), bins, source)
     return result.bins, result.fit, result.points
 
@@ -287,9 +266,9 @@ def audit_run(run: str, options: AuditOptions | None = None, subset: str | None 
     settings = tag_run(run, options, progress)
     tagged_at = time.time()
     name = settings["name"]
-    out = audit_dir(paths, name)
+    audit = paths.audit(name)
     counts = concept_counts(run, name, options)
-    paths.write_parquet(counts, f"{out}/counts.parquet")
+    paths.write_parquet(counts, audit.counts)
     rows = counts.to_pylist()
     scope = misalignment(run, name)
     committed, planned = paths.shard_progress()
@@ -316,7 +295,7 @@ def audit_run(run: str, options: AuditOptions | None = None, subset: str | None 
     if subset is not None:
         sub = concept_counts(run, name, options, subset)
         delta = subset_delta(counts, sub)
-        paths.write_parquet(delta, f"{out}/subsets/{subset}.parquet")
+        paths.write_parquet(delta, audit.subset_delta(subset))
         d = delta.to_pylist()
         summary["subset"] = {
             "name": subset,
@@ -330,23 +309,21 @@ def audit_run(run: str, options: AuditOptions | None = None, subset: str | None 
         }
     fit = bins = points = None
     if accuracy_table is not None:
-        from pipelines.loglinear import analyse, run_points
 
         source = "file" if "count" in accuracy_table.column_names else f"run {options.frequency} frequency"
         result = analyse(run_points(counts, accuracy_table), options.bins,
                          f"--accuracy {accuracy} (counts: {source})")
         bins, fit, points = result.bins, result.fit, result.points
-        paths.write_parquet(bins, f"{out}/loglinear.parquet")
+        paths.write_parquet(bins, audit.loglinear)
         summary["loglinear"] = {**result.summary(), "counts": source}
     summary["wall_time_s"] = round(time.time() - started, 2)
     summary["tagging_s"] = round(tagged_at - started, 2)
     if report:
-        from pipelines.audit_report import write_report
 
-        summary["report"] = write_report(paths, out, settings, summary, counts, delta, bins, points, fit)
+        summary["report"] = write_report(audit, settings, summary, counts, delta, bins, points, fit)
     paths.write_json({"settings": {k: v for k, v in settings.items() if k not in ("name", "tagged_now")},
-                      "summary": summary}, f"{out}/_audit.json")
-    summary["out"] = out
+                      "summary": summary}, audit.settings)
+    summary["out"] = audit.folder
     summary["settings"] = settings
     return summary
 

@@ -16,10 +16,10 @@ import math
 
 import pyarrow as pa
 
-from pipelines.storage import RunPaths
+from pipelines.storage import Audit, RunPaths
 
 
-def _figure(width: float = 7.0, height: float = 4.5):
+def new_figure(width: float = 7.0, height: float = 4.5):
     """A Figure without pyplot: no backend or global state (a notebook displays it, the CLI saves it)."""
     from matplotlib.figure import Figure
 
@@ -28,7 +28,7 @@ def _figure(width: float = 7.0, height: float = 4.5):
 
 
 def plot_rank_frequency(counts: pa.Table):
-    fig, ax = _figure()
+    fig, ax = new_figure()
     for column, style, label in (("text_count", "-", "text (caption rows)"), ("image_count", "--", "image (images)"),
                                  ("matched_count", ":", "matched (images)")):
         values = sorted((v for v in counts.column(column).to_pylist() if v > 0), reverse=True)
@@ -44,7 +44,7 @@ def plot_rank_frequency(counts: pa.Table):
 
 
 def plot_coverage_delta(delta: pa.Table):
-    fig, ax = _figure()
+    fig, ax = new_figure()
     rows = delta.to_pylist()
     for tail, colour, label in ((False, "tab:blue", "head"), (True, "tab:red", "tail")):
         pts = [(r["frequency"] + 1, r["subset_frequency"] + 1) for r in rows if r["tail"] == tail]
@@ -65,7 +65,7 @@ def plot_coverage_delta(delta: pa.Table):
 def plot_loglinear(bins: pa.Table, points: pa.Table, fit: dict):
     """Accuracy against ln(count): the points, each bin's mean (± std) at its upper edge, the fitted line
     over the bins it was fitted on (pipelines/loglinear.py; the first and last bins are hollow)."""
-    fig, ax = _figure()
+    fig, ax = new_figure()
     xs = [math.log(max(c, 1)) for c in points.column("count").to_pylist()]
     ax.scatter(xs, points.column("accuracy").to_pylist(), s=8, alpha=0.35, label="concepts")
     rows = [r for r in bins.to_pylist() if r["mean"] is not None]
@@ -91,15 +91,11 @@ def plot_loglinear(bins: pa.Table, points: pa.Table, fit: dict):
     return fig
 
 
-def _save(paths: RunPaths, fig, path: str) -> None:
+def save_figure(paths: RunPaths, fig, path: str) -> None:
+    """A figure as a PNG at PATH, written whole."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
-
-    def write(target: str) -> None:
-        with paths.fs.open(target, "wb") as f:
-            f.write(buffer.getvalue())
-
-    paths._atomic(path, write)
+    paths.write_bytes(buffer.getvalue(), path)
 
 
 def _table(rows: list[dict], columns: list[str], limit: int | None = None) -> str:
@@ -116,18 +112,18 @@ def _table(rows: list[dict], columns: list[str], limit: int | None = None) -> st
     return f"<table><tr>{head}</tr>{''.join(body)}</table>{more}"
 
 
-def write_report(paths: RunPaths, out: str, settings: dict, summary: dict, counts: pa.Table,
+def write_report(audit: Audit, settings: dict, summary: dict, counts: pa.Table,
                  delta: pa.Table | None, bins: pa.Table | None, points: pa.Table | None,
                  fit: dict | None) -> str:
-    """Write OUT/report/index.html and its PNGs; return the page's path."""
-    folder = f"{out}/report"
+    """Write RUN/audit/NAME/report/index.html and its PNGs; return the page's path."""
+    paths = audit.paths
     pngs = {"rank_frequency.png": plot_rank_frequency(counts)}
     if delta is not None:
         pngs["coverage_delta.png"] = plot_coverage_delta(delta)
     if bins is not None and points is not None and fit is not None:
         pngs["loglinear.png"] = plot_loglinear(bins, points, fit)
     for name, fig in pngs.items():
-        _save(paths, fig, f"{folder}/{name}")
+        save_figure(paths, fig, audit.report_file(name))
 
     rows = counts.to_pylist()
     count_cols = ["concept", "text_count", "text_image_count", "image_count", "matched_count", "frequency", "rank",
@@ -175,6 +171,6 @@ def write_report(paths: RunPaths, out: str, settings: dict, summary: dict, count
                   "<img src='loglinear.png'>",
                   _table(bins.to_pylist(), ["bin", "edge_count", "edge", "rows", "mean", "std"])]
     parts.append("</body></html>")
-    page = f"{folder}/index.html"
+    page = audit.report_file("index.html")
     paths.write_text("\n".join(parts), page)
     return page

@@ -36,9 +36,11 @@ import duckdb
 import numpy as np
 import pyarrow.parquet as pq
 
+from operators.clip import ClipTextTower, to_matrix
 from pipelines.config import ConfigError
 from pipelines.duck import connect, scan, sql, to_arrow
-from pipelines.storage import RunPaths
+from pipelines.models import resolve_model
+from pipelines.storage import Audit, RunPaths
 
 PAGE_DEFAULT = 100
 PAGE_MAX = 500
@@ -266,7 +268,9 @@ class KeyIndex:
 # ---------------------------------------------------------------- the run's side tables
 
 @dataclass
-class Subset:
+class SubsetView:
+    """A subset as browse shows it: its decisions, stats and the step of each drop reason."""
+
     name: str
     decisions: str
     stats: dict
@@ -274,13 +278,18 @@ class Subset:
 
 
 @dataclass
-class Audit:
-    name: str
-    folder: str
+class AuditView:
+    """An audit as browse shows it: its concepts, tag files and counts."""
+
+    artifact: Audit
     concepts: list[str]
     ids: dict[str, int]
     frequency: str
     counted: bool = False  # counts.parquet written (a `tailor audit`; recaption's concept tags alone have none)
+
+    @property
+    def name(self) -> str:
+        return self.artifact.name
 
 
 def _empty(con: duckdb.DuckDBPyConnection, name: str, columns: dict[str, str]) -> None:
@@ -318,13 +327,13 @@ class Browser:
         self.run = RunPaths.absolute(run)
         self.paths = RunPaths(self.run)
         self.threads = threads
-        annotations = self.paths.list("annotations", ".parquet")
+        annotations = self.paths.outputs("annotations")
         if not annotations:
             raise ConfigError(f"{run}: no annotations to browse (no RUN/annotations/*.parquet); "
                               "run `tailor annotate` first")
         self.annotations = KeyIndex(self.paths, annotations)
-        self.images = KeyIndex(self.paths, self.paths.list("images", ".parquet"), row_groups=True)
-        self.embeddings = self.paths.list("embeddings", ".parquet")
+        self.images = KeyIndex(self.paths, self.paths.outputs("images"), row_groups=True)
+        self.embeddings = self.paths.outputs("embeddings")
         self.subsets = self._find_subsets()
         self.audits = self._find_audits()
         semdedup = self.paths.dedup("semdedup.parquet")
@@ -344,45 +353,38 @@ class Browser:
         self._top = self.annotations.max_key if self.annotations.known else "\U0010ffff" * 8
 
     # -- discovery
-    def _find_subsets(self) -> dict[str, Subset]:
+    def _find_subsets(self) -> dict[str, SubsetView]:
         subsets = {}
-        for folder in self.paths.list("subsets"):
-            name = folder.rsplit("/", 1)[-1]
-            decisions = f"{folder}/decisions.parquet"
-            if not self.paths.exists(decisions):
-                continue
-            stats = self.paths.read_json(f"{folder}/stats.json") if self.paths.exists(f"{folder}/stats.json") else {}
-            subset = Subset(name, decisions, stats)
+        for found in self.paths.subsets():
+            stats = found.info()
+            subset = SubsetView(found.name, found.decisions, stats)
             for step in stats.get("steps", []):
                 for reason, rows in step.get("by_reason", {}).items():
                     subset.reasons[reason] = {"step": step["name"], "rows": rows}
-            subsets[name] = subset
+            subsets[found.name] = subset
         return subsets
 
-    def _find_audits(self) -> dict[str, Audit]:
+    def _find_audits(self) -> dict[str, AuditView]:
         audits = {}
-        for folder in self.paths.list("audit"):
-            name = folder.rsplit("/", 1)[-1]
-            if not self.paths.exists(f"{folder}/concepts.parquet") or not self.paths.list(f"audit/{name}/tags"):
-                continue
-            with self.paths.fs.open(f"{folder}/concepts.parquet", "rb") as f:
+        for found in self.paths.audits():
+            with self.paths.fs.open(found.concepts, "rb") as f:
                 concepts = pq.read_table(f, columns=["concept_id", "concept"]).sort_by("concept_id")
             names = concepts.column("concept").to_pylist()
             ids = dict(zip(names, concepts.column("concept_id").to_pylist(), strict=True))
-            info = self.paths.read_json(f"{folder}/_audit.json") if self.paths.exists(f"{folder}/_audit.json") else {}
+            info = self.paths.read_json(found.settings) if self.paths.exists(found.settings) else {}
             frequency = ((info.get("summary") or {}).get("frequency")) or "text"
-            audits[name] = Audit(name, folder, names, ids, frequency, self.paths.exists(f"{folder}/counts.parquet"))
+            audits[found.name] = AuditView(found, names, ids, frequency, self.paths.exists(found.counts))
         # the default (first) audit is one with counts, so the concepts view opens on something to show
         return dict(sorted(audits.items(), key=lambda item: (not item[1].counted, item[0])))
 
-    def subset(self, name: str | None) -> Subset | None:
+    def subset(self, name: str | None) -> SubsetView | None:
         if name is None:
             return None
         if name not in self.subsets:
             raise NotFound(f"subset: the run has no subset {name!r} (subsets: {', '.join(self.subsets) or 'none'})")
         return self.subsets[name]
 
-    def audit(self, name: str | None, required: bool = False) -> Audit | None:
+    def audit(self, name: str | None, required: bool = False) -> AuditView | None:
         """The audit NAME; without a name the first (those with counts first, then by name), or None when the
         run has none."""
         if name is None:
@@ -426,18 +428,18 @@ class Browser:
             rel = rel.project(", ".join(c if c in have else f"NULL::{t} AS {c}" for c, t in columns.items()))
         rel.create_view(name, replace=True)
 
-    def _tags_view(self, con, audit: Audit | None, shards: list[str] | None) -> None:
+    def _tags_view(self, con, audit: AuditView | None, shards: list[str] | None) -> None:
         columns = {"key": "VARCHAR", "text_concepts": "INTEGER[]", "image_concepts": "INTEGER[]"}
         if audit is None:
             _empty(con, "tags", columns)
             return
-        files = self.paths.list(f"audit/{audit.name}/tags", ".parquet")
+        files = audit.artifact.tag_files()
         if shards is not None:
             wanted = set(shards)
             files = [f for f in files if f.rsplit("/", 1)[-1].removesuffix(".parquet") in wanted]
         self._view(con, "tags", files, columns)
 
-    def _dec_view(self, con, subset: Subset | None) -> None:
+    def _dec_view(self, con, subset: SubsetView | None) -> None:
         columns = {"key": "VARCHAR", "kept": "BOOLEAN", "reason": "VARCHAR", "step": "VARCHAR", "detail": "VARCHAR"}
         self._view(con, "dec", [subset.decisions] if subset else [], columns)
 
@@ -472,7 +474,7 @@ class Browser:
                 self._languages = to_arrow(con.sql(sql("browse_languages"))).to_pylist()
         return self._languages
 
-    def _grid_params(self, q: GridQuery) -> tuple[Subset | None, Audit | None, dict]:
+    def _grid_params(self, q: GridQuery) -> tuple[SubsetView | None, AuditView | None, dict]:
         subset = self.subset(q.subset)
         audit = self.audit(q.audit, required=q.concept is not None)
         concept = None
@@ -548,7 +550,7 @@ class Browser:
                         params={**params, "after": "", "upto": self._top}).fetchall()[0][0]
         return {"count": n, "filters": q.filters(), "seconds": round(time.perf_counter() - started, 4)}
 
-    def _card(self, row: dict, audit: Audit | None = None, subset: Subset | None = None) -> dict:
+    def _card(self, row: dict, audit: AuditView | None = None, subset: SubsetView | None = None) -> dict:
         card = {"key": row["key"], "caption": row.get("caption"), "status": row.get("status"),
                 "clip_score": _json_value(row.get("clip_score")), "lang": row.get("caption_lang"),
                 "width": row.get("width"), "height": row.get("height")}
@@ -600,7 +602,7 @@ class Browser:
             decisions[subset.name] = None if d is None else {k: d.get(k) for k in ("kept", "reason", "step", "detail")}
         tags = {}
         for audit in self.audits.values():
-            t = self._lookup([f for f in self.paths.list(f"audit/{audit.name}/tags", ".parquet")
+            t = self._lookup([f for f in audit.artifact.tag_files()
                               if f.rsplit("/", 1)[-1].removesuffix(".parquet") in {s.shard for s in spans}], key)
             if t is not None:
                 tags[audit.name] = {
@@ -666,7 +668,7 @@ class Browser:
         return decisions, tags
 
     # -- duplicates
-    def _dup_groups(self, kind: str, subset: Subset | None) -> tuple[list[str], dict[str, list[tuple[str, bool]]]]:
+    def _dup_groups(self, kind: str, subset: SubsetView | None) -> tuple[list[str], dict[str, list[tuple[str, bool]]]]:
         cache_key = (kind, subset.name if subset else None)
         with self._lock:
             if cache_key in self._groups:
@@ -741,8 +743,6 @@ class Browser:
                               f"this run has {rows}")
         import faiss
 
-        from operators.clip import to_matrix
-
         keys, parts = [], []
         for path in self.embeddings:
             with self.paths.fs.open(path, "rb") as f:
@@ -794,8 +794,6 @@ class Browser:
     def _text_tower(self):
         with self._lock:
             if self._tower is None:
-                from operators.clip import ClipTextTower
-                from pipelines.models import resolve_model
 
                 self._tower = ClipTextTower.load(resolve_model(self.model), "cpu")
             return self._tower
@@ -812,7 +810,7 @@ class Browser:
         """An audit's concepts, tail first, with their counts and rank (links go to the grid's concept filter)."""
         p = Params(query, ("audit",))
         audit = self.audit(_word(p.get("audit"), "audit") if p.get("audit") else None, required=True)
-        counts = f"{audit.folder}/counts.parquet"
+        counts = audit.artifact.counts
         if not self.paths.exists(counts):
             raise NotFound(f"audit {audit.name!r} has no counts.parquet yet (run `tailor audit`)")
         with self._connect() as con:

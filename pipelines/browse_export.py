@@ -60,7 +60,7 @@ def export(run: str, out: str | Path, limit: int = 1000, groups: int = 20, neigh
         page["next"] = None  # the copy holds the first pages only
         duplicates[kind] = page
     concepts = {name: browser.concepts({"audit": [name]}) for name in browser.audits
-                if browser.paths.exists(f"{browser.audits[name].folder}/counts.parquet")}
+                if browser.audits[name].counted}
 
     # written beside OUT and moved into place at the end: a failure leaves neither a half copy nor
     # a folder the next attempt refuses

@@ -77,7 +77,7 @@ def _annotate(args: argparse.Namespace) -> int:
     summary = annotate(config, overwrite=args.overwrite, progress=not args.no_progress,
                        ray_progress=args.verbose and not args.no_progress, retry_transient=not args.no_retry)
     _print_summary(summary)
-    print(f"annotations: {config.output}/annotations/  summary: {config.output}/run.json")
+    print(f"outputs in {config.output}: annotations/, images/, run.json (the summary)")
     return 0
 
 
@@ -186,19 +186,21 @@ def _match(args: argparse.Namespace) -> int:
     from operators.match import MatchOptions
     from pipelines.cli_options import options_from
     from pipelines.match import match_run
+    from pipelines.storage import RunPaths
 
     options = options_from(args, MatchOptions)
     summary = match_run(args.run, options, actors=args.actors, overwrite=args.overwrite,
                         progress=not args.no_progress)
     print(f"matched {summary['rows']} captions ({summary['rows_matched']} with at least one entry, "
           f"{summary['entries_matched']}/{summary['entries']} entries used) in {summary['wall_time_s']} s; "
-          f"outputs in {args.run}/match/")
+          f"outputs in {RunPaths(args.run).match}")
     return 0
 
 
 def _metaclip_balance(args: argparse.Namespace) -> int:
     from pipelines.cli_options import options_from
     from pipelines.metaclip import MetaclipBalanceOptions, balance_subset
+    from pipelines.storage import RunPaths
 
     stats = balance_subset(args.run, args.name, options_from(args, MetaclipBalanceOptions), overwrite=args.overwrite)
     captions, before, after = stats["captions"], stats["before"], stats["after"]
@@ -206,7 +208,7 @@ def _metaclip_balance(args: argparse.Namespace) -> int:
           f"{captions['by_reason']}; "
           f"head entries (count > t) {stats['entries']['head']}; tail share of matches "
           f"{before['tail_share_of_matches']} -> {after['tail_share_of_matches']}")
-    print(f"subset: {args.run}/subsets/{args.name}/ (manifest.parquet, decisions.parquet, stats.json, "
+    print(f"subset: {RunPaths(args.run).subset(args.name).url} (manifest.parquet, decisions.parquet, stats.json, "
           "entry_counts.png)")
     return 0
 
@@ -229,10 +231,13 @@ def _materialize(args: argparse.Namespace) -> int:
 
 
 def _select(args: argparse.Namespace) -> int:
-    from pipelines.select import load_recipe, select
+    from pipelines.cli_options import options_from
+    from pipelines.select import DuckOptions, load_recipe, select
+    from pipelines.storage import RunPaths
 
     recipe = load_recipe(args.recipe)
-    stats = select(args.run, recipe, args.name, threads=args.threads, overwrite=args.overwrite, phase=args.steps)
+    stats = select(args.run, recipe, args.name, duck=options_from(args, DuckOptions), overwrite=args.overwrite,
+                   phase=args.steps)
     if stats["steps"]:
         print(f"{'step':<20}{'in':>10}{'dropped':>10}{'out':>10}  reasons")
     else:
@@ -243,8 +248,8 @@ def _select(args: argparse.Namespace) -> int:
         if len(ranked) > 4:
             reasons += f", … {len(ranked) - 4} more reasons ({sum(n for _, n in ranked[4:])} rows)"
         print(f"{step['name']:<20}{step['rows_in']:>10}{step['dropped']:>10}{step['rows_out']:>10}  {reasons}")
-    print(f"kept {stats['kept']}/{stats['rows']} rows in {stats['seconds']} s; subset: {args.run}/subsets/{args.name}/ "
-          "(manifest.parquet, decisions.parquet, recipe.yaml, stats.json)")
+    print(f"kept {stats['kept']}/{stats['rows']} rows in {stats['seconds']} s; subset: "
+          f"{RunPaths(args.run).subset(args.name).url} (manifest.parquet, decisions.parquet, recipe.yaml, stats.json)")
     return 0
 
 
@@ -334,7 +339,7 @@ def _recaption(args: argparse.Namespace) -> int:
               f"tail concepts named {c['tail_concepts_named_before']} -> {c['tail_concepts_named_after']}")
     if s["not_in_run"]:
         print(f"warning: {s['not_in_run']} keys of the subset are not in the run and were not captioned")
-    print(f"captions: {s['out']}/parts/  summary: {s['out']}/_summary.json")
+    print(f"captions: {s['out']} (parts/, and the summary _summary.json)")
     return 0
 
 
@@ -402,13 +407,11 @@ def _decontaminate(args: argparse.Namespace) -> int:
 
 def _browse(args: argparse.Namespace) -> int:
     from pipelines.browse import BrowseError
-    from pipelines.subsets import subset_manifest
+    from pipelines.storage import RunPaths
 
     fragment = ""
     if args.subset:
-        from pipelines.storage import RunPaths
-
-        subset_manifest(RunPaths(args.run), args.subset)  # a one-line error naming the subsets there are
+        RunPaths(args.run).complete_subset(args.subset)  # a one-line error naming the subsets there are
         fragment = f"#grid?subset={args.subset}"
     try:
         if args.out:
@@ -455,6 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pipelines.verb_options import (
         AuditOptions,
         DecontamOptions,
+        DuckOptions,
         EvaluateOptions,
         MaterializeOptions,
         MetaclipBalanceOptions,
@@ -528,7 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="recipe YAML, or a shipped one: laion-style, datacomp-basic, datacomp-clip-top30, "
                         "metaclip-balanced, demo, raw")
     p.add_argument("--name", required=True, help="subset name (RUN/subsets/NAME)")
-    p.add_argument("--threads", type=int, help="DuckDB threads (results do not depend on it)")
+    add_options(p, DuckOptions)  # --threads, --memory-limit, --temp-directory
     p.add_argument("--steps", choices=["all", "text", "image"], default="all",
                    help="all (default); text: the steps before the first image step (on a text pass, before "
                         "tailor fetch); image: the implicit status step and the image steps (on a fetched run)")

@@ -111,7 +111,7 @@ def options_from(args: argparse.Namespace, model: type[Options], flags: dict[str
     """The model from the options given on the command line, then `fields` (skipped ones, or values the
     command reads its own way); the rest keep the model's defaults. A value the model refuses is a
     one-line ConfigError naming the option."""
-    from pipelines.config import ConfigError, _format_error  # not at import: building the parser stays light
+    from pipelines.config import ConfigError, format_error  # not at import: building the parser stays light
 
     values = given(args, model) | fields
     try:
@@ -119,7 +119,7 @@ def options_from(args: argparse.Namespace, model: type[Options], flags: dict[str
     except ValidationError as err:
         loc = err.errors()[0]["loc"]
         name = str(loc[0]) if loc else ""
-        message = _format_error(err).removeprefix("config error: ").removeprefix("<root>: ")
+        message = format_error(err).removeprefix("config error: ").removeprefix("<root>: ")
         if name in values and name not in fields:
             message = _option(model, name, flags) + message.removeprefix(name)
         raise ConfigError(f"option error: {message}") from None

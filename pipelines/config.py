@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -43,18 +42,6 @@ def shipped_or_path(name: str | Path, folder: Path, what: str) -> Path:
         raise ConfigError(f"{what} {text}: no such file (shipped {what}s are named without a path: "
                           f"{', '.join(shipped)})")
     return path
-
-
-def check_name(name: str) -> str:
-    """NAME, once it is a plain folder name (of a subset, caption set or evaluation: RunPaths.subset(NAME), ...)."""
-    if not name or name.startswith(".") or not re.fullmatch(r"[\w.=+-]+", name):
-        raise ConfigError(f"name: {name!r} is not a valid subset name (letters, digits, . _ - = +)")
-    return name
-
-
-def subset_folder(name: str) -> str:
-    """RUN-relative folder of subset NAME (subsets/NAME), once NAME is a plain folder name."""
-    return f"subsets/{check_name(name)}"
 
 
 class InputConfig(Options):
@@ -155,12 +142,16 @@ def _differences(mine: Any, theirs: Any, prefix: str, found: list[str]) -> None:
         found.append(f"{prefix}: {_short(mine)} != {_short(theirs)}")
 
 
-def _short(value: Any, limit: int = 60) -> str:
-    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value
+def _short(value: Any, limit: int = 200) -> str:
+    """A value as a refusal shows it: a string (a path, a name) whole, so the part that differs is in it;
+    another value as JSON, cut at `limit` characters."""
+    if isinstance(value, str):
+        return value
+    text = json.dumps(value, ensure_ascii=False)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _format_error(err: ValidationError) -> str:
+def format_error(err: ValidationError) -> str:
     first = err.errors()[0]
     field = ".".join(str(p) for p in first["loc"]) or "<root>"
     if first["type"] == "extra_forbidden":
@@ -215,4 +206,4 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     try:
         return (model or AnnotateConfig).model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_error(err)) from None
+        raise ConfigError(format_error(err)) from None

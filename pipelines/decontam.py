@@ -44,6 +44,7 @@ from operators.embed import ClipEmbedder, ClipPreprocessor
 from operators.semdedup import normalize
 from pipelines.config import AnnotateConfig, ConfigError, load_config
 from pipelines.duck import parquet_url
+from pipelines.engine import run_tasks
 from pipelines.models import resolve_model
 from pipelines.passes import Pass
 from pipelines.storage import RunPaths
@@ -184,7 +185,7 @@ def decontaminate(run: str, options: DecontamOptions, overwrite: bool = False) -
     this = Pass(run)
     started, run, paths = this.started, this.run, this.paths
     config = run_config(paths)
-    shards = [p.rsplit("/", 1)[-1].removesuffix(".parquet") for p in paths.list("annotations", ".parquet")]
+    shards = paths.output_shards("annotations")
     if not shards:
         raise ConfigError(f"decontaminate: {run} has no annotations (RUN/annotations/*.parquet)")
     if max_cosine is not None:
@@ -209,9 +210,8 @@ def decontaminate(run: str, options: DecontamOptions, overwrite: bool = False) -
     index = EvalIndex(names, vectors, hashes if max_hamming is not None else None)
     prepared_at = time.time()
     this.start_ray()
-    task = ray.remote(num_cpus=1)(flag_shard)
-    index_ref, paths_ref = ray.put(index), ray.put(paths)
-    parts = ray.get([task.remote(paths_ref, s, index_ref, max_cosine, max_hamming) for s in shards])
+    index_ref = ray.put(index)
+    parts = run_tasks(flag_shard, [(paths, s, index_ref, max_cosine, max_hamming) for s in shards])
     table = pa.concat_tables([OUTPUT_SCHEMA.empty_table(), *parts]).sort_by("key")
     paths.write_parquet(table, target)
     by = table.column("by").to_pylist()

@@ -4,19 +4,32 @@ DuckDB's httpfs extension cannot be downloaded everywhere (not on air-gapped clu
 so remote runs are read through the run's own fsspec filesystem, registered with DuckDB: the same
 `read_parquet('s3://...')` then works with the credentials and endpoint fsspec already uses.
 SQL text lives in pipelines/sql/NAME.sql; user values are always bound as named parameters.
+
+Memory: DuckDB's own limit is 80% of the machine, which a select over tens of millions of rows reaches (sorts,
+window partitions and joins grow with the rows). connect() sets DuckOptions' limit (default: a quarter of the
+machine's or container's memory, at most 2 GB: pipelines/verb_options.py) and a spill folder, so past the limit
+DuckDB writes to disk instead of growing; the results are the same.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 
+from pipelines.config import ConfigError
 from pipelines.storage import RunPaths
+from pipelines.verb_options import DEFAULT_MEMORY_CAP, DEFAULT_MEMORY_SHARE, DuckOptions
+
+__all__ = ["DuckOptions", "connect", "machine_memory", "parquet_url", "resolved", "run_sql", "scan", "sql", "to_arrow",
+           "within_memory", "write_query"]
 
 SQL = Path(__file__).parent / "sql"
 
@@ -27,18 +40,69 @@ def sql(name: str) -> str:
     return (SQL / f"{name}.sql").read_text()
 
 
-def connect(threads: int | None = None, memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
-    config: dict = {}
-    if threads:
-        config["threads"] = threads
-    if memory_limit:
-        config["memory_limit"] = memory_limit
-    con = duckdb.connect(config=config)
+def machine_memory() -> int:
+    """Bytes of memory this process may use: the machine's, or its container's (cgroup v2 or v1) if smaller."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total
+
+
+def resolved(options: DuckOptions | None = None) -> dict:
+    """DuckDB's config for `options`, the defaults filled in: memory_limit (DEFAULT_MEMORY_SHARE of machine_memory(),
+    at most DEFAULT_MEMORY_CAP), temp_directory (the system temp folder's tailor-duckdb/), threads (DuckDB's: one
+    per CPU) when not set."""
+    options = options or DuckOptions()
+    default = min(DEFAULT_MEMORY_CAP, int(machine_memory() * DEFAULT_MEMORY_SHARE))
+    limit = options.memory_limit or f"{default // 10**6}MB"
+    folder = options.temp_directory or os.path.join(tempfile.gettempdir(), "tailor-duckdb")
+    config = {"memory_limit": limit, "temp_directory": folder}
+    if options.threads:
+        config["threads"] = options.threads
+    return config
+
+
+def connect(options: DuckOptions | int | None = None, *, threads: int | None = None) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with DuckOptions' settings (resolved(): memory limit, spill folder, threads). A bare
+    int, or `threads`, is DuckOptions(threads=...) (callers that set only the threads)."""
+    if not isinstance(options, DuckOptions):
+        options = DuckOptions(threads=options if options is not None else threads)
+    config = resolved(options)
+    folder = config["temp_directory"]
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"temp_directory {folder!r}: {err.strerror or err}") from None
+    # a folder of this connection's own: DuckDB makes it when it first spills and removes it on close, and older
+    # DuckDB names its spill files alike in every process
+    config["temp_directory"] = os.path.join(folder, f"duckdb-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        con = duckdb.connect(config=config)
+    except duckdb.Error as err:  # what the validator let through and DuckDB refused: one line, no traceback
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"DuckDB settings {config}: {message}") from None
     try:
         con.execute("SET enable_progress_bar = false")  # library code: no bars on the caller's terminal
     except duckdb.InvalidInputException:
         pass  # in Jupyter without ipywidgets DuckDB refuses the setting; there bars are off already
     return con
+
+
+@contextmanager
+def within_memory(options: DuckOptions | None = None) -> Iterator[None]:
+    """What DuckDB cannot spill outgrowing its memory limit, as one ConfigError line naming the settings to change
+    instead of a traceback."""
+    try:
+        yield
+    except duckdb.OutOfMemoryException as err:
+        first = str(err).splitlines()[0] if str(err) else "out of memory"
+        raise ConfigError(f"DuckDB ran out of its memory limit ({resolved(options)['memory_limit']}): {first}; "
+                          "raise --memory-limit, or lower --threads") from None
 
 
 def _register_fs(con: duckdb.DuckDBPyConnection, paths: RunPaths) -> None:

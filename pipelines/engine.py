@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Iterable, Iterator
 
 from pipelines.config import ConfigError
 
@@ -83,11 +84,77 @@ def _check_reachable(address: str, source: str | None) -> None:
         raise _no_cluster(source, address, f"no Ray cluster answers there ({err})") from None
 
 
-def embed_actor_resources(options, cluster_gpus: float) -> dict:
+def cluster_cpus() -> int:
+    """The CPUs of the cluster this process joined (at least 1): what every pass sizes its work by."""
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def cluster_gpus() -> float:
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0)
+
+
+def embed_actor_resources(options, gpus: float | None = None) -> dict:
     """What each model actor asks Ray for: one whole GPU where the cluster has GPUs (device auto or cuda),
-    else `cpus_per_actor` CPUs. infra/ manifests size their GPU groups by this (tests/test_infra.py)."""
-    use_gpu = options.device == "cuda" or (options.device == "auto" and cluster_gpus >= 1)
+    else `cpus_per_actor` CPUs. infra/ manifests size their GPU groups by this (tests/test_infra.py).
+    `gpus`: the cluster's GPUs (default: ask the cluster)."""
+    gpus = cluster_gpus() if gpus is None else gpus
+    use_gpu = options.device == "cuda" or (options.device == "auto" and gpus >= 1)
     return {"num_gpus": 1, "num_cpus": 0.5} if use_gpu else {"num_gpus": 0, "num_cpus": options.cpus_per_actor}
+
+
+# ---------------------------------------------------------------- the fan-out of a pass over a run's shards
+
+def map_shards(worker: type, shards: list[str], kwargs: dict, progress: bool = False,
+               actors: int | None = None) -> Iterator[dict]:
+    """Run `worker` over shards on an actor pool, yielding each shard's result row as it finishes.
+
+    `worker(**kwargs)` is built once per actor (what is costly to build: an automaton, a model, concept
+    embeddings), then called with a table of one `shard` per work item; it writes that shard's output whole
+    (RunPaths writes are atomic) and returns a row per shard. The caller lists pending shards once
+    (RunPaths.pending), so a rerun resumes; the pool has `actors` actors (default one per cluster CPU),
+    never more than there are shards."""
+    import ray
+
+    init_ray(None)
+    ray.data.DataContext.get_current().enable_progress_bars = progress
+    size = max(1, min(len(shards), actors or cluster_cpus()))
+    ds = ray.data.from_items([{"shard": s} for s in shards], override_num_blocks=len(shards))
+    ds = ds.map_batches(worker, batch_size=1, batch_format="pyarrow", num_cpus=1, fn_constructor_kwargs=kwargs,
+                        compute=ray.data.ActorPoolStrategy(size=size))
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        yield from batch.to_pylist()
+
+
+def run_tasks(fn, items: Iterable[tuple], window: int | None = None, on_result=None, **options) -> list:
+    """`fn(*item)` as one Ray task per item, at most `window` in flight (default two per cluster CPU, so a long
+    stream of items is never all queued at once); the results in item order. `on_result(result)` is called as
+    each finishes (progress); `options` are Ray's task options (default num_cpus=1)."""
+    import ray
+
+    init_ray(None)
+    task = ray.remote(fn).options(**{"num_cpus": 1, **options})
+    window = window or 2 * cluster_cpus()
+    results: dict = {}
+    in_flight: dict = {}
+
+    def collect(ready) -> None:
+        for ref, result in zip(ready, ray.get(ready), strict=True):
+            results[in_flight.pop(ref)] = result
+            if on_result is not None:
+                on_result(result)
+
+    for index, item in enumerate(items):
+        in_flight[task.remote(*item)] = index
+        if len(in_flight) >= window:
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            collect(ready)
+    if in_flight:
+        collect(list(in_flight))
+    return [results[i] for i in range(len(results))]
 
 
 class StorageError(ConfigError):

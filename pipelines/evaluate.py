@@ -31,9 +31,15 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from pipelines.config import ConfigError, subset_folder
+from pipelines.audit import AuditOptions, concept_counts, log_linear, tag_run
+from pipelines.concepts import load_concepts
+from pipelines.config import ConfigError
+from pipelines.console import duration
+from pipelines.engine import cluster_gpus
+from pipelines.evaluate_report import write_plots
+from pipelines.materialize import INDEX, MaterializeOptions, materialize
 from pipelines.passes import Pass
-from pipelines.proxy import ProxyConfig
+from pipelines.proxy import ProxyConfig, read_shards, train, zero_shot
 from pipelines.storage import RunPaths
 from pipelines.verb_options import EvaluateOptions
 
@@ -106,8 +112,6 @@ def _check_image(data: bytes | None, at: str, path: str) -> None:
 def train_and_score(shards: list[str], eval_images, eval_ids: np.ndarray, classes: list[tuple[str, ...]],
                     config: ProxyConfig, seed: int) -> dict:
     """Train one proxy on the shards; correct zero-shot predictions per class (classes: each one's names)."""
-    from pipelines.proxy import read_shards, train, zero_shot
-
     _, images, captions = read_shards(shards)
     model, tokenizer, info = train(images, captions, config, seed)
     predicted = zero_shot(model, tokenizer, eval_images, classes, config)
@@ -120,8 +124,6 @@ def _gather(refs: dict, samples_seen: int, progress: bool) -> dict:
     """Every proxy's result; with progress, a line as each finishes and one a minute while they train (a
     proxy trains for minutes on CPU, and nothing else would be printed meanwhile)."""
     import ray
-
-    from pipelines.console import duration
 
     pending = {ref: key for key, ref in refs.items()}
     results: dict = {}
@@ -142,14 +144,12 @@ def _gather(refs: dict, samples_seen: int, progress: bool) -> dict:
 def _check_subsets(paths: RunPaths, subsets: list[str]) -> None:
     import pyarrow.parquet as pq
 
-    from pipelines.subsets import subset_manifest
-
     if not subsets:
         raise ConfigError("--subsets: name at least one subset")
     if len(set(subsets)) != len(subsets):
         raise ConfigError(f"--subsets: a subset is listed twice ({', '.join(subsets)})")
     for name in subsets:
-        manifest = subset_manifest(paths, name)
+        manifest = paths.complete_subset(name).manifest
         with paths.fs.open(manifest, "rb") as f:
             if pq.read_metadata(f).num_rows == 0:
                 raise ConfigError(f"--subsets: subset {name!r} is empty: nothing to train on")
@@ -157,8 +157,6 @@ def _check_subsets(paths: RunPaths, subsets: list[str]) -> None:
 
 def _frequencies(run: str, subsets: list[str], concepts_name: str) -> tuple[dict, list[dict]]:
     """Text mentions per concept in each subset, and the pool's counts (its tail flag defines the tail)."""
-    from pipelines.audit import AuditOptions, concept_counts, tag_run
-
     options = AuditOptions(concepts=concepts_name)
     name = tag_run(run, options)["name"]
     pool = concept_counts(run, name, options).to_pylist()
@@ -176,14 +174,11 @@ def evaluate(run: str, subsets: list[str], options: EvaluateOptions, config: Pro
     """
     import ray
 
-    from pipelines.concepts import load_concepts
-    from pipelines.materialize import MaterializeOptions, materialize
-
     eval_set, concepts, name = options.eval_path, options.concepts, options.name
     config = config or ProxyConfig()
     this = Pass(run)  # no settings check: every evaluation recomputes its folder
     run, paths = this.run, this.paths
-    out = paths.join("evaluate", subset_folder(name).split("/", 1)[1])
+    evaluation = paths.evaluation(name)
     _check_subsets(paths, subsets)
     concept_list = load_concepts(concepts)
     eval_images, eval_ids = load_eval_set(eval_set, concept_list)
@@ -198,14 +193,14 @@ def evaluate(run: str, subsets: list[str], options: EvaluateOptions, config: Pro
 
     shards = {}
     for subset in subsets:
-        m = materialize(run, subset, f"{out}/shards/{subset}",  # skip_missing: keys of failed rows have no image
+        m = materialize(run, subset, evaluation.shards(subset),  # skip_missing: keys of failed rows have no image
                         MaterializeOptions(samples_per_shard=2000, parquet=False, skip_missing=True),
                         overwrite=True, progress=progress)
-        shards[subset] = [f"{out}/shards/{subset}/{s['name']}" for s in RunPaths(m["out"]).read_json(
-            RunPaths(m["out"]).join("index.json"))["shards"]]
+        written = RunPaths(m["out"])
+        shards[subset] = [f"{m['out']}/{s['name']}" for s in written.read_json(written.join(INDEX))["shards"]]
 
     this.start_ray()
-    use_gpu = config.device != "cpu" and ray.cluster_resources().get("GPU", 0) >= 1
+    use_gpu = config.device != "cpu" and cluster_gpus() >= 1
     task = ray.remote(train_and_score).options(num_cpus=config.threads, num_gpus=1 if use_gpu else 0)
     images_ref, ids_ref = ray.put(eval_images), ray.put(eval_class)
     refs = {(s, seed): task.remote(shards[s], images_ref, ids_ref, class_names, config, seed)
@@ -237,20 +232,19 @@ def evaluate(run: str, subsets: list[str], options: EvaluateOptions, config: Pro
             values = [s[f"{part}_accuracy"] for s in seeds if s[f"{part}_accuracy"] is not None]
             summary_subsets[subset][f"{part}_accuracy"] = round(float(np.mean(values)), 4) if values else None
             summary_subsets[subset][f"{part}_accuracy_std"] = round(float(np.std(values)), 4) if values else None
-    paths.write_parquet(pa.Table.from_pylist(per_concept), f"{out}/per_concept.parquet")
-    paths.write_parquet(pa.Table.from_pylist(runs), f"{out}/runs.parquet")
+    paths.write_parquet(pa.Table.from_pylist(per_concept), evaluation.file("per_concept.parquet"))
+    paths.write_parquet(pa.Table.from_pylist(runs), evaluation.file("runs.parquet"))
     summary = {
-        "run": run, "name": name, "out": out, "eval_set": eval_set, "eval_images": len(eval_images),
+        "run": run, "name": name, "out": evaluation.folder, "eval_set": eval_set, "eval_images": len(eval_images),
         "eval_classes": len(classes), "concepts": concepts, "tail_concepts_in_eval": len(set(classes) & tail),
         "proxy": config.model_dump(), "subsets": summary_subsets,
         "samples_per_s": round(float(np.mean([r["samples_per_s"] for r in runs if r["samples_per_s"]])), 1),
         "wall_time_s": round(this.seconds(), 2),
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    from pipelines.evaluate_report import write_plots
 
-    summary["plots"] = write_plots(paths, out, summary, per_concept)
-    return this.write_summary(summary, f"{out}/summary.json")
+    summary["plots"] = write_plots(evaluation, summary, per_concept)
+    return this.write_summary(summary, evaluation.summary)
 
 
 def _accuracies(acc: np.ndarray, classes: list[int], tail: set[int]) -> dict:
@@ -263,8 +257,6 @@ def _accuracies(acc: np.ndarray, classes: list[int], tail: set[int]) -> dict:
 def _loglinear(subset: str, per_concept: list[dict]) -> dict:
     """The audit's log-linear analysis (pipelines/loglinear.py: the paper's 12 edges of ln(frequency),
     Pearson r of upper edges and bin means over bins 1..10); r None, with the reason, below 3 usable bins."""
-    from pipelines.audit import log_linear
-
     rows = [r for r in per_concept if r["subset"] == subset]
     counts = pa.table({"concept_id": [r["concept_id"] for r in rows], "concept": [r["concept"] for r in rows],
                        "frequency": [r["frequency"] for r in rows]})

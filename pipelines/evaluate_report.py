@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import io
 import math
 
-from pipelines.audit_report import _figure
-from pipelines.storage import RunPaths
+from pipelines.audit_report import new_figure, save_figure
+from pipelines.storage import Evaluation
 
 
 def plot_comparison(summary: dict):
-    fig, ax = _figure()
+    fig, ax = new_figure()
     subsets = list(summary["subsets"])
     parts = ("overall", "head", "tail")
     width = 0.8 / len(parts)
@@ -27,7 +26,7 @@ def plot_comparison(summary: dict):
 
 
 def plot_accuracy_vs_frequency(summary: dict, per_concept: list[dict]):
-    fig, ax = _figure()
+    fig, ax = new_figure()
     for subset in summary["subsets"]:
         rows = [r for r in per_concept if r["subset"] == subset]
         ax.scatter([math.log(max(r["frequency"], 1)) for r in rows], [r["accuracy"] for r in rows], s=10,
@@ -40,13 +39,10 @@ def plot_accuracy_vs_frequency(summary: dict, per_concept: list[dict]):
     return fig
 
 
-def write_plots(paths: RunPaths, out: str, summary: dict, per_concept: list[dict]) -> list[str]:
+def write_plots(evaluation: Evaluation, summary: dict, per_concept: list[dict]) -> list[str]:
     written = []
     for file, fig in (("comparison.png", plot_comparison(summary)),
                       ("accuracy_vs_frequency.png", plot_accuracy_vs_frequency(summary, per_concept))):
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png")
-        with paths.fs.open(f"{out}/{file}", "wb") as f:
-            f.write(buffer.getvalue())
-        written.append(f"{out}/{file}")
+        save_figure(evaluation.paths, fig, evaluation.file(file))
+        written.append(evaluation.file(file))
     return written

@@ -7,7 +7,7 @@
 
 The fetched run is an ordinary annotate run (resumable, every verb reads it) made with the text pass's
 config (`--set` overrides apply on top, e.g. download.threads), text_only off. Its input is the subset's
-rows of the text pass's planned input, written once to RUN/subsets/NAME/fetch-input-STAMP.parquet with
+rows of the text pass's planned input, written once to RUN/fetch-inputs/NAME-STAMP.parquet with
 their keys: the text pass's decisions, its text columns and the fetched image columns join on key.
 FETCHED/fetched_from.json names the text pass, the subset and the subset's recipe.
 """
@@ -18,7 +18,8 @@ import logging
 
 import yaml
 
-from pipelines.config import ConfigError, check_name, load_config
+from pipelines.annotate import annotate
+from pipelines.config import ConfigError, load_config
 from pipelines.duck import connect, scan, write_query
 from pipelines.engine import storage_errors
 from pipelines.storage import RunPaths
@@ -29,28 +30,27 @@ log = logging.getLogger(__name__)
 def fetch_input(run: str, subset: str) -> tuple[str, dict]:
     """The subset's rows of the text pass's input (key, url, caption, passthrough columns), written once;
     returns the file and the subset's stats."""
-    check_name(subset)
     paths = RunPaths(run)
+    chosen = paths.subset(subset)
     if not paths.exists(paths.config):
         raise ConfigError(f"{run}: no run here (no config.yaml); make a text pass with "
                           "`tailor annotate --config ... --text-only` first")
     if not paths.is_text_pass():
         raise ConfigError(f"{run} is not a text pass: its images are fetched already (select from it directly)")
-    stats_path = paths.subset(subset, "stats.json")
-    if not paths.exists(stats_path):
-        raise ConfigError(f"{run}/subsets/{subset}: no finished subset of that name (select it first, "
+    if not chosen.complete:
+        raise ConfigError(f"{chosen.url}: no finished subset of that name (select it first, "
                           "e.g. tailor select RUN --recipe R --steps text --name NAME)")
-    stats = paths.read_json(stats_path)
+    stats = chosen.info()
     target = paths.fetch_input(subset, stats["made_at"])
     if paths.exists(target):
         return target, stats
     shards = paths.read_json(paths.plan)["shards"]
     with connect() as con:
         scan(con, paths, [s["path"] for s in shards]).create_view("planned")
-        scan(con, paths, [paths.subset_manifest(subset)]).create_view("kept")
+        scan(con, paths, [chosen.manifest]).create_view("kept")
         rows = con.sql("SELECT count(*) FROM kept").fetchall()[0][0]
         if not rows:
-            raise ConfigError(f"{run}/subsets/{subset} kept no row; nothing to fetch")
+            raise ConfigError(f"{chosen.url} kept no row; nothing to fetch")
         write_query(con, paths, "SELECT p.* FROM planned AS p SEMI JOIN kept USING (key) ORDER BY key", target)
     return target, stats
 
@@ -70,13 +70,13 @@ def fetch_subset(run: str, subset: str, out: str, overrides: list[str] | None = 
                  progress: bool = True, ray_progress: bool = False, retry_transient: bool = True) -> dict:
     """Download a text pass's subset into OUT (an annotate run, resumed when rerun, its rows that failed for a
     moment fetched again unless `retry_transient` is off); returns its summary."""
-    from pipelines.annotate import annotate
-
     run, out = RunPaths.absolute(run), RunPaths.absolute(out)
     if run.rstrip("/") == out.rstrip("/"):
         raise ConfigError("--out: the fetched run needs a folder of its own, not the text pass's")
     with storage_errors(run):
         input_path, stats = fetch_input(run, subset)
+    if not overwrite:
+        _check_same_subset(out, run, subset, input_path, stats)
     config = fetch_config(run, input_path, out, overrides)
     summary = annotate(config, overwrite=overwrite, progress=progress, ray_progress=ray_progress,
                        retry_transient=retry_transient)
@@ -86,10 +86,26 @@ def fetch_subset(run: str, subset: str, out: str, overrides: list[str] | None = 
     return summary
 
 
+def _check_same_subset(out: str, run: str, subset: str, input_path: str, stats: dict) -> None:
+    """A fetched run resumes only with the subset it was fetched from: one re-selected since (--overwrite)
+    may keep other rows, and one run of two inputs would be neither."""
+    fetched = RunPaths(out)
+    recorded = (fetched.read_config() or {}).get("input", {}).get("path")
+    if recorded is None or recorded == input_path:
+        return
+    source = fetched.read_json(fetched.fetched_from) if fetched.exists(fetched.fetched_from) else {}
+    if source and (source.get("run"), source.get("subset")) != (run, subset):
+        raise ConfigError(f"--out {out} was fetched from subset {source.get('subset')} of {source.get('run')}, "
+                          f"not {subset} of {run}; fetch into a new --out, or pass --overwrite to replace it")
+    raise ConfigError(f"--out {out} was fetched from an earlier selection of subset {subset} (input {recorded}); "
+                      f"the subset was selected again at {stats['made_at']} (input {input_path}). The fetched run "
+                      "stays as it was: fetch into a new --out, or pass --overwrite to refetch into this one")
+
+
 def subset_recipe(run: str, subset: str, stats: dict) -> dict | None:
     """The resolved recipe a subset was made with (select's recipe.yaml; metaclip-balance's one step)."""
     paths = RunPaths(run)
-    path = paths.subset(subset, "recipe.yaml")
+    path = paths.subset(subset).recipe
     if paths.exists(path):
         with paths.fs.open(path, "r") as f:
             return yaml.safe_load(f.read())

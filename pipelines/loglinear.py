@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.audit_report import _save, plot_loglinear
+from pipelines.audit_report import plot_loglinear, save_figure
 from pipelines.config import ConfigError
 from pipelines.duck import connect, run_sql, to_arrow
 from pipelines.storage import RunPaths
@@ -141,7 +141,7 @@ def write(result: LogLinear, out: str) -> list[str]:
     paths = RunPaths(out)
     files = [paths.join("loglinear.json"), paths.join("loglinear.png")]
     paths.write_json(result.summary(), files[0])
-    _save(paths, plot_loglinear(result.bins, result.points, result.fit), files[1])
+    save_figure(paths, plot_loglinear(result.bins, result.points, result.fit), files[1])
     return files
 
 

@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from operators.match import MatchOptions, MetaclipMatcher
 from operators.table import replace_columns
 from pipelines.config import ConfigError
+from pipelines.engine import cluster_cpus, map_shards
 from pipelines.metadata import Metadata, load_metadata
 from pipelines.passes import Pass
 from pipelines.storage import RunPaths
@@ -89,7 +90,7 @@ def add_match_stage(ds: ray.data.Dataset, options: MatchOptions, batch_size: int
     """
     import ray
 
-    max_actors = max(1, int(ray.cluster_resources().get("CPU", 1)) // 16)
+    max_actors = max(1, cluster_cpus() // 16)
     return ds.map_batches(MatchStage, batch_size=batch_size, batch_format="pyarrow",
                           fn_constructor_kwargs={"options": for_workers(options)}, num_cpus=0,
                           compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max_actors))
@@ -123,8 +124,6 @@ class ShardMatcher:
 def match_run(run: str, options: MatchOptions | None = None, actors: int | None = None,
               overwrite: bool = False, progress: bool = True) -> dict:
     """Match every committed annotation shard of `run` (resuming); write counts; return the summary."""
-    import ray
-
     from pipelines.metaclip import write_entry_counts  # here: DuckDB would add 0.2 s to every annotate worker
 
     options = options or MatchOptions()
@@ -146,25 +145,19 @@ def match_run(run: str, options: MatchOptions | None = None, actors: int | None 
     save_metadata(paths, metadata)
     del metadata
 
-    pending = sorted(s for s in shards if not paths.exists(paths.match_shard(s)))
+    pending = paths.pending(shards, paths.match_shards())
     actor_seconds = 0.0  # reading, matching and writing shards, summed over actors
     log.info("%d annotated shards, %d already matched, %d to do", len(shards), len(shards) - len(pending),
              len(pending))
     if pending:
         this.start_ray()
-        ray.data.DataContext.get_current().enable_progress_bars = progress
-        n_actors = actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        ds = ray.data.from_items([{"shard": s} for s in pending], override_num_blocks=len(pending))
-        ds = ds.map_batches(ShardMatcher, batch_size=1, batch_format="pyarrow", num_cpus=1,
-                            fn_constructor_kwargs={"options": for_workers(options), "run": run},
-                            compute=ray.data.ActorPoolStrategy(size=min(n_actors, len(pending))))
-        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-            for row in batch.to_pylist():
-                actor_seconds += row["seconds"]
-                if row["rows"] != shards[row["shard"]]:
-                    paths.remove(paths.match_shard(row["shard"]))
-                    raise RuntimeError(f"shard {row['shard']}: matched {row['rows']} rows, "
-                                       f"annotations have {shards[row['shard']]}")
+        for row in map_shards(ShardMatcher, pending, {"options": for_workers(options), "run": run}, progress,
+                              actors):
+            actor_seconds += row["seconds"]
+            if row["rows"] != shards[row["shard"]]:
+                paths.remove(paths.match_shard(row["shard"]))
+                raise RuntimeError(f"shard {row['shard']}: matched {row['rows']} rows, "
+                                   f"annotations have {shards[row['shard']]}")
     matched_at = time.time()
     totals = write_entry_counts(run)
     wall = this.seconds()

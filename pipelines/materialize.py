@@ -63,19 +63,20 @@ import tarfile
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+from tqdm import tqdm
 
 from pipelines.config import ConfigError
 from pipelines.duck import connect, run_sql, scan, sql
-from pipelines.engine import init_ray
+from pipelines.engine import run_tasks
 from pipelines.recaption import caption_set_parts, read_captions
-from pipelines.storage import RunPaths
-from pipelines.subsets import SubsetError, subset_manifest
+from pipelines.storage import RunPaths, SubsetError
 from pipelines.verb_options import MaterializeOptions
 
 log = logging.getLogger(__name__)
@@ -211,21 +212,34 @@ def with_mixed_captions(run: RunPaths, samples: pa.Table, caption_source: str, m
         "caption_origin", pa.array(origin, pa.string()))
 
 
-def write_shard(run_url: str, out_url: str, index: int, width: int, keys: pa.Array, sources: list[str],
-                caption_source: str, default_format: str, parquet: bool, mix: dict | None = None) -> dict:
+@dataclass(frozen=True)
+class ShardJob:
+    """What every write_shard task of one materialize shares."""
+
+    run: str  # the run and the output folder, as Ray workers see them
+    out: str
+    width: int  # digits of a shard's name
+    caption_source: str
+    default_format: str  # the image format of samples whose stored bytes do not say
+    parquet: bool
+    mix: dict | None = None  # {captions, p, seed}: mix a caption set's new captions in
+
+
+def write_shard(job: ShardJob, index: int, keys: pa.Array, sources: list[str]) -> dict:
     """Write OUT/{index}.tar (and OUT/parquet/{index}.parquet) holding exactly `keys`."""
     started = time.time()
-    run, out = RunPaths(run_url), RunPaths(out_url)
+    run, out = RunPaths(job.run), RunPaths(job.out)
+    caption_source, mix = job.caption_source, job.mix
     samples = read_samples(run, keys, sources, caption_source)
     if mix is not None:
         samples = with_mixed_captions(run, samples, caption_source, mix)
         caption_source = "mixed_caption"
     json_columns = scalar_columns(samples.drop_columns(["image", "mixed_caption"] if mix else ["image"]).schema)
-    name = f"{index:0{width}d}"
+    name = f"{index:0{job.width}d}"
     with _atomic_open(out, out.join(f"{name}.tar")) as f:
-        formats = write_tar(f, samples, caption_source, json_columns, default_format)
+        formats = write_tar(f, samples, caption_source, json_columns, job.default_format)
         size = f.tell()
-    if parquet:
+    if job.parquet:
         out.write_parquet(parquet_copy(samples, caption_source, json_columns, formats),
                           out.join("parquet", f"{name}.parquet"), row_group_size=256)
     recaptioned = 0
@@ -283,7 +297,7 @@ def _stored_format(paths: RunPaths) -> str:
 
 def plan(con, paths: RunPaths, manifest: str, skip_missing: bool, caption_source: str) -> dict:
     """Check the subset against the run and leave table `kept` (materialize_keys.sql) in `con`; return the facts."""
-    annotations = paths.list("annotations", ".parquet")
+    annotations = paths.outputs("annotations")
     if not annotations:
         raise MaterializeError(f"{paths.url} has no annotations (run `tailor annotate` first)")
     scan(con, paths, [manifest]).select("key").create_view("manifest")
@@ -324,40 +338,24 @@ def _shard_batches(con, samples_per_shard: int) -> Iterator[pa.Table]:
         yield pa.Table.from_batches(pending).combine_chunks()
 
 
-def _write_shards(con, run: str, out: str, total: int, samples_per_shard: int, caption_source: str,
-                  default_format: str, parquet: bool, window: int | None, progress: bool, name: str,
-                  mix: dict | None) -> list[dict]:
+def _write_shards(con, job: ShardJob, total: int, options: MaterializeOptions, progress: bool,
+                  name: str) -> list[dict]:
     """One Ray task per output shard, a bounded window in flight; the shards' index entries."""
     import ray
 
-    n_shards = -(-total // samples_per_shard)
-    width = max(5, len(str(n_shards - 1)))
-    init_ray(None)
-    window = window or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
-    task = ray.remote(write_shard).options(num_cpus=1, max_retries=3, retry_exceptions=[OSError])
+    n_shards = -(-total // options.samples_per_shard)
     bar = None
     if progress:
-        from tqdm import tqdm
         bar = tqdm(total=total, unit="samples", desc=f"materialize {name}", disable=None)  # None: a terminal only
-    shards: list[dict] = []
-    in_flight: list = []
 
-    def collect(ready) -> None:
-        for info in ray.get(ready):
-            shards.append(info)
-            if bar is not None:
-                bar.update(info["samples"])
+    def items():
+        for index, batch in enumerate(_shard_batches(con, options.samples_per_shard)):
+            keys = batch.column("key").combine_chunks().cast(pa.string())
+            yield job, index, keys, sorted(pc.unique(batch.column("shard")).to_pylist())
 
     try:
-        for index, batch in enumerate(_shard_batches(con, samples_per_shard)):
-            keys = batch.column("key").combine_chunks().cast(pa.string())
-            sources = sorted(pc.unique(batch.column("shard")).to_pylist())
-            in_flight.append(task.remote(run, out, index, width, keys, sources, caption_source, default_format,
-                                         parquet, mix))
-            if len(in_flight) >= window:
-                ready, in_flight = ray.wait(in_flight, num_returns=1)
-                collect(ready)
-        collect(in_flight)
+        shards = run_tasks(write_shard, items(), window=options.window, max_retries=3, retry_exceptions=[OSError],
+                           on_result=(lambda info: bar.update(info["samples"])) if bar is not None else None)
     except ray.exceptions.RayTaskError as err:
         if isinstance(err.cause, MaterializeError):
             raise MaterializeError(str(err.cause)) from None
@@ -365,10 +363,10 @@ def _write_shards(con, run: str, out: str, total: int, samples_per_shard: int, c
     finally:
         if bar is not None:
             bar.close()
-    shards.sort(key=lambda s: s["name"])
     written = sum(s["samples"] for s in shards)
     if len(shards) != n_shards or written != total:
-        raise RuntimeError(f"{out}: wrote {written} samples in {len(shards)} shards, planned {total} in {n_shards}")
+        raise RuntimeError(f"{job.out}: wrote {written} samples in {len(shards)} shards, planned {total} in "
+                           f"{n_shards}")
     return shards
 
 
@@ -383,12 +381,11 @@ def materialize(run: str, name: str, out: str, options: MaterializeOptions | Non
     """
     started = time.time()
     options = options or MaterializeOptions()
-    samples_per_shard, parquet, skip_missing = options.samples_per_shard, options.parquet, options.skip_missing
-    caption_source, window, captions = options.caption_source, options.window, options.captions
+    caption_source, captions = options.caption_source, options.captions
     run, out = RunPaths.absolute(run), RunPaths.absolute(out).rstrip("/")  # as Ray workers will see them
     paths, out_paths = RunPaths(run), RunPaths(out)
     try:
-        manifest = subset_manifest(paths, name)
+        manifest = paths.complete_subset(name).manifest
     except SubsetError as err:
         raise MaterializeError(str(err)) from None
     if paths.is_text_pass():
@@ -400,30 +397,31 @@ def materialize(run: str, name: str, out: str, options: MaterializeOptions | Non
         mix_spec = {"captions": captions, "p": options.mix, "seed": options.mix_seed}
     previous = _check_out(out_paths, overwrite)  # before planning: a refusal should be quick
     with connect() as con:
-        facts = plan(con, paths, manifest, skip_missing, caption_source)
+        facts = plan(con, paths, manifest, options.skip_missing, caption_source)
         total = facts["keys"] - facts["without_image"]
         if total == 0:
             raise MaterializeError(f"subset {name!r} of {run} has no samples with a stored image")
         _clear_out(out_paths, previous)
-        shards = _write_shards(con, run, out, total, samples_per_shard, caption_source, _stored_format(paths),
-                               parquet, window, progress, name, mix_spec)
+        width = max(5, len(str(-(-total // options.samples_per_shard) - 1)))
+        job = ShardJob(run, out, width, caption_source, _stored_format(paths), options.parquet, mix_spec)
+        shards = _write_shards(con, job, total, options, progress, name)
     written = sum(s["samples"] for s in shards)
 
     wall = time.time() - started
-    n_shards, width = len(shards), len(shards[0]["name"]) - len(".tar")
+    n_shards = len(shards)
     pattern = f"{out}/{{{0:0{width}d}..{n_shards - 1:0{width}d}}}.tar"
     index = {
         "run": run,
         "subset": name,
         "made_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "samples": written,
-        "samples_per_shard": samples_per_shard,
+        "samples_per_shard": options.samples_per_shard,
         "caption_source": caption_source,
         "captions": mix_spec,
         "recaptioned_samples": sum(s["recaptioned"] for s in shards),
         "train_data": pattern,
         "train_num_samples": written,
-        "parquet": f"{out}/parquet" if parquet else None,
+        "parquet": f"{out}/parquet" if options.parquet else None,
         "shards": [{k: s[k] for k in ("name", "samples", "first_key", "last_key", "bytes")} for s in shards],
     }
     out_paths.write_json(index, out_paths.join(INDEX))

@@ -33,8 +33,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines.config import ConfigError, check_name
-from pipelines.duck import connect, run_sql, scan, sql, to_arrow
+from pipelines.config import ConfigError
+from pipelines.duck import connect, run_sql, scan, sql, to_arrow, within_memory
 from pipelines.storage import RunPaths
 from pipelines.verb_options import MetaclipBalanceOptions
 from pipelines.verb_options import MetaclipSource as Source
@@ -59,12 +59,12 @@ def find_matches(run: str, source: Source = "auto") -> Matches:
     if source in ("auto", "match") and paths.exists(paths.match_info):
         info = paths.read_json(paths.match_info)
         if info.get("summary") is not None:
-            return Matches("match", paths.list("match/shards", ".parquet"), info["settings"]["metadata_id"])
+            return Matches("match", paths.match_shards(), info["settings"]["metadata_id"])
         if source == "match":
             raise ConfigError(f"{run}: `tailor match` has not finished on this run; rerun it to resume")
     if source == "match":
         raise ConfigError(f"{run}: no matches (run `tailor match {run}` first)")
-    files = paths.list("annotations", ".parquet")
+    files = paths.outputs("annotations")
     if files:
         with paths.fs.open(files[0], "rb") as f:
             schema = pq.read_schema(f)
@@ -77,17 +77,18 @@ def find_matches(run: str, source: Source = "auto") -> Matches:
     raise ConfigError(f"{run}: no match lists: run `tailor match {run}`, or annotate with a `match:` section")
 
 
-def register_matches(con: duckdb.DuckDBPyConnection, run: str, matches: Matches,
-                     group_by: str | None = None, text_only: bool = True) -> None:
+def register_matches(con: duckdb.DuckDBPyConnection, run: str, matches: Matches, every_caption: bool,
+                     group_by: str | None = None) -> None:
     """Views `matches` (key, metaclip_entries[, image]) and `entries` (entry_id, entry).
 
-    Unless `text_only`, `matches` holds only rows whose image downloaded (status ok) and view
-    `no_image` (key, status) the others: balancing a dataset is balancing what it can train on.
+    `every_caption`: every caption, fetched or not (the option text_only). Else `matches` holds only rows
+    whose image downloaded (status ok) and view `no_image` (key, status) the others: balancing a dataset is
+    balancing what it can train on.
     """
     paths = RunPaths(run)
     rel = scan(con, paths, matches.files).select("key, metaclip_entries")
-    if not text_only:
-        annotations = scan(con, paths, paths.list("annotations", ".parquet"))
+    if not every_caption:
+        annotations = scan(con, paths, paths.outputs("annotations"))
         if "status" not in annotations.columns:
             raise ConfigError(f"{run}/annotations has no status column (no image was fetched); balance the "
                               "captions alone with --text-only, or annotate with download on first")
@@ -98,7 +99,7 @@ def register_matches(con: duckdb.DuckDBPyConnection, run: str, matches: Matches,
             .create_view("no_image")
         rel = joined.filter("status = 'ok'").select("key, metaclip_entries")
     if group_by is not None:
-        annotations = scan(con, paths, paths.list("annotations", ".parquet"))
+        annotations = scan(con, paths, paths.outputs("annotations"))
         if group_by not in annotations.columns:
             raise ConfigError(f"group_by: no column {group_by!r} in {run}/annotations "
                               f"(columns: {', '.join(annotations.columns)})")
@@ -113,17 +114,17 @@ def entry_counts(run: str, source: Source = "auto", threads: int | None = None) 
     """entry_id, entry, count over the run's match lists (sql/metaclip_entry_counts.sql)."""
     matches = find_matches(run, source)
     with connect(threads) as con:
-        register_matches(con, run, matches)
+        register_matches(con, run, matches, every_caption=True)
         return run_sql(con, "metaclip_entry_counts")
 
 
 def write_entry_counts(run: str) -> dict:
     """After `tailor match`: RUN/match/entry_counts.parquet, and the totals of the matching."""
     paths = RunPaths(run)
-    matches = Matches("match", paths.list("match/shards", ".parquet"),
+    matches = Matches("match", paths.match_shards(),
                       paths.read_json(paths.match_info)["settings"]["metadata_id"])
     with connect() as con:
-        register_matches(con, run, matches)
+        register_matches(con, run, matches, every_caption=True)
         counts = run_sql(con, "metaclip_entry_counts")
         totals = run_sql(con, "metaclip_match_summary").to_pylist()[0]
     paths.write_parquet(counts, paths.entry_counts)
@@ -131,19 +132,19 @@ def write_entry_counts(run: str) -> dict:
     return {**totals, "entries": counts.num_rows, "entries_matched": matched_entries}
 
 
-def _counts_for(con: duckdb.DuckDBPyConnection, run: str, matches: Matches, text_only: bool) -> None:
+def _counts_for(con: duckdb.DuckDBPyConnection, run: str, matches: Matches, every_caption: bool) -> None:
     """View `entry_counts`: the stored table of the standalone pass (all captions), else computed now."""
     paths = RunPaths(run)
     stored = paths.entry_counts
-    if text_only and matches.kind == "match" and paths.exists(stored):
+    if every_caption and matches.kind == "match" and paths.exists(stored):
         scan(con, paths, [stored]).create_view("entry_counts")
     else:
         con.register("entry_counts", run_sql(con, "metaclip_entry_counts"))  # computed once, used twice
 
 
-def balance(run: str, t: float, seed: int, group_by: str | None = None, source: Source = "auto",
-            threads: int | None = None, text_only: bool = False) -> pa.Table:
+def balance(run: str, t: float, seed: int, **options) -> pa.Table:
     """MetaCLIP balancing of a run's captions: a table of key, kept, reason (one row per caption).
+    `options`: the other fields of MetaclipBalanceOptions (group_by, source, text_only, threads), its defaults.
 
     By default only rows whose image downloaded (status ok) are balanced and counted; the others
     are decided 'no_image'. `text_only` balances every caption, fetched or not (MetaCLIP's own
@@ -154,51 +155,55 @@ def balance(run: str, t: float, seed: int, group_by: str | None = None, source: 
     variant: one matched text per image is picked at random and the image kept with its probability.
     The result does not depend on `threads` or on how the matches were computed.
     """
-    with connect(threads) as con:
-        return _balance(con, run, t, seed, group_by, find_matches(run, source), text_only)
-
-
-def _balance(con: duckdb.DuckDBPyConnection, run: str, t: float, seed: int, group_by: str | None,
-             matches: Matches, text_only: bool) -> pa.Table:
     if not t > 0:
         raise ConfigError(f"t: must be > 0 (got {t!r})")
     if not isinstance(seed, int | np.integer):
         raise ConfigError(f"seed: must be an integer (got {seed!r})")
-    register_matches(con, run, matches, group_by, text_only)
-    _counts_for(con, run, matches, text_only)
+    settings = MetaclipBalanceOptions(t=t, seed=int(seed), **options)
+    with connect(settings.duck()) as con:
+        return _balance(con, run, settings, find_matches(run, settings.source), settings.text_only)
+
+
+def _balance(con: duckdb.DuckDBPyConnection, run: str, options: MetaclipBalanceOptions, matches: Matches,
+             every_caption: bool) -> pa.Table:
+    register_matches(con, run, matches, every_caption, options.group_by)
+    _counts_for(con, run, matches, every_caption)
     con.execute(sql("metaclip_draw"))
-    name = "metaclip2_balance" if group_by else "metaclip_balance"
-    decided = run_sql(con, name, t=t, seed=int(seed)).cast(DECISIONS_SCHEMA)
-    if text_only:
+    name = "metaclip2_balance" if options.group_by else "metaclip_balance"
+    decided = run_sql(con, name, t=options.t, seed=options.seed).cast(DECISIONS_SCHEMA)
+    if every_caption:
         return decided
     con.register("balanced", decided)
     return to_arrow(con.sql("SELECT key, kept, reason FROM balanced UNION ALL "
                             "SELECT key, false, 'no_image' FROM no_image ORDER BY key")).cast(DECISIONS_SCHEMA)
 
 
-def balance_subset(run: str, name: str, options: MetaclipBalanceOptions, plot: bool = True) -> dict:
-    """Balance and write RUN/subsets/NAME/ (manifest, decisions, entry_stats, stats.json, plot).
+def balance_subset(run: str, name: str, options: MetaclipBalanceOptions, plot: bool = True,
+                   overwrite: bool = False) -> dict:
+    """Balance and write RUN/subsets/NAME/ (manifest, decisions, entry_stats, plot, stats.json last).
 
     options: t, seed, group_by, source, text_only, threads (MetaclipBalanceOptions' fields and defaults;
-    as balance() reads them). plot: write entry_counts.png.
+    as balance() reads them). plot: write entry_counts.png. A subset NAME already there (made by select or
+    by this) is refused unless `overwrite`, which replaces it whole.
     """
-    t, seed, group_by, source = options.t, options.seed, options.group_by, options.source
-    threads, text_only = options.threads, options.text_only
-    check_name(name)
     paths = RunPaths(run)
-    if not text_only and paths.is_text_pass():
+    subset = paths.subset(name)
+    subset.check_free(overwrite)
+    every_caption = options.text_only
+    if not every_caption and paths.is_text_pass():
         log.info("%s is a text pass (no image fetched yet): balancing every caption (text_only)", run)
-        text_only = True
-    matches = find_matches(run, source)
-    with connect(threads) as con:
-        decisions = _balance(con, run, t, seed, group_by, matches, text_only)
+        every_caption = True
+    matches = find_matches(run, options.source)
+    t, group_by = options.t, options.group_by
+    with connect(options.duck()) as con, within_memory(options.duck()):
+        decisions = _balance(con, run, options, matches, every_caption)
         con.register("decisions", decisions)
         per_entry = run_sql(con, "metaclip_entry_stats", t=t)
     step_name = "metaclip_balance" if not group_by else "metaclip2_balance"
     stats = {
-        "recipe": {"step": step_name, "t": t, "seed": seed,
+        "recipe": {"step": step_name, "t": t, "seed": options.seed,
                    "group_by": group_by, "source": matches.kind, "metadata_id": matches.metadata_id,
-                   "rows": "all captions (text only)" if text_only else "ok rows (image downloaded)"},
+                   "rows": "all captions (text only)" if every_caption else "ok rows (image downloaded)"},
         "made_at": datetime.now(UTC).isoformat(timespec="seconds"),
         **balance_stats(per_entry, decisions, t),
     }
@@ -206,19 +211,18 @@ def balance_subset(run: str, name: str, options: MetaclipBalanceOptions, plot: b
     stats.update(rows=stats["captions"]["total"], kept=stats["captions"]["kept"],
                  dropped=stats["captions"]["total"] - stats["captions"]["kept"],
                  steps=_steps(stats["captions"], step_name))
-    paths.write_parquet(decisions.filter(decisions.column("kept")).select(["key"]), paths.subset_manifest(name))
+    subset.replace(overwrite)
+    paths.write_parquet(decisions.filter(decisions.column("kept")).select(["key"]), subset.manifest)
     # the columns select's decisions have (browse reads both): the step that dropped a row, no detail
     # (a failed download is select's implicit `status` step)
     step = pc.if_else(decisions.column("kept"), pa.scalar(None, pa.string()),
                       pc.if_else(pc.equal(decisions.column("reason"), "no_image"), "status", step_name))
     paths.write_parquet(decisions.append_column("step", step).append_column(
-        "detail", pa.nulls(decisions.num_rows, pa.string())), paths.subset(name, "decisions.parquet"))
-    paths.write_parquet(per_entry, paths.subset(name, "entry_stats.parquet"))
-    paths.write_json(stats, paths.subset(name, "stats.json"))
+        "detail", pa.nulls(decisions.num_rows, pa.string())), subset.decisions)
+    paths.write_parquet(per_entry, subset.file("entry_stats.parquet"))
     if plot:
-        png = plot_entry_counts(per_entry, t)
-        with paths.fs.open(paths.subset(name, "entry_counts.png"), "wb") as f:
-            f.write(png)
+        paths.write_bytes(plot_entry_counts(per_entry, t), subset.file("entry_counts.png"))
+    paths.write_json(stats, subset.stats)  # last: the subset is complete
     return stats
 
 

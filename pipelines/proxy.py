@@ -26,6 +26,7 @@ from pydantic import Field
 
 from operators.clip import DEFAULT_TEMPLATES, ClipTextTower, image_features, pick_device, text_features
 from operators.options import Options
+from pipelines.models import resolve_model
 from pipelines.models.training import clipped_step, cosine_with_warmup
 
 log = logging.getLogger(__name__)
@@ -120,16 +121,12 @@ def build_model(config: ProxyConfig, tokenizer):
 def load_tokenizer(name: str):
     from transformers import AutoTokenizer
 
-    from pipelines.models import resolve_model
-
     return AutoTokenizer.from_pretrained(resolve_model(name))
 
 
 def locked_model(config: ProxyConfig):
     """A CLIP checkpoint with its image tower frozen and a freshly initialised text tower (seeded by the caller)."""
     from transformers import CLIPModel
-
-    from pipelines.models import resolve_model
 
     model = CLIPModel.from_pretrained(resolve_model(config.image_tower))
     fresh = CLIPModel(model.config)

@@ -38,10 +38,16 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 from pydantic import Field
 
-from operators.caption import CAPTION_SCHEMA, CaptionOptions
-from operators.clip import to_matrix
+from operators.caption import CAPTION_SCHEMA, Captioner, CaptionOptions, check_prompt, load_processor
+from operators.clip import ClipTextTower, to_matrix
+from operators.concepts import IDS, ConceptMatcher
 from operators.options import Options
-from pipelines.config import ConfigError, check_name
+from pipelines.audit import AuditOptions, concept_counts, run_embed_model, tag_run
+from pipelines.concepts import load_concepts
+from pipelines.config import ConfigError
+from pipelines.duck import connect, run_sql, scan, to_arrow
+from pipelines.engine import embed_actor_resources
+from pipelines.models import resolve_model
 from pipelines.passes import Pass
 from pipelines.storage import RunPaths
 
@@ -58,11 +64,6 @@ class RecaptionConfig(Options):
                                  "(imagenet1k, coco80, demo or a file); none: no concept audit")
     rows_per_task: int = Field(256, gt=0, description="keys per read task (one run shard each)")
     write_batch: int = Field(1024, gt=0, description="rows per part file")
-
-
-def captions_folder(name: str) -> str:
-    """RUN-relative folder of caption set NAME (captions/NAME); the same naming rule as subsets."""
-    return "captions/" + check_name(name)
 
 
 def _settings(config: RecaptionConfig, subset: str) -> dict:
@@ -82,9 +83,6 @@ def _check_model(options: CaptionOptions) -> str:
     """The model's local path; its config and processor load, and it can be given the prompt (else one line)."""
     from transformers import AutoConfig
 
-    from operators.caption import check_prompt, load_processor
-    from pipelines.models import resolve_model
-
     try:
         path = resolve_model(options.model)
         AutoConfig.from_pretrained(path)
@@ -102,17 +100,14 @@ def _check_model(options: CaptionOptions) -> str:
 
 def plan(paths: RunPaths, subset: str, name: str) -> tuple[pa.Table, dict]:
     """Pending (key, shard) of the subset, sorted by shard and key, and the facts (keys, done, not in run)."""
-    from pipelines.duck import connect, run_sql, scan
-    from pipelines.subsets import subset_manifest
-
-    manifest = subset_manifest(paths, subset)
-    annotations = paths.list("annotations", ".parquet")
+    manifest = paths.complete_subset(subset).manifest
+    annotations = paths.outputs("annotations")
     if not annotations:
         raise ConfigError(f"run: {paths.url} has no annotations (run `tailor annotate` first)")
     con = connect()
     scan(con, paths, [manifest]).select("key").create_view("manifest")
     scan(con, paths, annotations).select("key, status, shard").create_view("annotations")
-    done = paths.list(f"{captions_folder(name)}/parts", ".parquet")
+    done = paths.captions(name).parts()
     if done:
         scan(con, paths, done).select("key").create_view("done")
     else:
@@ -169,7 +164,6 @@ class CaptionStage:
     """operators.caption.Captioner for Ray Data; carries the rescore inputs through."""
 
     def __init__(self, model_path: str, options: CaptionOptions):
-        from operators.caption import Captioner
 
         self.captioner = Captioner(model_path, options)
 
@@ -183,7 +177,6 @@ class RescoreStage:
     """CLIP score of each new caption: the run's text tower on the new text, cosine with the stored image_emb."""
 
     def __init__(self, model_path: str | None):
-        from operators.clip import ClipTextTower
 
         self.text_tower = ClipTextTower.load(model_path) if model_path else None
 
@@ -216,23 +209,21 @@ class RescoreStage:
         return batch.append_column("clip_score", pa.array(scores, pa.float32(), mask=np.isnan(scores)))
 
 
-def write_part(batch: pa.Table, run: str, out: str) -> pa.Table:
+def write_part(batch: pa.Table, run: str, name: str) -> pa.Table:
     paths = RunPaths(run)
-    part = f"{out}/parts/{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}.parquet"
+    part = paths.captions(name).part(f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}")
     paths.write_parquet(batch.select(PART_SCHEMA.names).cast(PART_SCHEMA), part)
     return pa.table({"rows": pa.array([batch.num_rows], pa.int64())})
 
 
-def _run(items: list[dict], run: str, out: str, config: RecaptionConfig, model_path: str,
+def _run(items: list[dict], run: str, name: str, config: RecaptionConfig, model_path: str,
          clip_path: str | None, progress: bool) -> int:
     import ray
-
-    from pipelines.engine import embed_actor_resources
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress
     options = config.captions
-    resources = embed_actor_resources(options, ray.cluster_resources().get("GPU", 0))
+    resources = embed_actor_resources(options)
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(load_rows, batch_size=1, batch_format="pyarrow", fn_kwargs={"run": run}, num_cpus=0.25)
     ds = ds.map_batches(CaptionStage, batch_size=options.batch_size, batch_format="pyarrow",
@@ -242,7 +233,7 @@ def _run(items: list[dict], run: str, out: str, config: RecaptionConfig, model_p
                         fn_constructor_kwargs={"model_path": clip_path if config.rescore else None},
                         compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.5)
     ds = ds.map_batches(write_part, batch_size=None, batch_format="pyarrow",
-                        fn_kwargs={"run": run, "out": out}, num_cpus=0.25)
+                        fn_kwargs={"run": run, "name": name}, num_cpus=0.25)
     return sum(int(pc.sum(b.column("rows")).as_py()) for b in ds.iter_batches(batch_format="pyarrow",
                                                                                   batch_size=None))
 
@@ -251,11 +242,11 @@ def _run(items: list[dict], run: str, out: str, config: RecaptionConfig, model_p
 
 def caption_set_parts(paths: RunPaths, name: str) -> list[str]:
     """The part files of caption set NAME, or a one-line error listing the sets there are."""
-    folder = captions_folder(name)
-    parts = paths.list(f"{folder}/parts", ".parquet")
-    if parts and paths.exists(paths.join(folder, "_summary.json")):
+    captions = paths.captions(name)
+    parts = captions.parts()
+    if parts and captions.complete:
         return parts
-    have = [p.rsplit("/", 1)[-1] for p in paths.list("captions") if paths.exists(f"{p}/_summary.json")]
+    have = [c.name for c in paths.caption_sets()]
     listed = ", ".join(have) if have else "none yet; make one with `tailor recaption`"
     raise ConfigError(f"captions: {paths.url} has no finished caption set {name!r} (sets: {listed})")
 
@@ -274,9 +265,8 @@ def read_captions(paths: RunPaths, name: str, keys: pa.Array) -> dict[str, str]:
 # ---------------------------------------------------------------- summary and audit (DuckDB)
 
 def _parts(con, paths: RunPaths, name: str) -> None:
-    from pipelines.duck import scan
 
-    scan(con, paths, paths.list(f"{captions_folder(name)}/parts", ".parquet")).create_view("captions")
+    scan(con, paths, paths.captions(name).parts()).create_view("captions")
 
 
 def concept_audit(run: str, name: str, concepts_name: str) -> tuple[pa.Table, dict]:
@@ -284,23 +274,18 @@ def concept_audit(run: str, name: str, concepts_name: str) -> tuple[pa.Table, di
     tags, and the pool's tail flag. The run's audit (`tailor audit`, tags reused while its settings hold)
     gives the original captions' concepts, the image tags and the tail; only the new captions are matched here,
     by the same ConceptMatcher rule."""
-    from operators.concepts import IDS, ConceptMatcher
-    from pipelines.audit import AuditOptions, audit_dir, concept_counts, tag_run
-    from pipelines.concepts import load_concepts
-    from pipelines.duck import connect, run_sql, scan, to_arrow
-
     paths = RunPaths(run)
     options = AuditOptions(concepts=concepts_name)
     audit = tag_run(run, options)["name"]
     con = connect()
     _parts(con, paths, name)
-    scan(con, paths, paths.list(f"audit/{audit}/tags", ".parquet")).create_view("audit_tags")
+    scan(con, paths, paths.audit(audit).tag_files()).create_view("audit_tags")
     rows = to_arrow(con.sql("SELECT c.key, c.caption, t.text_concepts AS before, t.image_concepts AS image "
                             "FROM captions AS c JOIN audit_tags AS t USING (key) WHERE c.status = 'ok' ORDER BY key"))
     matcher = ConceptMatcher(load_concepts(concepts_name), options.lang, options.nested)
     after = pa.array([matcher.match(t)[0] for t in rows.column("caption").to_pylist()], IDS)
     con.register("tags", rows.drop_columns(["caption"]).append_column("after", after))
-    scan(con, paths, [f"{audit_dir(paths, audit)}/concepts.parquet"]).create_view("concepts")
+    scan(con, paths, [paths.audit(audit).concepts]).create_view("concepts")
     con.register("pool", concept_counts(run, audit, options).select(["concept_id", "tail"]))
     table = run_sql(con, "recaption_concepts")
     con.register("per_concept", table)
@@ -312,21 +297,17 @@ def concept_audit(run: str, name: str, concepts_name: str) -> tuple[pa.Table, di
 def recaption(run: str, subset: str, config: RecaptionConfig | None = None, name: str | None = None,
               progress: bool = False) -> dict:
     """Caption the subset's pending keys, rescore, audit; return (and write) the summary."""
-    from pipelines.audit import run_embed_model
-    from pipelines.duck import connect, run_sql
-    from pipelines.models import resolve_model
-
     config = config or RecaptionConfig()
     this = Pass(run)
     run, paths = this.run, this.paths
     if not paths.exists(paths.summary):
         raise ConfigError(f"run: {run} has no run.json: annotate it to the end first")
     name = name or f"{subset}.{config.captions.prompt}"
-    out = paths.join(captions_folder(name))
+    captions = paths.captions(name)
     _check_engine(config.captions)
     model_path = _check_model(config.captions)
     settings = _settings(config, subset)
-    info = f"{out}/_settings.json"
+    info = captions.settings
     this.settings(info, settings, key=None).refuse(f"captions set {name!r}",
                                                    "pick another --name, or delete the folder to start over")
     pending, facts = plan(paths, subset, name)
@@ -341,21 +322,21 @@ def recaption(run: str, subset: str, config: RecaptionConfig | None = None, name
         this.start_ray()
         log.info("recaption %s: %d keys in %d tasks (%d already captioned)", name, pending.num_rows, len(items),
                  facts["done"])
-        written = _run(items, run, out, config, model_path, clip_path if config.rescore else None, progress)
+        written = _run(items, run, name, config, model_path, clip_path if config.rescore else None, progress)
     if written != pending.num_rows:
         raise RuntimeError(f"wrote {written} caption rows for {pending.num_rows} pending keys")
     con = connect()
     _parts(con, paths, name)
-    summary = {"name": name, "out": out, "subset": subset, "keys": facts["keys"],
+    summary = {"name": name, "out": captions.folder, "subset": subset, "keys": facts["keys"],
                "not_in_run": facts["not_in_run"], "captioned_now": written, "already_captioned": facts["done"],
                "seconds": None, **settings}
     summary["statuses"] = {r["status"]: r["n"] for r in run_sql(con, "recaption_statuses").to_pylist()}
     summary["scores"] = run_sql(con, "recaption_scores").to_pylist()[0]
     if config.concepts:
         table, audit = concept_audit(run, name, config.concepts)
-        paths.write_parquet(table, f"{out}/concepts.parquet")
+        paths.write_parquet(table, captions.concepts)
         summary["concepts"] = {"list": config.concepts, **audit}
     summary["seconds"] = round(this.seconds(), 2)
     summary["captions_per_s"] = round(written / summary["seconds"], 2) if written else None
     summary["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
-    return this.write_summary(summary, f"{out}/_summary.json")
+    return this.write_summary(summary, captions.summary)

@@ -51,9 +51,9 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from operators.options import Options
-from pipelines.config import ConfigError, check_name, shipped_or_path
+from pipelines.config import ConfigError, shipped_or_path
 from pipelines.decontam import DecontamOptions, decontaminate
-from pipelines.duck import connect, scan, sql, write_query
+from pipelines.duck import DuckOptions, connect, scan, sql, within_memory, write_query
 from pipelines.metaclip import find_matches
 from pipelines.semdedup import SemdedupOptions, semdedup
 from pipelines.storage import RunPaths
@@ -384,7 +384,7 @@ def _drops_query(step: Step) -> tuple[str, dict]:
 
 
 def _check_run(run: str, paths: RunPaths) -> list[str]:
-    files = paths.list("annotations", ".parquet")
+    files = paths.outputs("annotations")
     if not files:
         raise ConfigError(f"{run}: no annotations (run `tailor annotate` into it first)")
     done, planned = paths.shard_progress()
@@ -422,7 +422,6 @@ def _load_pool(con: duckdb.DuckDBPyConnection, paths: RunPaths, files: list[str]
     if rows != keys:
         raise ConfigError(f"{run}/annotations: {rows} rows but {keys} distinct keys; keys must be unique")
     con.execute("CREATE TEMP TABLE decided (key VARCHAR, reason VARCHAR, detail VARCHAR, step INTEGER)")
-    con.execute("CREATE TEMP TABLE all_keys AS SELECT key FROM pool")
     return rows
 
 
@@ -492,22 +491,21 @@ def plan_steps(recipe: Recipe, phase: str, run: str, paths: RunPaths) -> tuple[l
     return text, [Status(), *image]
 
 
-def select(run: str, recipe: Recipe, name: str, threads: int | None = None, overwrite: bool = False,
+def select(run: str, recipe: Recipe, name: str, duck: DuckOptions | None = None, overwrite: bool = False,
            phase: str = "all") -> dict:
     """Apply a recipe to a finished run and write RUN/subsets/NAME/; returns the stats. `phase`: which of the
-    recipe's steps run (plan_steps: all, text or image)."""
-    check_name(name)
+    recipe's steps run (plan_steps: all, text or image). `duck`: DuckDB's threads, memory limit and spill folder
+    (defaults: pipelines/duck.py; the subset does not depend on them)."""
     paths = RunPaths(run)
-    if paths.exists(paths.subset(name)):
-        if not overwrite:
-            raise ConfigError(f"{run}/subsets/{name} exists; pick another --name or pass --overwrite")
+    subset = paths.subset(name)
+    subset.check_free(overwrite)  # before the run is read
     files = _check_run(run, paths)
     text, rest = plan_steps(recipe, phase, run, paths)
-    paths.remove(paths.subset(name))
+    subset.replace(overwrite)
     started = time.time()
     steps: list[Step] = [*text, *rest]
     per_step = []
-    with connect(threads) as con:
+    with connect(duck) as con, within_memory(duck):
         rows = _load_pool(con, paths, files, steps, run, text_first=bool(text))
         log.info("select: %d rows loaded in %.1f s", rows, time.time() - started)
         for number, step in enumerate(steps):
@@ -531,10 +529,13 @@ def select(run: str, recipe: Recipe, name: str, threads: int | None = None, over
                           "step_name": pa.array([s.name for s in steps], pa.string())})
         con.register("step_names", names)
         kept = con.sql("SELECT count(*) FROM pool").fetchall()[0][0]
-        write_query(con, paths, "SELECT key FROM pool ORDER BY key", paths.subset_manifest(name))
-        write_query(con, paths, "SELECT a.key, d.key IS NULL AS kept, coalesce(d.reason, 'kept') AS reason, "
-                    "n.step_name AS step, d.detail FROM all_keys AS a LEFT JOIN decided AS d USING (key) "
-                    "LEFT JOIN step_names AS n USING (step) ORDER BY a.key", paths.subset(name, "decisions.parquet"))
+        write_query(con, paths, "SELECT key FROM pool ORDER BY key", subset.manifest)
+        # every key is in the pool (kept) or in decided (dropped, once): the kept ones join decided, step NULL,
+        # rather than every key joining the drops, which at tens of millions of rows took most of the memory and
+        # time (and a UNION ALL under ORDER BY runs out of DuckDB's memory limit instead of spilling)
+        con.execute("INSERT INTO decided SELECT key, 'kept', NULL, NULL FROM pool")
+        write_query(con, paths, "SELECT d.key, d.step IS NULL AS kept, d.reason, n.step_name AS step, d.detail "
+                    "FROM decided AS d LEFT JOIN step_names AS n USING (step) ORDER BY d.key", subset.decisions)
     stats = {
         "run": run, "subset": name, "recipe_source": recipe.source, "description": recipe.description,
         "made_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -546,8 +547,8 @@ def select(run: str, recipe: Recipe, name: str, threads: int | None = None, over
         "seconds": round(time.time() - started, 3),
     }
     paths.write_text(f"# resolved recipe of subset {name!r} of {run} ({stats['made_at']}; --steps {phase})\n"
-                     + yaml.safe_dump(recipe.to_dict(), sort_keys=False), paths.subset(name, "recipe.yaml"))
-    paths.write_json(stats, paths.subset(name, "stats.json"))  # last: the subset is complete
+                     + yaml.safe_dump(recipe.to_dict(), sort_keys=False), subset.recipe)
+    paths.write_json(stats, subset.stats)  # last: the subset is complete
     return stats
 
 

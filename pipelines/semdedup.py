@@ -46,6 +46,7 @@ from operators.clip import to_matrix
 from operators.semdedup import cluster_order, greedy_dedup, normalize, split_cluster
 from pipelines.config import ConfigError
 from pipelines.duck import parquet_url
+from pipelines.engine import cluster_cpus, run_tasks
 from pipelines.passes import Pass
 from pipelines.storage import RunPaths
 from pipelines.verb_options import SemdedupOptions
@@ -186,16 +187,13 @@ def _sample_and_train(paths: RunPaths, put, shards: list[str], rows: list[int], 
 
     Positions are drawn over the shards' row counts and taken among a shard's non-null embeddings;
     nulls are rare, so the few positions past a shard's end are simply dropped."""
-    import ray
-
     total = sum(rows)
     sample_size = min(total, k * SAMPLE_PER_CENTROID)
     drawn = np.sort(np.random.default_rng(seed).choice(total, size=sample_size, replace=False))
     offsets = np.concatenate([[0], np.cumsum(rows)])
-    sample_task = ray.remote(num_cpus=1)(sample_shard)
-    refs = [sample_task.remote(put, shard, drawn[(drawn >= lo) & (drawn < hi)] - lo)
-            for shard, lo, hi in zip(shards, offsets[:-1], offsets[1:], strict=True)]
-    sample = np.concatenate(ray.get(refs))
+    sample = np.concatenate(run_tasks(sample_shard, [(put, shard, drawn[(drawn >= lo) & (drawn < hi)] - lo)
+                                                     for shard, lo, hi in zip(shards, offsets[:-1], offsets[1:],
+                                                                              strict=True)]))
     return _train(sample, min(k, len(sample)), niter, seed), len(sample)
 
 
@@ -226,7 +224,7 @@ def semdedup(run: str, options: SemdedupOptions | None = None, overwrite: bool =
     max_cluster_size, niter, buckets = options.max_cluster_size, options.niter, options.buckets
     this = Pass(run)
     started, run, paths = this.started, this.run, this.paths
-    shards = paths.list("embeddings", ".parquet")
+    shards = paths.outputs("embeddings")
     if not shards:
         raise ConfigError(f"{run}: no image embeddings (RUN/embeddings/*.parquet); annotate with an embed section")
     rows = _shard_rows(paths, shards)
@@ -262,20 +260,17 @@ def semdedup(run: str, options: SemdedupOptions | None = None, overwrite: bool =
 
     # 2. assign every point, partitioned into buckets of clusters
     dim = centroids.shape[1]
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    n_buckets = buckets or max(math.ceil(total * dim * 2 / BUCKET_BYTES), 2 * cpus)
+    n_buckets = buckets or max(math.ceil(total * dim * 2 / BUCKET_BYTES), 2 * cluster_cpus())
     n_buckets = max(1, min(n_buckets, len(centroids)))
     work = f"{paths.dedup('_semdedup_work')}/{uuid.uuid4().hex}"  # a concurrent pass has its own
-    assign_task = ray.remote(num_cpus=1)(assign_shard)
     centroid_ref = ray.put(centroids)
-    sizes = np.sum(ray.get([assign_task.remote(put, s, centroid_ref, n_buckets, work) for s in shards]), axis=0)
+    sizes = np.sum(run_tasks(assign_shard, [(put, s, centroid_ref, n_buckets, work) for s in shards]), axis=0)
     assigned_at = time.time()
 
     # 3. dedup each bucket's clusters
-    dedup_task = ray.remote(num_cpus=1)(dedup_bucket)
     paths.fs.invalidate_cache(work)  # the tasks wrote there, not this filesystem object
     folders = sorted(p for p in paths.fs.ls(work, detail=False))
-    parts = ray.get([dedup_task.remote(put, folder, eps, max_cluster_size, seed) for folder in folders])
+    parts = run_tasks(dedup_bucket, [(put, folder, eps, max_cluster_size, seed) for folder in folders])
     table = pa.concat_tables(parts).sort_by("key")
     deduped_at = time.time()
     if table.num_rows != int(sizes.sum()):

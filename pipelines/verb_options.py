@@ -8,12 +8,55 @@ Kept apart from the passes themselves: this imports pydantic only, so building t
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from operators.defaults import DEFAULT_TEMPLATES
 from operators.options import Options
+
+# DuckDB's memory units (1000^i and 1024^i), or a share of the machine's memory
+_MEMORY = re.compile(r"(\d+(?:\.\d+)?)\s*(b|bytes|kb|mb|gb|tb|kib|mib|gib|tib|%)", re.IGNORECASE)
+_UNITS = {"b": 1, "bytes": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
+          "tib": 2**40}
+MIN_MEMORY = 32 * 10**6  # bytes: below it DuckDB fails before any query (a few blocks per thread)
+# memory_limit's default: a share of the machine's (or container's) memory, at most the cap. DuckDB's own, 80%,
+# let basic + CLIP score + exact dedup reach 14 GB at 40M rows; at 2 GB it stays flat (benchmarks/select_steps.py)
+DEFAULT_MEMORY_SHARE = 0.25
+DEFAULT_MEMORY_CAP = 2 * 10**9  # bytes
+
+
+class DuckOptions(Options):
+    """DuckDB's settings where a verb queries a run's tables (pipelines/duck.py's connect() reads them; select and
+    metaclip-balance take them, other verbs get the defaults). A verb's options that hold them subclass this, so
+    each default is written once. None is the default rule, resolved where the connection opens (duck.resolved)."""
+
+    threads: int | None = Field(None, gt=0, description="DuckDB threads (default: one per CPU; results do not "
+                                "depend on it)")
+    memory_limit: str | None = Field(None, description="DuckDB memory limit, e.g. 4GB, 3GiB or 25% (of the "
+                                     "machine's or container's memory); past it sorts, joins and windows spill "
+                                     f"to temp_directory (default: {DEFAULT_MEMORY_SHARE:.0%} of the memory, at "
+                                     f"most {DEFAULT_MEMORY_CAP // 10**9}GB)")
+    temp_directory: str | None = Field(None, description="local folder DuckDB spills to (default: the system "
+                                       "temp folder, TMPDIR)")
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _memory(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        match = _MEMORY.fullmatch(value.strip())
+        if not match or float(match[1]) <= 0 or (match[2] == "%" and float(match[1]) > 100):
+            raise ValueError("a size such as 500MB, 4GB, 3GiB or a share such as 25% (units: B, KB, MB, GB, TB, "
+                             "KiB, MiB, GiB, TiB)")
+        if match[2] != "%" and float(match[1]) * _UNITS[match[2].lower()] < MIN_MEMORY:
+            raise ValueError(f"at least {MIN_MEMORY // 10**6}MB")
+        return value.strip()
+
+    def duck(self) -> DuckOptions:
+        """Only the DuckDB settings (of a verb's options that subclass this)."""
+        return DuckOptions(**{name: getattr(self, name) for name in DuckOptions.model_fields})
 
 
 class SemdedupOptions(Options):
@@ -73,14 +116,14 @@ class MetaclipDrawOptions(Options):
                                    "RUN/annotations (annotate's match stage); auto: RUN/match when it finished")
 
 
-class MetaclipBalanceOptions(MetaclipDrawOptions):
-    """The settings of `tailor metaclip-balance` and balance_subset()."""
+class MetaclipBalanceOptions(DuckOptions, MetaclipDrawOptions):
+    """The settings of `tailor metaclip-balance` and balance_subset() (DuckOptions: threads, memory_limit,
+    temp_directory)."""
 
     group_by: str | None = Field(None, description="annotation column naming the image (MetaCLIP 2: one text "
                                  "per image)")
     text_only: bool = Field(False, description="balance every caption, fetched or not (default: only rows whose "
                             "image downloaded; a text pass is always balanced so)")
-    threads: int | None = Field(None, gt=0, description="DuckDB threads (results do not depend on it)")
 
 
 # Zero-shot thresholds that suit a model, used when none is given. The paper's 0.7 is a RAM++

@@ -29,6 +29,7 @@ os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"  # models load from local paths only
 os.environ["TRANSFORMERS_VERBOSITY"] = "error"
 sys.path.insert(0, str(NETGUARD))
+sys.path.insert(1, str(ROOT))  # `tests.slow_dns:getaddrinfo` and the like load by name here as in the CLI's processes
 import sitecustomize  # noqa: E402  (the guard; installs itself because TAILOR_NETGUARD=1)
 
 sitecustomize.install()
@@ -80,3 +81,14 @@ def demo_run(ray_local, demo_web, tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
     summary = annotate(demo_config(web / "urls.parquet", run, "input.rows_per_shard=120"), progress=False)
     return summary, run, web
+
+
+# Fixtures that make a run of the demo web (Ray, download, decode, CLIP: a minute on 2 cores) make every test
+# that uses them slow, whatever its own body costs; `-m "not slow"` leaves them out.
+SLOW_FIXTURES = {"demo_run", "ray_local"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) and item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.slow)

@@ -43,13 +43,16 @@ def demo_config(urls: str | Path, output: str | Path, *overrides: str):
 
 
 def write_manifest(run: Path, name: str, keys: list[str]) -> None:
-    """A hand-made subset: RUN/subsets/NAME/manifest.parquet listing `keys`."""
+    """A hand-made subset: RUN/subsets/NAME/manifest.parquet listing `keys`, and the stats.json that makes a
+    subset complete (written last, as select does)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    folder = run / "subsets" / name
-    folder.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table({"key": pa.array(keys, pa.string())}), folder / "manifest.parquet")
+    from pipelines.storage import RunPaths
+
+    paths = RunPaths(str(run))
+    subset = paths.subset(name)
+    paths.write_parquet(pa.table({"key": pa.array(keys, pa.string())}), subset.manifest)
+    paths.write_json({"subset": name, "rows": len(keys), "kept": len(keys), "made_at": "by hand"}, subset.stats)
 
 
 def run_with_truth(demo_run) -> tuple[Path, list[dict], dict]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import itertools
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -185,3 +186,65 @@ def test_no_import_cycles():
     assert not found, "import cycles among the project's modules:\n" + "\n".join(
         f"{describe(graph, _cycle_in(graph, knot))}\n  (all modules in this knot: {', '.join(sorted(knot))})"
         for knot in found)
+
+
+# ---------------------------------------------------------------- one owner of the run folder's layout
+
+RUN_FOLDERS = ("annotations", "images", "embeddings", "input", "_done", "_staging", "logs", "metadata", "match",
+               "subsets", "fetch-inputs", "dedup", "captions", "audit", "evaluate")
+RUN_FILES = ("manifest.parquet", "decisions.parquet", "stats.json", "recipe.yaml", "_audit.json", "_summary.json",
+             "_settings.json", "_match.json", "fetched_from.json", "entry_counts.parquet")
+OWNER = "pipelines.storage"
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    """ids of the docstring constants (documentation may name the layout)."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                found.add(id(first.value))
+    return found
+
+
+def _run_paths_named(tree: ast.AST) -> list[str]:
+    """Where a module builds a RUN/ path from a string: a literal naming a RUN/ folder as a path part
+    ('subsets/', '/tags' after one) or a run file name, or a folder name given to join/list. Text that says
+    "RUN/" is a message naming the layout to the user, not a path."""
+    skip = _docstrings(tree)
+    folder = "|".join(re.escape(f) for f in RUN_FOLDERS)
+    path_part = re.compile(rf"(^|/)({folder})/")
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip:
+            text = node.value
+            if "RUN/" in text:
+                continue
+            if path_part.search(text) or any(text == f or text.endswith("/" + f) for f in RUN_FILES):
+                found.append(f"line {node.lineno}: {text[:60]!r}")
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                node.func.attr in ("join", "list") and node.args:
+            first = node.args[0]
+            if isinstance(first, ast.Constant) and first.value in RUN_FOLDERS:
+                found.append(f"line {node.lineno}: .{node.func.attr}({first.value!r}, ...)")
+    return found
+
+
+def test_only_the_run_folder_owner_names_paths_under_RUN():
+    """pipelines/storage.py (RunPaths and the Subset, Audit, CaptionSet, Evaluation it hands out) names every path
+    under RUN/; a module that builds one from a string would be a second answer to where a thing lives."""
+    offenders = {}
+    for name, path in project_modules().items():
+        if name == OWNER:
+            continue
+        found = _run_paths_named(ast.parse(path.read_text()))
+        if found:
+            offenders[name] = found
+    assert offenders == {}
+
+
+def test_the_owner_check_finds_a_path_built_from_a_string():
+    tree = ast.parse('def f(paths, name):\n    """RUN/subsets/NAME/stats.json"""\n'
+                     '    return paths.join("subsets", name, "stats.json"), f"{paths.root}/audit/{name}/tags"\n')
+    assert len(_run_paths_named(tree)) == 3

@@ -120,3 +120,17 @@ def test_sql_files_bind_values_as_parameters():
         text = sql(name)
         assert "$t" in text and "{" not in text  # named parameters, nothing to format in
     assert "$seed" in sql("metaclip_balance") and "$seed" in sql("metaclip2_balance")
+
+
+def test_balancing_onto_an_existing_subset_is_refused_and_overwrite_replaces_it_whole(tmp_path):
+    """A subset NAME made by select (its recipe.yaml, decisions) is not silently mixed with a balanced one."""
+    write_run(str(tmp_path))
+    paths = RunPaths(str(tmp_path))
+    options = MetaclipBalanceOptions(t=4, seed=0, text_only=True)
+    balance_subset(str(tmp_path), "s", options, plot=False)
+    paths.write_text("# select's recipe of an earlier subset s\n", paths.subset("s").recipe)
+    with pytest.raises(ConfigError, match="subsets/s exists; pick another --name or pass --overwrite"):
+        balance_subset(str(tmp_path), "s", options, plot=False)
+    stats = balance_subset(str(tmp_path), "s", options.model_copy(update={"seed": 1}), plot=False, overwrite=True)
+    assert not paths.exists(paths.subset("s").recipe)  # nothing of the old subset remains
+    assert paths.complete_subset("s").info()["recipe"]["seed"] == 1 == stats["recipe"]["seed"]

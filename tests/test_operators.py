@@ -221,14 +221,8 @@ def test_an_empty_batch_gives_an_empty_batch(case):
     assert set(case.adds) <= set(out.column_names)
 
 
-CAPTIONER_BARE_KEYERROR = pytest.mark.xfail(
-    strict=True,
-    reason="Captioner (operators/caption.py) reads its columns with batch.column(): a bare pyarrow KeyError")
-
-
 @pytest.mark.parametrize("case, column", [
-    pytest.param(case, column, id=f"{case.name}-{column}",
-                 marks=[CAPTIONER_BARE_KEYERROR] if case.name == "Captioner" else [])
+    pytest.param(case, column, id=f"{case.name}-{column}")
     for case in CASES for column in case.reads])
 def test_a_missing_column_is_an_error_naming_it_and_the_columns_present(case, column):
     batch = case.batch().drop_columns([column])

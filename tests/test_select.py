@@ -17,6 +17,7 @@ import yaml
 from helpers import run_with_truth
 
 from pipelines.config import ConfigError
+from pipelines.duck import DuckOptions
 from pipelines.select import RECIPES, load_recipe, near_masks, parse_recipe, select
 
 
@@ -125,7 +126,7 @@ def test_clip_score_step_meets_the_issue_target(truth_rows):
 @pytest.mark.slow
 def test_demo_recipe_accounts_for_every_row_and_reruns_identically(truth_rows):
     run, rows, _ = truth_rows
-    stats = select(str(run), load_recipe("demo"), "demo", threads=1)
+    stats = select(str(run), load_recipe("demo"), "demo", DuckOptions(threads=1))
     decided = decisions(run, "demo")
     assert sorted(decided) == sorted(r["key"] for r in rows)
     manifest = pq.read_table(run / "subsets" / "demo" / "manifest.parquet").column("key").to_pylist()
@@ -141,7 +142,7 @@ def test_demo_recipe_accounts_for_every_row_and_reruns_identically(truth_rows):
 
     # the resolved recipe.yaml is a recipe: running it (with other threads) gives the same subset
     resolved = run / "subsets" / "demo" / "recipe.yaml"
-    again = select(str(run), load_recipe(resolved), "demo-again", threads=2)
+    again = select(str(run), load_recipe(resolved), "demo-again", DuckOptions(threads=2))
     assert again["kept"] == stats["kept"]
     assert pq.read_table(run / "subsets" / "demo-again" / "decisions.parquet").equals(
         pq.read_table(run / "subsets" / "demo" / "decisions.parquet"))
@@ -449,3 +450,55 @@ def test_semdedup_and_decontaminate_steps_drop_what_their_tables_name(truth_rows
     contaminated = {k for k, d in decided.items() if d["reason"] == "contaminated"}
     assert set(originals) <= contaminated
     assert {group[k] for k in contaminated} == {group[k] for k in originals}
+
+
+# ---------------------------------------------------------------- DuckDB's memory limit and spill folder
+
+def test_a_small_memory_limit_spills_to_the_folder_and_gives_the_same_subset(tmp_path, monkeypatch):
+    import pipelines.select
+
+    rng = np.random.default_rng(7)
+    n = 1_000_000  # pool and decisions: about 190 MB in DuckDB, twice the limit below
+    run = fake_run(tmp_path / "run", sha256=[f"{h:064x}" for h in rng.integers(0, n // 3, n)],
+                   clip_score=pa.array(np.round(rng.uniform(0, 0.5, n), 3), pa.float64()))
+    steps = recipe({"step": "clip_score", "min_score": 0.1}, {"step": "exact_dedup"})
+    select(run, steps, "unbounded", DuckOptions(memory_limit="4GB"))
+    spill = tmp_path / "spill"
+    spilled = []
+    write_query = pipelines.select.write_query
+
+    def watch(*args):  # at the end, the spilled pool and decisions are files of the connection's own folder
+        spilled.extend(p for folder in spill.iterdir() for p in folder.iterdir())
+        write_query(*args)
+
+    monkeypatch.setattr(pipelines.select, "write_query", watch)
+    select(run, steps, "bounded", DuckOptions(memory_limit="100MB", threads=2, temp_directory=str(spill)))
+    assert spilled
+    assert list(spill.iterdir()) == []  # DuckDB removes its files and the connection's folder on close
+    for table in ("manifest", "decisions"):
+        assert pq.read_table(tmp_path / "run" / "subsets" / "bounded" / f"{table}.parquet").equals(
+            pq.read_table(tmp_path / "run" / "subsets" / "unbounded" / f"{table}.parquet"))
+
+
+@pytest.mark.parametrize("limit, message", [("lots", "a size such as 500MB"), ("100", "a size such as 500MB"),
+                                            ("150%", "a share such as 25%"), ("1kb", "at least 32MB")])
+def test_a_bad_memory_limit_is_one_line_before_the_run_is_read(tmp_path, capsys, limit, message):
+    from pipelines.cli import main
+
+    assert main(["select", str(tmp_path / "no-run"), "--recipe", "raw", "--name", "s", "--memory-limit", limit]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--memory-limit" in err and message in err, err
+    with pytest.raises(ValueError, match=message):
+        DuckOptions(memory_limit=limit)
+
+
+def test_duckdb_running_out_of_its_limit_is_one_config_error():
+    import duckdb
+
+    from pipelines.duck import within_memory
+
+    # what cannot spill (how much that is depends on DuckDB's version): its error, raised as DuckDB does
+    with pytest.raises(ConfigError, match=r"^DuckDB ran out of its memory limit \(64MB\): Out of Memory Error: "
+                                          r"failed to pin block; raise --memory-limit, or lower --threads$"):
+        with within_memory(DuckOptions(memory_limit="64MB")):
+            raise duckdb.OutOfMemoryException("Out of Memory Error: failed to pin block\n\nPossible solutions: ...")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 
+import pyarrow as pa
 import pytest
 import yaml
 
-from pipelines.config import ConfigError, check_name, subset_folder
-from pipelines.storage import RunPaths
+from pipelines.config import ConfigError
+from pipelines.storage import RunPaths, SubsetError, check_name
 
 
 def test_absolute_makes_local_paths_absolute_and_leaves_urls(tmp_path, monkeypatch):
@@ -25,14 +26,36 @@ def test_pass_outputs_are_under_the_run(tmp_path):
     assert (paths.match, paths.match_info) == (f"{root}/match", f"{root}/match/_match.json")
     assert paths.match_shard("00001") == f"{root}/match/shards/00001.parquet"
     assert paths.entry_counts == f"{root}/match/entry_counts.parquet"
-    assert paths.subset("basic") == f"{root}/{subset_folder('basic')}"
-    assert paths.subset_manifest("basic") == f"{root}/subsets/basic/manifest.parquet"
-    assert paths.subset("basic", "stats.json") == f"{root}/subsets/basic/stats.json"
+    assert paths.subset("basic").folder == f"{root}/subsets/basic"
+    assert paths.subset("basic").manifest == f"{root}/subsets/basic/manifest.parquet"
+    assert paths.subset("basic").stats == f"{root}/subsets/basic/stats.json"
+    assert paths.fetch_input("basic", "2026-12-07T10:00:00+00:00") == \
+        f"{root}/fetch-inputs/basic-20261207T1000000000.parquet"
     assert paths.dedup("semdedup.parquet") == f"{root}/dedup/semdedup.parquet"
-    assert paths.captions("basic.short") == f"{root}/captions/basic.short"
-    assert paths.audit("demo") == f"{root}/audit/demo"
-    assert paths.evaluation("default") == f"{root}/evaluate/default"
-    assert RunPaths("s3://bucket/run").subset_manifest("x") == "bucket/run/subsets/x/manifest.parquet"
+    assert paths.captions("basic.short").folder == f"{root}/captions/basic.short"
+    assert paths.audit("demo").tags("00001") == f"{root}/audit/demo/tags/00001.parquet"
+    assert paths.evaluation("default").summary == f"{root}/evaluate/default/summary.json"
+    assert RunPaths("s3://bucket/run").subset("x").manifest == "bucket/run/subsets/x/manifest.parquet"
+    assert RunPaths("s3://bucket/run").subset("x").url == "s3://bucket/run/subsets/x"
+
+
+def test_an_artifact_is_complete_once_its_last_file_is_written_and_is_replaced_whole(tmp_path):
+    paths = RunPaths(str(tmp_path))
+    subset = paths.subset("kept")
+    paths.write_parquet(pa.table({"key": ["a"]}), subset.manifest)  # a select stopped before its stats
+    assert subset.exists and not subset.complete and paths.subsets() == []
+    with pytest.raises(SubsetError, match="has no subset 'kept' .subsets: none yet"):
+        paths.complete_subset("kept")
+    with pytest.raises(ConfigError, match="subsets/kept exists; pick another --name or pass --overwrite"):
+        subset.replace(overwrite=False)
+    paths.write_json({"kept": 1}, subset.stats)
+    assert [s.name for s in paths.subsets()] == ["kept"] and paths.complete_subset("kept").info() == {"kept": 1}
+    subset.replace(overwrite=True)
+    assert not subset.exists
+    (tmp_path / "subsets" / "not a name").mkdir(parents=True)  # not one of ours: listed as nothing
+    assert paths.subsets() == []
+    with pytest.raises(ConfigError, match="not a valid audit name"):
+        paths.audit("../up")
 
 
 def test_read_config(tmp_path):

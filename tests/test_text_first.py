@@ -17,6 +17,8 @@ import json
 import shutil
 import subprocess
 import sys
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -234,3 +236,22 @@ def test_text_pass_of_real_alt_texts_under_the_socket_guard(ray_local, tmp_path)
     assert summary["status_counts"] == {"not_fetched": pq.read_metadata(source).num_rows}
     matched = pq.read_table(tmp_path / "run" / "annotations", columns=["metaclip_entries"]).column(0).to_pylist()
     assert sum(bool(m) for m in matched) > len(matched) // 2  # most real alt-texts name some metadata entry
+
+
+def test_reselecting_the_subset_a_run_was_fetched_from_keeps_that_run_whole_and_says_why_it_will_not_resume(
+        world, capsys):
+    """Last of the world's tests: it selects the text pass's subset `kept` again. The fetched run's input (its
+    config names it) survives, and fetching into that run again is refused in one line naming both selections."""
+    fetched = world["fetched"]
+    input_path = Path(load_config(fetched / "config.yaml").input.path)
+    assert input_path.exists()
+    made_at = json.loads((world["text"] / "subsets" / "kept" / "stats.json").read_text())["made_at"]
+    while made_at == datetime.now(UTC).isoformat(timespec="seconds"):  # made_at has whole seconds: the new
+        time.sleep(0.05)                                                 # selection is made in another second
+    select(str(world["text"]), load_recipe(world["recipe"]), "kept", phase="text", overwrite=True)
+    assert input_path.exists()  # the fetched run's input was not deleted with the old subset
+    before = world["server"].request_counts()
+    assert cli(["fetch", str(world["text"]), "--subset", "kept", "--out", str(fetched), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "selected again" in err and str(input_path) in err and "--overwrite" in err
+    assert requested(world["server"], before) == {}
