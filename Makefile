@@ -24,7 +24,7 @@ browser:
 		|| echo "make: could not install chromium (apt-get as root); the browser tests will fail"
 
 test: setup browser
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra -n 2 --dist loadfile
 
 lint: setup
 	$(BIN)/ruff check operators pipelines tests benchmarks

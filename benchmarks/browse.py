@@ -150,7 +150,7 @@ def main() -> None:
     run = Path(args.work) / f"run-{args.rows}"
     generate(run, args.rows, args.image_shards)
 
-    from pipelines.browse_server import BrowseServer
+    from pipelines.browse.server import BrowseServer
 
     started = time.perf_counter()
     server = BrowseServer(str(run), threads=args.threads)

@@ -33,7 +33,7 @@ from network_guard import install_network_guard
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 def build_web(work: Path, n: int, seed: int) -> Path:
-    from pipelines.demo_web.build import build_demo_web
+    from pipelines.demo.web.build import build_demo_web
 
     web = work / f"web-{n}-{seed}"
     if not (web / "truth.parquet").exists():
@@ -171,7 +171,7 @@ def compare(urls: Path, args: argparse.Namespace, label: str) -> dict:
 def throughput(args: argparse.Namespace) -> dict:
     from photo_web import build_photo_web, serve_folder, url_table
 
-    from pipelines.demo_web.serve import DemoWebServer
+    from pipelines.demo.web.serve import DemoWebServer
 
     results = {}
     if "photos" in args.web:
@@ -192,7 +192,7 @@ def throughput(args: argparse.Namespace) -> dict:
 
 
 def memory(args: argparse.Namespace) -> dict:
-    from pipelines.demo_web.serve import DemoWebServer
+    from pipelines.demo.web.serve import DemoWebServer
 
     web = build_web(args.work, args.n, args.seed)
     results = {}

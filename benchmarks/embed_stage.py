@@ -29,8 +29,8 @@ from network_guard import install_network_guard  # noqa: E402
 
 def preprocessed_rows(model_path: str, rows: int) -> pa.Table:
     from operators.embed import ClipPreprocessor
-    from pipelines.demo_web import world
-    from pipelines.demo_web.render import flatten, render_image
+    from pipelines.demo.web import world
+    from pipelines.demo.web.render import flatten, render_image
 
     rng = np.random.default_rng(0)
     images, captions = [], []

@@ -83,7 +83,7 @@ def write_subset(run: Path, name: str, keep: float, seed: int = 0) -> int:
 
 def baseline(run: Path, name: str, out: Path, per_shard: int) -> int:
     """One process, pyarrow + tarfile: the same members as materialize, written the obvious way."""
-    from pipelines.materialize import TAR_MTIME, image_format, sample_json, scalar_columns
+    from pipelines.verbs.materialize import TAR_MTIME, image_format, sample_json, scalar_columns
 
     out.mkdir(parents=True)
     keys = pq.read_table(run / "subsets" / name / "manifest.parquet").column("key").unique()
@@ -129,7 +129,7 @@ def main() -> None:
 
     import ray
 
-    from pipelines.materialize import MaterializeOptions, materialize
+    from pipelines.verbs.materialize import MaterializeOptions, materialize
 
     run = work / "run"
     if args.run:

@@ -187,8 +187,8 @@ def scale(captions: list[str], entries: list[str], rows: int, work: Path, actors
     import ray
 
     from operators.match import MatchOptions
-    from pipelines.match import match_run
-    from pipelines.metaclip import balance
+    from pipelines.verbs.match import match_run
+    from pipelines.verbs.metaclip import balance
 
     run = work / f"metaclip-run-{rows}"
     started = time.time()

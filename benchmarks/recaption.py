@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def renders(n: int, seed: int) -> list[bytes]:
-    from pipelines.demo_web import world
-    from pipelines.demo_web.render import flatten, render_image
+    from pipelines.demo.web import world
+    from pipelines.demo.web.render import flatten, render_image
 
     rng = np.random.default_rng(seed)
     out = []

@@ -42,8 +42,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from network_guard import install_network_guard  # noqa: E402
 
-from pipelines.duck import DuckOptions  # noqa: E402
-from pipelines.select import parse_recipe, select  # noqa: E402
+from pipelines.core.duck import DuckOptions  # noqa: E402
+from pipelines.verbs.select import parse_recipe, select  # noqa: E402
 
 WORK = ROOT / "benchmarks" / ".work"
 

@@ -1,4 +1,4 @@
-"""SemDeDup over 1M 512-d embeddings: the clustered pass (`pipelines.semdedup`) vs exact all-pairs peers.
+"""SemDeDup over 1M 512-d embeddings: the clustered pass (`pipelines.verbs.semdedup`) vs exact all-pairs peers.
 
 Data: a synthetic run folder holding only RUN/embeddings (100 shards of 10k, float16 as annotate
 stores them): points around 2,000 blob centres (cosine ~0.5 between points of a blob), plus planted
@@ -130,8 +130,8 @@ def main() -> None:
                      "generate_s": round(time.time() - started, 1)}
     print(f"data: {args.n} x {args.dim} in {results['generate_s']} s", flush=True)
 
-    from pipelines.engine import init_ray
-    from pipelines.semdedup import SemdedupOptions, semdedup
+    from pipelines.core.engine import init_ray
+    from pipelines.verbs.semdedup import SemdedupOptions, semdedup
 
     t0 = time.perf_counter()
     init_ray(None)  # as in a select run, where Ray is up already

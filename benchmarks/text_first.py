@@ -98,8 +98,8 @@ def served_bytes(run: Path) -> int:
 def web_comparison(work: Path, n: int, rounds: int) -> dict:
     from download_decode import build_web
 
-    from pipelines.demo_web.serve import DemoWebServer
-    from pipelines.demo_web.world import CONCEPTS
+    from pipelines.demo.web.serve import DemoWebServer
+    from pipelines.demo.web.world import CONCEPTS
 
     web = build_web(work, n, 11)
     concepts = work / "concepts.txt"

@@ -1,9 +1,9 @@
 """What every use of a CLIP-family model shares: device and dtype, image and text features, text encoding
 by the checkpoint's padding rule, prompt ensembles, a stable softmax, and stored vectors as a matrix.
 
-Users: operators/embed.py (the run's embeddings and probes), pipelines/audit.py (concept embeddings),
-pipelines/recaption.py (rescoring new captions), pipelines/proxy.py (zero-shot accuracy of a proxy) and
-pipelines/models/train_demo_clip.py (the concept loss). Any checkpoint whose model has
+Users: operators/embed.py (the run's embeddings and probes), pipelines/verbs/audit.py (concept embeddings),
+pipelines/verbs/recaption.py (rescoring new captions), pipelines/verbs/proxy.py (zero-shot accuracy of a proxy) and
+pipelines/demo/train_clip.py (the concept loss). Any checkpoint whose model has
 `get_image_features` / `get_text_features` works (CLIPModel, SiglipModel, ...).
 
 Text is tokenized one way everywhere (`tokenize`): truncated to the text tower's context

@@ -297,7 +297,7 @@ def decode_image(data: bytes, options: DecodeOptions) -> Decoded:
     return result
 
 
-@functools.cache  # Decoder is built per batch (pipelines/annotate.py: decode_batch); the limits need setting once
+@functools.cache  # Decoder is built per batch (pipelines/verbs/annotate.py: decode_batch); the limits need setting once
 def prepare_decoder() -> None:
     """Once per process: parallelism comes from the engine's tasks and threads, not from OpenCV's or BLAS's own.
     (pHash's matrix products are big enough for OpenBLAS to start its threads, which then spin between

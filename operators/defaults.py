@@ -1,5 +1,5 @@
 """Operator options and defaults that the command line reads when it builds its flags
-(pipelines/cli_options.py), kept free of numpy, pyarrow and Ray: building `tailor`'s parser imports
+(pipelines/core/cli_options.py), kept free of numpy, pyarrow and Ray: building `tailor`'s parser imports
 pydantic only. Their operators re-export them: MatchOptions (operators/match.py), DEFAULT_TEMPLATES
 (operators/clip.py).
 """

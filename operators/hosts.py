@@ -12,7 +12,7 @@ node of the run together:
 - its robots.txt and tdmrep.json fetched once (`HostPolicy`), by the first worker to reach it.
 
 `HostBudget` is that authority: plain Python, one instance per run. Locally it is called directly; on a Ray run it
-lives in an actor (pipelines/hosts.py) and every fetch process calls it through `exchange`, one round trip that
+lives in an actor (pipelines/core/hosts.py) and every fetch process calls it through `exchange`, one round trip that
 returns finished attempts' slots and asks for new ones for every host the caller has rows of. All its times are
 its own clock's: callers send and receive durations, so nodes' clocks never meet. A slot is a lease: one that is
 not returned within `lease_s` (a worker killed mid-request) is taken back.

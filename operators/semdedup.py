@@ -3,7 +3,7 @@
 Semantic deduplication (Abbas et al. 2023, *SemDeDup*) clusters image embeddings with spherical
 k-means and, inside each cluster, removes points whose cosine similarity to another point exceeds
 `1 - eps`. This module is the in-cluster part, plain numpy (and faiss for the split of oversized
-clusters); the clustering and the Ray wiring are in pipelines/semdedup.py.
+clusters); the clustering and the Ray wiring are in pipelines/verbs/semdedup.py.
 
 Order. Points are visited by increasing cosine to their cluster centroid (the point farthest from
 the centroid first, as SemDeDup's `keep_hard` default keeps the least prototypical copy), ties

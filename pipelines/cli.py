@@ -54,10 +54,10 @@ def _print_summary(summary: dict) -> None:
 
 
 def _annotate(args: argparse.Namespace) -> int:
-    from pipelines.config import load_config, shipped_or_path
-    from pipelines.engine import storage_errors
-    from pipelines.sources import check_input
-    from pipelines.storage import RunPaths
+    from pipelines.core.config import load_config, shipped_or_path
+    from pipelines.core.engine import storage_errors
+    from pipelines.core.sources import check_input
+    from pipelines.core.storage import RunPaths
 
     overrides = list(args.set or [])
     if args.text_only:
@@ -72,7 +72,7 @@ def _annotate(args: argparse.Namespace) -> int:
         fresh = args.overwrite or not paths.exists(paths.plan)
     if fresh:
         check_input(config.input)  # a mistake in the input is told in a second, before Ray is even imported
-    from pipelines.annotate import annotate
+    from pipelines.verbs.annotate import annotate
 
     summary = annotate(config, overwrite=args.overwrite, progress=not args.no_progress,
                        ray_progress=args.verbose and not args.no_progress, retry_transient=not args.no_retry)
@@ -82,7 +82,7 @@ def _annotate(args: argparse.Namespace) -> int:
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    from pipelines.fetch_subset import fetch_subset
+    from pipelines.verbs.fetch_subset import fetch_subset
 
     summary = fetch_subset(args.run, args.subset, args.out, overrides=args.set, overwrite=args.overwrite,
                            progress=not args.no_progress, ray_progress=args.verbose and not args.no_progress,
@@ -94,7 +94,7 @@ def _fetch(args: argparse.Namespace) -> int:
 
 
 def _demo_web_build(args: argparse.Namespace) -> int:
-    from pipelines.demo_web.build import build_demo_web
+    from pipelines.demo.web.build import build_demo_web
 
     started = time.time()
     info = build_demo_web(Path(args.out), n=args.n, seed=args.seed, min_size=args.min_size, max_size=args.max_size)
@@ -112,7 +112,7 @@ def _wait_for_interrupt() -> None:
 
 
 def _demo_web_serve(args: argparse.Namespace) -> int:
-    from pipelines.demo_web.serve import DemoWebServer
+    from pipelines.demo.web.serve import DemoWebServer
 
     with DemoWebServer(Path(args.out), host=args.host, port=args.port) as server:
         print(f"serving {args.out} at {server.base_url}; URL table: {args.out}/urls.parquet (Ctrl-C stops)",
@@ -125,11 +125,11 @@ def _demo(args: argparse.Namespace) -> int:
     """Build the demo web (once), serve it on 127.0.0.1, annotate it, check against ground truth."""
     import pyarrow.parquet as pq
 
-    from pipelines.annotate import annotate
-    from pipelines.config import load_config
-    from pipelines.demo import check_run, starts_over
-    from pipelines.demo_web.build import build_demo_web
-    from pipelines.demo_web.serve import DemoWebServer
+    from pipelines.core.config import load_config
+    from pipelines.demo.score import check_run, starts_over
+    from pipelines.demo.web.build import build_demo_web
+    from pipelines.demo.web.serve import DemoWebServer
+    from pipelines.verbs.annotate import annotate
 
     out = Path(args.out)
     web = out / "web"
@@ -161,8 +161,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from pipelines.annotate import run_status
-    from pipelines.storage import RunPaths
+    from pipelines.core.storage import RunPaths
+    from pipelines.verbs.annotate import run_status
 
     s = run_status(RunPaths(args.run))
     if s is None:
@@ -184,9 +184,9 @@ def _status(args: argparse.Namespace) -> int:
 
 def _match(args: argparse.Namespace) -> int:
     from operators.match import MatchOptions
-    from pipelines.cli_options import options_from
-    from pipelines.match import match_run
-    from pipelines.storage import RunPaths
+    from pipelines.core.cli_options import options_from
+    from pipelines.core.storage import RunPaths
+    from pipelines.verbs.match import match_run
 
     options = options_from(args, MatchOptions)
     summary = match_run(args.run, options, actors=args.actors, overwrite=args.overwrite,
@@ -198,9 +198,9 @@ def _match(args: argparse.Namespace) -> int:
 
 
 def _metaclip_balance(args: argparse.Namespace) -> int:
-    from pipelines.cli_options import options_from
-    from pipelines.metaclip import MetaclipBalanceOptions, balance_subset
-    from pipelines.storage import RunPaths
+    from pipelines.core.cli_options import options_from
+    from pipelines.core.storage import RunPaths
+    from pipelines.verbs.metaclip import MetaclipBalanceOptions, balance_subset
 
     stats = balance_subset(args.run, args.name, options_from(args, MetaclipBalanceOptions), overwrite=args.overwrite)
     captions, before, after = stats["captions"], stats["before"], stats["after"]
@@ -214,8 +214,8 @@ def _metaclip_balance(args: argparse.Namespace) -> int:
 
 
 def _materialize(args: argparse.Namespace) -> int:
-    from pipelines.cli_options import options_from
-    from pipelines.materialize import MaterializeOptions, materialize
+    from pipelines.core.cli_options import options_from
+    from pipelines.verbs.materialize import MaterializeOptions, materialize
 
     options = options_from(args, MaterializeOptions)
     s = materialize(args.run, args.name, args.out, options, overwrite=args.overwrite, progress=not args.no_progress)
@@ -231,9 +231,9 @@ def _materialize(args: argparse.Namespace) -> int:
 
 
 def _select(args: argparse.Namespace) -> int:
-    from pipelines.cli_options import options_from
-    from pipelines.select import DuckOptions, load_recipe, select
-    from pipelines.storage import RunPaths
+    from pipelines.core.cli_options import options_from
+    from pipelines.core.storage import RunPaths
+    from pipelines.verbs.select import DuckOptions, load_recipe, select
 
     recipe = load_recipe(args.recipe)
     stats = select(args.run, recipe, args.name, duck=options_from(args, DuckOptions), overwrite=args.overwrite,
@@ -254,8 +254,8 @@ def _select(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from pipelines.audit import AuditOptions, audit_run
-    from pipelines.cli_options import options_from
+    from pipelines.core.cli_options import options_from
+    from pipelines.verbs.audit import AuditOptions, audit_run
 
     options = options_from(args, AuditOptions, AUDIT_FLAGS)
     s = audit_run(args.run, options, subset=args.subset, accuracy=args.accuracy, progress=not args.no_progress)
@@ -298,7 +298,7 @@ def _number(value: float | None, spec: str = ".4f") -> str:
 
 
 def _loglinear(args: argparse.Namespace) -> int:
-    from pipelines.loglinear import analyse, read_points, write
+    from pipelines.verbs.loglinear import analyse, read_points, write
 
     result = analyse(read_points(args.file, args.file), source=args.file)
     files = write(result, args.out)
@@ -315,8 +315,8 @@ def _loglinear(args: argparse.Namespace) -> int:
 
 
 def _recaption(args: argparse.Namespace) -> int:
-    from pipelines.config import load_config
-    from pipelines.recaption import RecaptionConfig, recaption
+    from pipelines.core.config import load_config
+    from pipelines.verbs.recaption import RecaptionConfig, recaption
 
     overrides = list(args.set or [])
     if args.concepts:
@@ -344,10 +344,10 @@ def _recaption(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from pipelines.cli_options import options_from
-    from pipelines.config import load_config
-    from pipelines.evaluate import EvaluateOptions, evaluate
-    from pipelines.proxy import ProxyConfig
+    from pipelines.core.cli_options import options_from
+    from pipelines.core.config import load_config
+    from pipelines.verbs.evaluate import EvaluateOptions, evaluate
+    from pipelines.verbs.proxy import ProxyConfig
 
     options = options_from(args, EvaluateOptions, EVALUATE_FLAGS)
     config = load_config(args.config, list(args.set or []), model=ProxyConfig)
@@ -365,7 +365,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _demo_web_eval_set(args: argparse.Namespace) -> int:
-    from pipelines.demo_web.evalset import build_eval_set
+    from pipelines.demo.web.evalset import build_eval_set
 
     s = build_eval_set(args.out, per_concept=args.per_concept, seed=args.seed)
     print(f"wrote {s['images']} images of {s['concepts']} concepts to {s['out']}/CONCEPT/ (seed {s['seed']})")
@@ -377,8 +377,8 @@ def _semdedup(args: argparse.Namespace) -> int:
 
     import fsspec
 
-    from pipelines.cli_options import options_from
-    from pipelines.semdedup import SemdedupOptions, semdedup
+    from pipelines.core.cli_options import options_from
+    from pipelines.verbs.semdedup import SemdedupOptions, semdedup
 
     options = options_from(args, SemdedupOptions, SEMDEDUP_FLAGS)
     path = semdedup(args.run, options, overwrite=args.overwrite)
@@ -393,8 +393,8 @@ def _decontaminate(args: argparse.Namespace) -> int:
     import fsspec
     import pyarrow.parquet as pq
 
-    from pipelines.cli_options import given, options_from
-    from pipelines.decontam import DecontamOptions, decontaminate
+    from pipelines.core.cli_options import given, options_from
+    from pipelines.verbs.decontam import DecontamOptions, decontaminate
 
     off = {name: None for name, value in given(args, DecontamOptions).items()  # negative on the command line: off
            if name in ("max_cosine", "max_hamming") and value < 0}
@@ -406,8 +406,8 @@ def _decontaminate(args: argparse.Namespace) -> int:
 
 
 def _browse(args: argparse.Namespace) -> int:
-    from pipelines.browse import BrowseError
-    from pipelines.storage import RunPaths
+    from pipelines.browse.views import BrowseError
+    from pipelines.core.storage import RunPaths
 
     fragment = ""
     if args.subset:
@@ -415,17 +415,17 @@ def _browse(args: argparse.Namespace) -> int:
         fragment = f"#grid?subset={args.subset}"
     try:
         if args.out:
-            from pipelines.browse_export import export
+            from pipelines.browse.export import export
 
             s = export(args.run, args.out, limit=args.limit)
             print(f"wrote a static copy of {s['samples']} samples ({s['details']} detail pages, {s['images']} images) "
                   f"to {s['out']}; open file://{Path(s['index']).resolve()}{fragment}")
             return 0
-        from pipelines.browse_server import BrowseServer
+        from pipelines.browse.server import BrowseServer
 
         server = BrowseServer(args.run, host=args.host, port=args.port)
     except BrowseError as err:
-        from pipelines.config import ConfigError
+        from pipelines.core.config import ConfigError
 
         raise ConfigError(str(err)) from None
     with server:
@@ -454,8 +454,8 @@ def _settings(help: str) -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     from operators.defaults import MatchOptions
-    from pipelines.cli_options import add_options
-    from pipelines.verb_options import (
+    from pipelines.core.cli_options import add_options
+    from pipelines.core.verb_options import (
         AuditOptions,
         DecontamOptions,
         DuckOptions,
@@ -638,8 +638,8 @@ def _quiet(args: argparse.Namespace) -> int:
     """Run the command with descriptor 2 in a log file (Ray's C++ lines); Ray is shut down inside, so
     its shutdown lines land there too. The log is deleted after a success; after a failure its tail is
     shown and the file kept."""
-    from pipelines import engine
-    from pipelines.console import native_stderr_to
+    from pipelines.core import engine
+    from pipelines.core.console import native_stderr_to
 
     code = 1
     try:
@@ -671,9 +671,9 @@ def _quiet(args: argparse.Namespace) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from pipelines.config import ConfigError
+    from pipelines.core.config import ConfigError
+    from pipelines.core.sources import InputError
     from pipelines.metadata import MetadataError
-    from pipelines.sources import InputError
 
     try:
         return args.func(args)

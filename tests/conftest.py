@@ -75,7 +75,7 @@ def demo_run(ray_local, demo_web, tmp_path_factory):
     Shared by every test that reads a run (annotate, select, materialize, audit); tests write only
     their own subsets/NAME folders into it, never change its annotations.
     """
-    from pipelines.annotate import annotate
+    from pipelines.verbs.annotate import annotate
 
     server, web = demo_web
     run = tmp_path_factory.mktemp("run")

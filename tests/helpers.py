@@ -28,8 +28,8 @@ def shared_data() -> Path:
 @contextlib.contextmanager
 def served_demo_web(out: Path, n: int, seed: int):
     """Build a demo web into `out` and serve it on 127.0.0.1; yields (server, out)."""
-    from pipelines.demo_web.build import build_demo_web
-    from pipelines.demo_web.serve import DemoWebServer
+    from pipelines.demo.web.build import build_demo_web
+    from pipelines.demo.web.serve import DemoWebServer
 
     build_demo_web(out, n=n, seed=seed)
     with DemoWebServer(out, slow_seconds=TEST_SLOW_SECONDS) as server:
@@ -37,7 +37,7 @@ def served_demo_web(out: Path, n: int, seed: int):
 
 
 def demo_config(urls: str | Path, output: str | Path, *overrides: str):
-    from pipelines.config import load_config
+    from pipelines.core.config import load_config
 
     return load_config(DEMO_CONFIG, [f"input.path={urls}", f"output={output}", *overrides])
 
@@ -47,7 +47,7 @@ def write_manifest(run: Path, name: str, keys: list[str]) -> None:
     subset complete (written last, as select does)."""
     import pyarrow as pa
 
-    from pipelines.storage import RunPaths
+    from pipelines.core.storage import RunPaths
 
     paths = RunPaths(str(run))
     subset = paths.subset(name)

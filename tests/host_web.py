@@ -315,6 +315,12 @@ class HostWeb:
         with host.lock:
             return host.throttled
 
+    def inflight(self, address: str) -> int:
+        """The admitted requests `address` is serving now."""
+        host = self._hosts[address]
+        with host.lock:
+            return host.inflight
+
     def max_inflight(self, address: str) -> int:
         """The most admitted requests `address` served at once."""
         host = self._hosts[address]

@@ -13,8 +13,8 @@ import pytest
 from helpers import demo_config
 from PIL import Image
 
-from pipelines.annotate import annotate
-from pipelines.demo import check_run, roc_auc
+from pipelines.demo.score import check_run, roc_auc
+from pipelines.verbs.annotate import annotate
 
 pytestmark = pytest.mark.slow
 
@@ -153,7 +153,7 @@ def test_rerun_of_a_finished_run_retries_only_what_failed_for_a_moment(demo_run,
 
 def test_changed_settings_refuse_to_mix_into_an_existing_run(demo_run, demo_web):
     _, run, web = demo_run
-    from pipelines.config import ConfigError
+    from pipelines.core.config import ConfigError
 
     with pytest.raises(ConfigError, match="different input or settings"):
         annotate(demo_config(web / "urls.parquet", run, "decode.image_size=128"), progress=False)

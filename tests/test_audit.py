@@ -17,11 +17,11 @@ import yaml
 from helpers import shared_data, write_manifest
 
 from operators.concepts import ConceptMatcher, Concepts, ImageConceptTagger, SoftmaxTagger
-from pipelines import audit as audit_module
-from pipelines.audit import AuditOptions, audit_run, log_linear
 from pipelines.concepts import BUILTIN, load_concepts
-from pipelines.config import ConfigError
-from pipelines.demo_web.world import CONCEPTS
+from pipelines.core.config import ConfigError
+from pipelines.demo.web.world import CONCEPTS
+from pipelines.verbs import audit as audit_module
+from pipelines.verbs.audit import AuditOptions, audit_run, log_linear
 
 
 def make_run(run: Path, rows: list[dict], image_emb: dict[str, np.ndarray] | None = None) -> Path:

@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import yaml
 
 from operators.concepts import IDS, ConceptMatcher, Concepts, english_forms
-from pipelines import audit as audit_module
-from pipelines.audit import AuditOptions, audit_run
-from pipelines.duck import connect, run_sql
+from pipelines.core.duck import connect, run_sql
+from pipelines.verbs import audit as audit_module
+from pipelines.verbs.audit import AuditOptions, audit_run
 
 # ---------------------------------------------------------------- text: inflections, not lemmas
 

@@ -17,7 +17,7 @@ def test_concept_coverage_notebook_executes(demo_run, tmp_path, monkeypatch):
     import nbformat
     from nbclient import NotebookClient
 
-    from pipelines.demo_web.world import CONCEPTS
+    from pipelines.demo.web.world import CONCEPTS
 
     _, run, _ = demo_run
     keys = pq.read_table(run / "annotations", columns=["key"]).column("key").to_pylist()

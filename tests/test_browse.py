@@ -23,8 +23,8 @@ import pytest
 from browser import Chromium, require_chromium
 from helpers import demo_config
 
-from pipelines.browse import BrowseError, GridQuery, check_key
-from pipelines.browse_server import BrowseServer
+from pipelines.browse.server import BrowseServer
+from pipelines.browse.views import BrowseError, GridQuery, check_key
 
 SCRIPT_CAPTION = "<script>alert(1)</script> a photo of a dog"
 IMG_CAPTION = '<img src=x onerror="alert(2)"> a red circle'
@@ -61,10 +61,10 @@ def test_grid_filters_are_validated_with_a_message(query, message):
 @pytest.fixture(scope="module")
 def browse_run(demo_run, tmp_path_factory):
     """A copy of the demo run with the demo recipe's subset, the demo audit and SemDeDup."""
-    from pipelines.audit import AuditOptions, audit_run
-    from pipelines.select import load_recipe, select
-    from pipelines.semdedup import semdedup
-    from pipelines.verb_options import SemdedupOptions
+    from pipelines.core.verb_options import SemdedupOptions
+    from pipelines.verbs.audit import AuditOptions, audit_run
+    from pipelines.verbs.select import load_recipe, select
+    from pipelines.verbs.semdedup import semdedup
 
     _, source, web = demo_run
     run = tmp_path_factory.mktemp("browse") / "run"
@@ -79,7 +79,7 @@ def browse_run(demo_run, tmp_path_factory):
 @pytest.fixture(scope="module")
 def script_run(ray_local, demo_web, tmp_path_factory):
     """A tiny run annotated from the demo web, two of whose captions hold HTML that would run if pasted as HTML."""
-    from pipelines.annotate import annotate
+    from pipelines.verbs.annotate import annotate
 
     _, web = demo_web
     truth = {r["demo_id"]: r for r in pq.read_table(web / "truth.parquet").to_pylist()}
@@ -248,7 +248,7 @@ def test_grid_shows_the_samples_of_a_filter_and_the_near_duplicate_drops(server,
 def test_concepts_open_on_an_audit_with_counts_not_on_recaptions_tags_alone(browse_run):
     """`recaption --concepts` tags concepts without counting them (no counts.parquet): such an audit, even first
     by name, is not what the concepts view and the grid's concept filter open on."""
-    from pipelines.browse import Browser, NotFound
+    from pipelines.browse.views import Browser, NotFound
 
     tags_only = browse_run / "audit" / "aaa"
     shutil.copytree(browse_run / "audit" / "demo", tags_only, ignore=shutil.ignore_patterns("counts.parquet"))
@@ -351,7 +351,7 @@ def test_a_caption_with_a_script_tag_renders_as_text(script_run, browser, tmp_pa
 
 @pytest.mark.slow
 def test_static_copy_opens_from_file_without_a_server(script_run, browse_run, browser, tmp_path):
-    from pipelines.browse_export import export
+    from pipelines.browse.export import export
 
     for run, limit in ((script_run, 100), (browse_run, 40)):
         out = tmp_path / f"copy-{run.parent.name}"

@@ -9,8 +9,8 @@ import pytest
 from pydantic import Field
 
 from operators.options import Options
-from pipelines.cli_options import add_options, options_from
-from pipelines.config import ConfigError
+from pipelines.core.cli_options import add_options, options_from
+from pipelines.core.config import ConfigError
 
 
 class Example(Options):
@@ -56,8 +56,8 @@ def test_renamed_flag_and_a_refused_value_is_one_line_naming_the_flag():
 
 def test_semdedup_cli_options_and_select_step_share_one_model():
     from pipelines.cli import build_parser
-    from pipelines.select import parse_recipe
-    from pipelines.verb_options import SemdedupOptions
+    from pipelines.core.verb_options import SemdedupOptions
+    from pipelines.verbs.select import parse_recipe
 
     args = build_parser().parse_args(["semdedup", "run", "--clusters", "7"])
     assert options_from(args, SemdedupOptions, {"n_clusters": "clusters"}) == SemdedupOptions(n_clusters=7)
@@ -80,7 +80,7 @@ def test_decontaminate_cli_negative_is_off_and_eval_is_required(capsys):
 
 def test_materialize_cli_flags_as_before():
     from pipelines.cli import build_parser
-    from pipelines.verb_options import MaterializeOptions
+    from pipelines.core.verb_options import MaterializeOptions
 
     args = build_parser().parse_args(["materialize", "run", "sub", "--out", "o", "--no-parquet", "--skip-missing",
                                       "--samples-per-shard", "5", "--captions", "c", "--mix", "0.5", "--mix-seed", "2"])
@@ -117,7 +117,7 @@ def test_building_the_parser_imports_no_numpy_pyarrow_or_ray():
 
 def test_metaclip_balance_cli_flags_from_its_options():
     from pipelines.cli import build_parser
-    from pipelines.verb_options import MetaclipBalanceOptions
+    from pipelines.core.verb_options import MetaclipBalanceOptions
 
     parser = build_parser()
     args = parser.parse_args(["metaclip-balance", "run", "--t", "8", "--name", "s"])
@@ -134,7 +134,7 @@ def test_metaclip_balance_cli_flags_from_its_options():
 
 
 def test_metaclip_balance_overwrite_reaches_balance_subset(monkeypatch, capsys):
-    import pipelines.metaclip
+    import pipelines.verbs.metaclip
     from pipelines.cli import main
 
     calls = []
@@ -145,7 +145,7 @@ def test_metaclip_balance_overwrite_reaches_balance_subset(monkeypatch, capsys):
                 "entries": {"head": 0}, "before": {"tail_share_of_matches": 0.5},
                 "after": {"tail_share_of_matches": 0.6}}
 
-    monkeypatch.setattr(pipelines.metaclip, "balance_subset", balance_subset)
+    monkeypatch.setattr(pipelines.verbs.metaclip, "balance_subset", balance_subset)
     assert main(["metaclip-balance", "run", "--name", "s", "--t", "2"]) == 0
     assert main(["metaclip-balance", "run", "--name", "s", "--t", "2", "--overwrite"]) == 0
     assert calls == [{"overwrite": False}, {"overwrite": True}]
@@ -195,7 +195,7 @@ def test_a_shared_flag_keeps_the_help_of_each_verb(capsys):
 
 def test_audit_cli_flags_from_audit_options_with_the_old_names():
     from pipelines.cli import AUDIT_FLAGS, build_parser
-    from pipelines.verb_options import AuditOptions
+    from pipelines.core.verb_options import AuditOptions
 
     parser = build_parser()
     args = parser.parse_args(["audit", "run", "--concepts", "demo"])
@@ -217,7 +217,7 @@ def test_audit_cli_flags_from_audit_options_with_the_old_names():
 
 def test_evaluate_cli_flags_from_evaluate_options():
     from pipelines.cli import EVALUATE_FLAGS, build_parser
-    from pipelines.verb_options import EvaluateOptions
+    from pipelines.core.verb_options import EvaluateOptions
 
     parser = build_parser()
     args = parser.parse_args(["evaluate", "run", "--subsets", "a,b", "--eval", "e"])

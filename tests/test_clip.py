@@ -25,7 +25,7 @@ from operators.clip import (
 )
 from operators.concepts import Concepts
 from operators.embed import ClipEmbedder, EmbedOptions
-from pipelines.demo_web.render import flatten, render_image
+from pipelines.demo.web.render import flatten, render_image
 from pipelines.models import resolve_model
 
 DEMO = resolve_model("builtin:demo-clip")
@@ -120,8 +120,8 @@ def test_proxy_zero_shot_averages_over_names_and_synonyms_like_the_audit():
     """A class named by a meaningless word with the synonym "cat": over names only (the proxy before) the demo
     CLIP sends cat images to "dog"; over names and synonyms the proxy predicts what the audit's concept
     embeddings predict, and the cat images go to that class."""
-    from pipelines.audit import AuditOptions, concept_embeddings
-    from pipelines.proxy import ProxyConfig, pixel_tensor, zero_shot
+    from pipelines.verbs.audit import AuditOptions, concept_embeddings
+    from pipelines.verbs.proxy import ProxyConfig, pixel_tensor, zero_shot
 
     concepts = Concepts(("qzxv", "dog", "apple", "pizza"), (("cat",), (), (), ()))
     images = [_png(c, seed) for c in ("cat", "dog", "apple", "pizza") for seed in range(3)]

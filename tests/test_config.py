@@ -8,7 +8,7 @@ import sys
 import pytest
 from helpers import DEMO_CONFIG
 
-from pipelines.config import ConfigError, load_config
+from pipelines.core.config import ConfigError, load_config
 
 
 def test_demo_config_loads_and_overrides_apply():
@@ -120,7 +120,7 @@ def test_unreadable_s3_output_or_metadata_is_one_line_before_ray(tmp_path, capsy
 def test_the_demo_clip_on_other_images_is_named_once(tmp_path, caplog):
     """The demo config embeds with the demo CLIP, which knows only the demo web's shapes: a run over any
     other table says so; a demo web (a folder with truth.parquet), a text pass and embed=null do not."""
-    from pipelines.annotate import _warn_demo_model
+    from pipelines.verbs.annotate import _warn_demo_model
 
     web = tmp_path / "web"
     web.mkdir()

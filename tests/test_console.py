@@ -9,7 +9,7 @@ import sys
 import pytest
 from helpers import DEMO_CONFIG
 
-from pipelines.console import ProgressLine
+from pipelines.core.console import ProgressLine
 
 
 def test_progress_line_off_a_terminal_prints_a_line_per_interval_and_one_at_the_end():

@@ -46,7 +46,7 @@ def _images_requested(web: HostWeb, address: str) -> list[str]:
 
 
 def test_a_run_keeps_every_host_within_its_budget_and_reports_hosts(ray_local, tmp_path):
-    from pipelines.annotate import annotate
+    from pipelines.verbs.annotate import annotate
 
     specs = [HostSpec("127.0.0.20", latency=0.03), HostSpec("127.0.0.21", concurrency=2, rate=8),
              HostSpec("127.0.0.22", robots=DISALLOW_IMG), HostSpec("127.0.0.23", tdm_header=True)]
@@ -80,7 +80,7 @@ def test_a_run_keeps_every_host_within_its_budget_and_reports_hosts(ray_local, t
 def test_a_rerun_after_an_outage_fetches_only_the_rows_that_failed(ray_local, tmp_path):
     """Host .31 goes down mid-run: its later rows end connection_error (transient). Back up, the same command
     again requests exactly those rows, and every row is ok; a third run requests nothing."""
-    from pipelines.annotate import annotate
+    from pipelines.verbs.annotate import annotate
 
     specs = [HostSpec("127.0.0.30", latency=0.01), HostSpec("127.0.0.31", latency=0.05)]
     with HostWeb(specs, _images()) as web:

@@ -14,7 +14,7 @@ import pytest
 from helpers import shared_data
 
 from operators.decontam import EvalIndex
-from pipelines.config import ConfigError
+from pipelines.core.config import ConfigError
 
 
 def test_eval_index_flags_by_either_criterion():
@@ -66,7 +66,7 @@ def eval_case(demo_run, tmp_path_factory):
 
 @pytest.mark.slow
 def test_decontaminate_flags_the_shown_pages_and_their_copies(eval_case):
-    from pipelines.decontam import DecontamOptions, decontaminate
+    from pipelines.verbs.decontam import DecontamOptions, decontaminate
 
     run, folder, _, expected, ok, names = eval_case
     # the demo CLIP is tiny: unrelated demo images reach cosine 0.99+, so only a tight cosine is precise here
@@ -96,7 +96,7 @@ def test_decontaminate_flags_the_shown_pages_and_their_copies(eval_case):
 
 @pytest.mark.slow
 def test_decontaminate_unrelated_images_flag_nothing(eval_case):
-    from pipelines.decontam import DecontamOptions, decontaminate
+    from pipelines.verbs.decontam import DecontamOptions, decontaminate
 
     run, _, unrelated, _, _, _ = eval_case
     path = decontaminate(str(run), DecontamOptions(eval_path=str(unrelated), max_cosine=0.9995, max_hamming=4))
@@ -105,7 +105,7 @@ def test_decontaminate_unrelated_images_flag_nothing(eval_case):
 
 @pytest.mark.slow
 def test_decontaminate_parquet_eval_set_equals_folder(eval_case, tmp_path):
-    from pipelines.decontam import DecontamOptions, decontaminate
+    from pipelines.verbs.decontam import DecontamOptions, decontaminate
 
     run, folder, _, _, _, _ = eval_case
     files = sorted(p for p in folder.rglob("*") if p.is_file())
@@ -121,7 +121,7 @@ def test_decontaminate_parquet_eval_set_equals_folder(eval_case, tmp_path):
 
 @pytest.mark.slow
 def test_decontaminate_errors(eval_case, tmp_path):
-    from pipelines.decontam import DecontamOptions, decontaminate
+    from pipelines.verbs.decontam import DecontamOptions, decontaminate
 
     run, folder, _, _, _, _ = eval_case
     with pytest.raises(ConfigError, match="does not exist"):

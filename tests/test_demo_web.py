@@ -18,10 +18,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageOps
 
-from pipelines.demo_web.build import build_demo_web
-from pipelines.demo_web.plan import EXPECTED_STATUS, HOSTILE_KINDS, PIPELINE_THRESHOLDS
-from pipelines.demo_web.serve import DemoWebServer
-from pipelines.demo_web.world import CONCEPTS, SIGNATURES, find_concepts
+from pipelines.demo.web.build import build_demo_web
+from pipelines.demo.web.plan import EXPECTED_STATUS, HOSTILE_KINDS, PIPELINE_THRESHOLDS
+from pipelines.demo.web.serve import DemoWebServer
+from pipelines.demo.web.world import CONCEPTS, SIGNATURES, find_concepts
 
 N = 300
 SEED = 7

@@ -16,11 +16,11 @@ from transformers import AutoImageProcessor, AutoModel, AutoTokenizer, CLIPConfi
 
 from operators.decode import DecodeOptions, decode_image
 from operators.embed import ClipEmbedder, ClipPreprocessor, EmbedOptions
-from pipelines.annotate import annotate
-from pipelines.demo import roc_auc
-from pipelines.demo_web import world
-from pipelines.demo_web.render import flatten, render_image
+from pipelines.demo.score import roc_auc
+from pipelines.demo.web import world
+from pipelines.demo.web.render import flatten, render_image
 from pipelines.models import resolve_model
+from pipelines.verbs.annotate import annotate
 
 DEMO = resolve_model("builtin:demo-clip")
 
@@ -188,7 +188,7 @@ def test_pipeline_embeddings_equal_direct_model_call(ray_local, demo_web, reques
 
 @pytest.mark.slow
 def test_unloadable_model_is_a_one_line_config_error(ray_local, demo_web, tmp_path):
-    from pipelines.config import ConfigError
+    from pipelines.core.config import ConfigError
 
     _, web = demo_web
     with pytest.raises(ConfigError, match="embed.model: cannot load 'no/such-model'"):
@@ -262,7 +262,7 @@ def test_demo_clip_trainer_continues_at_another_input_size(tmp_path):
     """`train_demo_clip --init ... --image-size 64 --concept-weight 1 --zipf-share 0.5` writes a checkpoint
     that loads like any CLIP and embeds 64 px inputs; resizing keeps the class token's position embedding
     and resamples the patch grid (lr 0: the weights are the resized originals)."""
-    from pipelines.models.train_demo_clip import train
+    from pipelines.demo.train_clip import train
 
     summary = train(tmp_path / "clip64", steps=2, batch_size=8, seed=0, threads=1, init=Path(DEMO), lr=0.0,
                     image_size=64, concept_weight=1.0, zipf_share=0.5)

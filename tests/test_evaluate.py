@@ -13,10 +13,10 @@ import pytest
 from helpers import demo_config, served_demo_web, write_manifest
 from PIL import Image
 
-from pipelines.config import ConfigError
-from pipelines.demo_web.evalset import build_eval_set
-from pipelines.evaluate import EvaluateOptions, evaluate
-from pipelines.proxy import ProxyConfig
+from pipelines.core.config import ConfigError
+from pipelines.demo.web.evalset import build_eval_set
+from pipelines.verbs.evaluate import EvaluateOptions, evaluate
+from pipelines.verbs.proxy import ProxyConfig
 
 pytestmark = pytest.mark.slow
 
@@ -85,7 +85,7 @@ LIT = ProxyConfig(image_tower="builtin:demo-clip", samples_seen=4000, seeds=[0, 
 def directions(pool):
     """Same proxy (locked demo-CLIP image tower, fresh text tower) and budget, only the data differs: the raw
     pool and its CLIP-filtered subset. Three seeds each; the margins are printed."""
-    from pipelines.select import parse_recipe, select
+    from pipelines.verbs.select import parse_recipe, select
 
     run, eval_set = pool
     select(str(run), parse_recipe({"steps": [{"step": "clip_score", "min_score": 0.3}]}), "eval-clip",
@@ -118,8 +118,8 @@ def thousand_pages(ray_local, tmp_path_factory):
     demo concepts. The session's 400-page web is too small for the tail: its bottom 20% of concepts never
     appear in a caption, so no subset can teach them."""
     from operators.match import MatchOptions
-    from pipelines.annotate import annotate
-    from pipelines.match import match_run
+    from pipelines.verbs.annotate import annotate
+    from pipelines.verbs.match import match_run
 
     root = tmp_path_factory.mktemp("thousand")
     with served_demo_web(root / "web", n=1000, seed=0) as (_, web):
@@ -135,7 +135,7 @@ def test_a_balanced_subset_beats_a_random_one_of_the_same_size_on_the_tail(thous
     """MetaCLIP balancing (after the CLIP filter) keeps the few tail examples that random sampling thins out."""
     import numpy as np
 
-    from pipelines.select import parse_recipe, select
+    from pipelines.verbs.select import parse_recipe, select
 
     run, eval_set = thousand_pages
     clip_step = {"step": "clip_score", "min_score": 0.3}

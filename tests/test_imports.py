@@ -60,7 +60,7 @@ def _resolve(node: ast.Import | ast.ImportFrom, importer: str, modules: dict[str
         package = package[: len(package) - (node.level - 1)]
         base = ".".join(filter(None, [*package, base]))
     targets = _with_parents(base, modules)
-    for alias in node.names:  # `from pipelines import audit`: the submodule
+    for alias in node.names:  # `from pipelines.verbs import audit`: the submodule
         if f"{base}.{alias.name}" in modules:
             targets.add(f"{base}.{alias.name}")
     return targets
@@ -153,25 +153,25 @@ def describe(graph: dict[str, dict[str, int]], cycle: list[str]) -> str:
 
 def test_graph_sees_module_level_and_local_imports():
     graph = import_graph()
-    assert "pipelines.storage" in graph["pipelines.duck"]  # module level
-    assert "pipelines.models" in graph["pipelines.models.train_demo_clip"]  # the parent package of .training
-    assert "pipelines.demo_web.world" in graph["pipelines.models.train_demo_clip"]  # `from pkg import module`
+    assert "pipelines.core.storage" in graph["pipelines.core.duck"]  # module level
+    assert "pipelines.demo" in graph["pipelines.demo.train_clip"]  # the parent package of .training
+    assert "pipelines.demo.web.world" in graph["pipelines.demo.train_clip"]  # `from pkg import module`
     source = """
 from typing import TYPE_CHECKING
-import pipelines.sources
+import pipelines.core.sources
 if TYPE_CHECKING:
-    from pipelines.annotate import annotate
+    from pipelines.verbs.annotate import annotate
 else:
-    from pipelines.select import select
+    from pipelines.verbs.select import select
 def run():
-    from pipelines.metaclip import balance
+    from pipelines.verbs.metaclip import balance
     class Step:
         def go(self):
             from operators import table
 """
     edges = imported_by(source, "pipelines.example", project_modules())
-    assert edges == {"pipelines": 3, "pipelines.sources": 3, "pipelines.select": 7, "pipelines.metaclip": 9,
-                     "operators": 12, "operators.table": 12}
+    assert edges == {"pipelines": 3, "pipelines.core": 3, "pipelines.core.sources": 3, "pipelines.verbs": 7,
+                     "pipelines.verbs.select": 7, "pipelines.verbs.metaclip": 9, "operators": 12, "operators.table": 12}
 
 
 def test_cycle_finder_finds_a_cycle():
@@ -194,7 +194,7 @@ RUN_FOLDERS = ("annotations", "images", "embeddings", "input", "_done", "_stagin
                "subsets", "fetch-inputs", "dedup", "captions", "audit", "evaluate")
 RUN_FILES = ("manifest.parquet", "decisions.parquet", "stats.json", "recipe.yaml", "_audit.json", "_summary.json",
              "_settings.json", "_match.json", "fetched_from.json", "entry_counts.parquet")
-OWNER = "pipelines.storage"
+OWNER = "pipelines.core.storage"
 
 
 def _docstrings(tree: ast.AST) -> set[int]:
@@ -232,7 +232,7 @@ def _run_paths_named(tree: ast.AST) -> list[str]:
 
 
 def test_only_the_run_folder_owner_names_paths_under_RUN():
-    """pipelines/storage.py (RunPaths and the Subset, Audit, CaptionSet, Evaluation it hands out) names every path
+    """pipelines/core/storage.py (RunPaths and the Subset, Audit, CaptionSet, Evaluation it hands out) names every path
     under RUN/; a module that builds one from a string would be a second answer to where a thing lives."""
     offenders = {}
     for name, path in project_modules().items():

@@ -19,8 +19,8 @@ from helpers import ROOT
 
 from operators.embed import EmbedOptions
 from pipelines.cli import build_parser
-from pipelines.config import load_config
-from pipelines.engine import embed_actor_resources
+from pipelines.core.config import load_config
+from pipelines.core.engine import embed_actor_resources
 
 INFRA = ROOT / "infra"
 IMAGE_ROOT = "/opt/tailor/src"  # WORKDIR of infra/Dockerfile: the repository's files live there in the image

@@ -25,9 +25,9 @@ import pytest
 import yaml
 from helpers import DEMO_CONFIG, ROOT, demo_config, shared_data
 
-from pipelines.config import ConfigError, InputConfig, load_config
-from pipelines.sources import InputError, check_input, iter_table_batches, plan_table_file
-from pipelines.storage import RunPaths
+from pipelines.core.config import ConfigError, InputConfig, load_config
+from pipelines.core.sources import InputError, check_input, iter_table_batches, plan_table_file
+from pipelines.core.storage import RunPaths
 
 ALT_TEXT = shared_data() / "alt-text" / "alt_text_10k.parquet"
 
@@ -323,7 +323,7 @@ def _bad_line(urls: str, number: int) -> str:
 
 
 def test_failed_run_leaves_nothing_and_the_corrected_run_is_accepted(tmp_path):
-    from pipelines.annotate import _prepare_folder, annotate, plan_shards
+    from pipelines.verbs.annotate import _prepare_folder, annotate, plan_shards
 
     urls = _headerless(tmp_path, 50)
     run = tmp_path / "run"
@@ -346,7 +346,7 @@ def test_failed_run_leaves_nothing_and_the_corrected_run_is_accepted(tmp_path):
 
 
 def test_rerun_with_other_settings_names_what_differs(tmp_path):
-    from pipelines.annotate import _prepare_folder
+    from pipelines.verbs.annotate import _prepare_folder
 
     run = tmp_path / "run"
     run.mkdir()
@@ -360,7 +360,7 @@ def test_rerun_with_other_settings_names_what_differs(tmp_path):
 
 
 def test_overwrite_with_a_bad_input_keeps_the_old_run(tmp_path):
-    from pipelines.annotate import _prepare_folder
+    from pipelines.verbs.annotate import _prepare_folder
 
     run = tmp_path / "run"
     (run / "_done").mkdir(parents=True)
@@ -372,7 +372,7 @@ def test_overwrite_with_a_bad_input_keeps_the_old_run(tmp_path):
 
 def test_a_plan_without_a_recorded_config_is_redone(tmp_path):
     """A run stopped between planning and recording its config left input/: the next run plans afresh."""
-    from pipelines.annotate import _prepare_folder
+    from pipelines.verbs.annotate import _prepare_folder
 
     run = tmp_path / "run"
     (run / "input").mkdir(parents=True)
@@ -386,7 +386,7 @@ def test_a_plan_without_a_recorded_config_is_redone(tmp_path):
 @pytest.mark.slow
 def test_headerless_tsv_with_quotes_end_to_end(ray_local, demo_web, tmp_path):
     """The demo web's URL list as a CC3M-style TSV with quotes in captions: rows in == lines == rows out."""
-    from pipelines.annotate import annotate
+    from pipelines.verbs.annotate import annotate
 
     _, web = demo_web
     table = pq.read_table(web / "urls.parquet").slice(0, 60)
@@ -404,7 +404,7 @@ def test_headerless_tsv_with_quotes_end_to_end(ray_local, demo_web, tmp_path):
 def test_many_files_bad_line_in_the_second_leaves_nothing(ray_local, tmp_path):
     """Many files are planned in Ray tasks; a bad line in one of them is still told with its line, and
     what the other tasks planned is removed."""
-    from pipelines.annotate import annotate
+    from pipelines.verbs.annotate import annotate
 
     folder = tmp_path / "in"
     folder.mkdir()

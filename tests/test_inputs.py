@@ -8,8 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import demo_config, served_demo_web
 
-from pipelines.annotate import annotate
-from pipelines.sources import InputError
+from pipelines.core.sources import InputError
+from pipelines.verbs.annotate import annotate
 
 pytestmark = pytest.mark.slow
 

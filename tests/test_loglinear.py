@@ -1,4 +1,4 @@
-"""The paper's log-linear analysis (pipelines/loglinear.py, `tailor loglinear`): fast, no Ray."""
+"""The paper's log-linear analysis (pipelines/verbs/loglinear.py, `tailor loglinear`): fast, no Ray."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.config import ConfigError
-from pipelines.loglinear import analyse, read_points, run_points
+from pipelines.core.config import ConfigError
+from pipelines.verbs.loglinear import analyse, read_points, run_points
 
 
 def paper(count: np.ndarray, accuracy: np.ndarray) -> dict:
@@ -196,7 +196,7 @@ def test_audit_accuracy_without_ok_rows_and_with_a_count_column(tmp_path, capsys
     """A run with no ok row: the audit prints a sane tail line; --accuracy against the run's counts is one
     clear line (exit 2); an accuracy file with its own count column is analysed with those counts."""
     from pipelines.cli import main
-    from pipelines.demo_web.world import CONCEPTS
+    from pipelines.demo.web.world import CONCEPTS
 
     run = make_run(tmp_path / "run", [f"a photo of a {c}" for c in CONCEPTS[:20]], "download_error")
     assert main(["audit", str(run), "--concepts", "demo", "--no-progress"]) == 0

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import write_manifest
 
-from pipelines.materialize import MaterializeError, MaterializeOptions, materialize
+from pipelines.verbs.materialize import MaterializeError, MaterializeOptions, materialize
 
 pytestmark = pytest.mark.slow  # every test here reads the session's annotated demo run
 

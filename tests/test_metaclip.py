@@ -28,12 +28,12 @@ from helpers import demo_config
 from match_oracle import metaclip_substr_matching, reference_decisions, spaced_entries
 
 from operators.match import MatchOptions
-from pipelines.annotate import annotate
 from pipelines.cli import main as cli
-from pipelines.config import AnnotateConfig, ConfigError
-from pipelines.demo_web.world import CONCEPTS, make_caption, sample_concept
-from pipelines.match import match_run
-from pipelines.metaclip import MetaclipBalanceOptions, balance, balance_subset, entry_counts
+from pipelines.core.config import AnnotateConfig, ConfigError
+from pipelines.demo.web.world import CONCEPTS, make_caption, sample_concept
+from pipelines.verbs.annotate import annotate
+from pipelines.verbs.match import match_run
+from pipelines.verbs.metaclip import MetaclipBalanceOptions, balance, balance_subset, entry_counts
 
 pytestmark = pytest.mark.slow
 
@@ -187,8 +187,8 @@ def test_metaclip_balance_cli_writes_subset_and_stats(demo_matched):
                                "metadata_id": stats["recipe"]["metadata_id"], "rows": "ok rows (image downloaded)"}
     assert stats["captions"]["by_reason"]["no_image"] == sum(s != "ok" for s in statuses.values())
     assert (folder / "entry_counts.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    from pipelines.browse import Browser
-    from pipelines.browse_export import export
+    from pipelines.browse.export import export
+    from pipelines.browse.views import Browser
 
     dropped = next(r["key"] for r in written.to_pylist() if r["reason"] == "balanced_out")
     browser = Browser(str(run))

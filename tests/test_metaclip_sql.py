@@ -10,11 +10,11 @@ import pytest
 from match_oracle import reference_decisions
 
 from operators.match import MetaclipMatcher
-from pipelines.config import ConfigError
-from pipelines.match import save_metadata
-from pipelines.metaclip import MetaclipBalanceOptions, balance, balance_subset, entry_counts, sql
+from pipelines.core.config import ConfigError
+from pipelines.core.storage import RunPaths
 from pipelines.metadata import Metadata
-from pipelines.storage import RunPaths
+from pipelines.verbs.match import save_metadata
+from pipelines.verbs.metaclip import MetaclipBalanceOptions, balance, balance_subset, entry_counts, sql
 
 ENTRIES = ["dog", "hot dog", "cat", "tree", "rare bird", "unused"]
 CAPTIONS = (["a dog"] * 40 + ["a hot dog"] * 10 + ["cat and dog"] * 5 + ["a cat"] * 30 + ["tree"] * 3

@@ -1,9 +1,9 @@
-"""pipelines/passes.py: the one settings policy of the passes over a run (no Ray)."""
+"""pipelines/core/passes.py: the one settings policy of the passes over a run (no Ray)."""
 
 import pytest
 
-from pipelines.config import ConfigError
-from pipelines.passes import Pass
+from pipelines.core.config import ConfigError
+from pipelines.core.passes import Pass
 
 
 def test_a_rerun_with_a_changed_setting_is_refused_naming_the_field(tmp_path):

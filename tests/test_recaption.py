@@ -22,10 +22,10 @@ from helpers import run_with_truth, write_manifest
 from PIL import Image
 
 from operators.caption import Captioner, CaptionOptions
-from pipelines.config import ConfigError
-from pipelines.demo_web.world import find_concepts
-from pipelines.materialize import MaterializeOptions, materialize, mix_captions
-from pipelines.recaption import RecaptionConfig, recaption
+from pipelines.core.config import ConfigError
+from pipelines.demo.web.world import find_concepts
+from pipelines.verbs.materialize import MaterializeOptions, materialize, mix_captions
+from pipelines.verbs.recaption import RecaptionConfig, recaption
 
 pytestmark = pytest.mark.slow
 

@@ -52,8 +52,8 @@ def test_annotate_reads_and_writes_s3(demo_web, s3_server, tmp_path, monkeypatch
     assert not fs.exists("tailor-test/runs/demo/_staging")
 
     # DuckDB reads the run's tables from S3 through the run's fsspec filesystem (no httpfs extension)
-    from pipelines import duck
-    from pipelines.storage import RunPaths
+    from pipelines.core import duck
+    from pipelines.core.storage import RunPaths
 
     for name, value in s3_server.items():
         monkeypatch.setenv(name, value)

@@ -16,9 +16,9 @@ import pytest
 import yaml
 from helpers import run_with_truth
 
-from pipelines.config import ConfigError
-from pipelines.duck import DuckOptions
-from pipelines.select import RECIPES, load_recipe, near_masks, parse_recipe, select
+from pipelines.core.config import ConfigError
+from pipelines.core.duck import DuckOptions
+from pipelines.verbs.select import RECIPES, load_recipe, near_masks, parse_recipe, select
 
 
 def recipe(*steps: dict):
@@ -261,7 +261,7 @@ def test_exact_dedup_keeps_the_best_scored_then_smallest_key(tmp_path):
 
 
 def test_metaclip_step_equals_metaclip_balance_over_the_same_pool(tmp_path):
-    from pipelines.metaclip import balance
+    from pipelines.verbs.metaclip import balance
 
     rng = np.random.default_rng(1)
     n = 400
@@ -332,7 +332,7 @@ def test_shipped_recipes_parse():
 @pytest.mark.slow
 def test_every_shipped_recipe_runs_on_the_demo_run_and_accounts_for_every_row(truth_rows, tmp_path):
     from operators.match import MatchOptions
-    from pipelines.match import match_run
+    from pipelines.verbs.match import match_run
 
     run, rows, _ = truth_rows
     copy = tmp_path / "run"  # the session's run stays as annotate left it (no match/ folder)
@@ -455,7 +455,7 @@ def test_semdedup_and_decontaminate_steps_drop_what_their_tables_name(truth_rows
 # ---------------------------------------------------------------- DuckDB's memory limit and spill folder
 
 def test_a_small_memory_limit_spills_to_the_folder_and_gives_the_same_subset(tmp_path, monkeypatch):
-    import pipelines.select
+    import pipelines.verbs.select
 
     rng = np.random.default_rng(7)
     n = 1_000_000  # pool and decisions: about 190 MB in DuckDB, twice the limit below
@@ -465,13 +465,13 @@ def test_a_small_memory_limit_spills_to_the_folder_and_gives_the_same_subset(tmp
     select(run, steps, "unbounded", DuckOptions(memory_limit="4GB"))
     spill = tmp_path / "spill"
     spilled = []
-    write_query = pipelines.select.write_query
+    write_query = pipelines.verbs.select.write_query
 
     def watch(*args):  # at the end, the spilled pool and decisions are files of the connection's own folder
         spilled.extend(p for folder in spill.iterdir() for p in folder.iterdir())
         write_query(*args)
 
-    monkeypatch.setattr(pipelines.select, "write_query", watch)
+    monkeypatch.setattr(pipelines.verbs.select, "write_query", watch)
     select(run, steps, "bounded", DuckOptions(memory_limit="100MB", threads=2, temp_directory=str(spill)))
     assert spilled
     assert list(spill.iterdir()) == []  # DuckDB removes its files and the connection's folder on close
@@ -495,7 +495,7 @@ def test_a_bad_memory_limit_is_one_line_before_the_run_is_read(tmp_path, capsys,
 def test_duckdb_running_out_of_its_limit_is_one_config_error():
     import duckdb
 
-    from pipelines.duck import within_memory
+    from pipelines.core.duck import within_memory
 
     # what cannot spill (how much that is depends on DuckDB's version): its error, raised as DuckDB does
     with pytest.raises(ConfigError, match=r"^DuckDB ran out of its memory limit \(64MB\): Out of Memory Error: "

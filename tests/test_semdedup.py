@@ -104,7 +104,7 @@ def test_split_cluster_bounds_parts():
 
 @pytest.mark.slow
 def test_semdedup_removes_planted_duplicates_one_per_group(ray_local, tmp_path):
-    from pipelines.semdedup import SemdedupOptions, semdedup
+    from pipelines.verbs.semdedup import SemdedupOptions, semdedup
 
     vectors, group, bases = planted(2000, 80, 32, seed=3)
     keys = write_run(tmp_path / "run", vectors)
@@ -128,7 +128,7 @@ def test_semdedup_removes_planted_duplicates_one_per_group(ray_local, tmp_path):
 
 @pytest.mark.slow
 def test_semdedup_equals_brute_force_reference(ray_local, tmp_path):
-    from pipelines.semdedup import SemdedupOptions, semdedup
+    from pipelines.verbs.semdedup import SemdedupOptions, semdedup
 
     vectors, _, _ = planted(500, 40, 16, seed=4, noise=0.05)
     keys = np.array(write_run(tmp_path / "run", vectors))
@@ -157,7 +157,7 @@ def test_semdedup_equals_brute_force_reference(ray_local, tmp_path):
 
 @pytest.mark.slow
 def test_semdedup_deterministic_and_reused(ray_local, tmp_path):
-    from pipelines.semdedup import SemdedupOptions, semdedup
+    from pipelines.verbs.semdedup import SemdedupOptions, semdedup
 
     vectors, _, _ = planted(1500, 60, 32, seed=5)
     write_run(tmp_path / "run", vectors)
@@ -182,7 +182,7 @@ def test_semdedup_deterministic_and_reused(ray_local, tmp_path):
 def test_semdedup_flags_demo_exact_duplicates(demo_run):
     """On the demo run, copies of the same bytes (truth dup_kind 'exact' with their original) are
     duplicates of each other at a small eps, and nothing outside a duplicate group is flagged."""
-    from pipelines.semdedup import SemdedupOptions, semdedup
+    from pipelines.verbs.semdedup import SemdedupOptions, semdedup
 
     _, run, web = demo_run
     path = semdedup(str(run), SemdedupOptions(eps=1e-4))

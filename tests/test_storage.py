@@ -8,8 +8,8 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from pipelines.config import ConfigError
-from pipelines.storage import RunPaths, SubsetError, check_name
+from pipelines.core.config import ConfigError
+from pipelines.core.storage import RunPaths, SubsetError, check_name
 
 
 def test_absolute_makes_local_paths_absolute_and_leaves_urls(tmp_path, monkeypatch):

@@ -27,12 +27,12 @@ import pytest
 import yaml
 from helpers import demo_config, shared_data
 
-from pipelines.annotate import annotate
 from pipelines.cli import main as cli
-from pipelines.config import ConfigError, load_config
-from pipelines.demo_web.world import CONCEPTS
-from pipelines.fetch_subset import fetch_subset
-from pipelines.select import load_recipe, select
+from pipelines.core.config import ConfigError, load_config
+from pipelines.demo.web.world import CONCEPTS
+from pipelines.verbs.annotate import annotate
+from pipelines.verbs.fetch_subset import fetch_subset
+from pipelines.verbs.select import load_recipe, select
 
 pytestmark = pytest.mark.slow
 
@@ -215,7 +215,7 @@ def test_text_audit_counts_caption_rows_before_anything_is_downloaded(world, cap
                            capture_output=True, text=True, executable="/bin/bash")
     assert piped.stdout.startswith("136 concepts (demo)") and "Traceback" not in piped.stderr, piped.stderr
     # browse: a text pass's concept filter reads captions; the image-tag modes say why they cannot answer
-    from pipelines.browse import BrowseError, Browser, GridQuery
+    from pipelines.browse.views import BrowseError, Browser, GridQuery
 
     browser = Browser(str(world["text"]))
     top = max(text, key=lambda r: r["text_count"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.throughput import StatsFormatError, stage_throughput
+from pipelines.core.throughput import StatsFormatError, stage_throughput
 
 # an excerpt of a real demo run's Dataset.stats() (Ray 2.60): decode, preprocess and the model fused into one task
 STATS = """Operator 0 FromItems: 1 tasks executed, 16 blocks produced in 0.03s

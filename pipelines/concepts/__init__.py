@@ -17,7 +17,7 @@ import fsspec
 import yaml
 
 from operators.concepts import Concepts
-from pipelines.config import ConfigError
+from pipelines.core.config import ConfigError
 
 HERE = Path(__file__).resolve().parent
 BUILTIN = {"imagenet1k": HERE / "imagenet1k.txt", "coco80": HERE / "coco80.yaml", "demo": HERE / "demo.txt"}
