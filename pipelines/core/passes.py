@@ -82,6 +82,14 @@ class Pass:
             previous = stored if key is None else stored.get(key)
         return SettingsCheck(settings, previous, fields)
 
+    def committed_shards(self, what: str) -> dict[str, int]:
+        """The run's committed annotation shards and their rows, or one line saying it has none to WHAT."""
+        shards = self.paths.committed_shards()
+        if not shards:
+            raise ConfigError(f"{self.run}: no annotated shards to {what} (no RUN/_done/*.json); run `tailor annotate` "
+                              "first")
+        return shards
+
     def start_ray(self) -> None:
         init_ray(None)
 

@@ -136,9 +136,7 @@ def tag_run(run: str, options: AuditOptions, progress: bool = False) -> dict:
     """Write RUN/audit/NAME/tags/ (reused when the settings are unchanged); return the settings."""
     this = Pass(run)
     run, paths = this.run, this.paths
-    shards = paths.committed_shards()
-    if not shards:
-        raise ConfigError(f"{run}: no annotated shards to audit (no RUN/_done/*.json); run `tailor annotate` first")
+    shards = this.committed_shards("audit")
     concepts = load_concepts(options.concepts)
     name = concept_list_name(options.concepts)
     audit = paths.audit(name)

@@ -31,7 +31,6 @@ import pyarrow.parquet as pq
 
 from operators.match import MatchOptions, MetaclipMatcher
 from operators.table import replace_columns
-from pipelines.core.config import ConfigError
 from pipelines.core.engine import cluster_cpus, map_shards
 from pipelines.core.passes import Pass
 from pipelines.core.storage import RunPaths
@@ -129,9 +128,7 @@ def match_run(run: str, options: MatchOptions | None = None, actors: int | None 
     options = options or MatchOptions()
     this = Pass(run)
     run, paths = this.run, this.paths
-    shards = paths.committed_shards()
-    if not shards:
-        raise ConfigError(f"{run}: no annotated shards to match (no RUN/_done/*.json); run `tailor annotate` first")
+    shards = this.committed_shards("match")
     metadata = load_metadata(options.metadata)
     settings = {"metadata_id": metadata.id, "metadata": options.metadata, "punctuation": options.punctuation,
                 "entries": len(metadata.entries)}
