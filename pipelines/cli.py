@@ -77,7 +77,9 @@ def _annotate(args: argparse.Namespace) -> int:
     summary = annotate(config, overwrite=args.overwrite, progress=not args.no_progress,
                        ray_progress=args.verbose and not args.no_progress, retry_transient=not args.no_retry)
     _print_summary(summary)
-    print(f"outputs in {config.output}: annotations/, images/, run.json (the summary)")
+    stored = "annotations/, run.json (the summary)" if config.text_only else \
+        "annotations/, images/" + (", embeddings/" if config.embed is not None else "") + ", run.json (the summary)"
+    print(f"outputs in {config.output}: {stored}")
     return 0
 
 
