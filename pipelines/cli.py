@@ -57,7 +57,7 @@ def _annotate(args: argparse.Namespace) -> int:
     from pipelines.core.config import load_config, shipped_or_path
     from pipelines.core.engine import storage_errors
     from pipelines.core.sources import check_input
-    from pipelines.core.storage import RunPaths
+    from pipelines.core.storage import OUTPUT_KINDS, RunPaths
 
     overrides = list(args.set or [])
     if args.text_only:
@@ -77,9 +77,8 @@ def _annotate(args: argparse.Namespace) -> int:
     summary = annotate(config, overwrite=args.overwrite, progress=not args.no_progress,
                        ray_progress=args.verbose and not args.no_progress, retry_transient=not args.no_retry)
     _print_summary(summary)
-    stored = "annotations/, run.json (the summary)" if config.text_only else \
-        "annotations/, images/" + (", embeddings/" if config.embed is not None else "") + ", run.json (the summary)"
-    print(f"outputs in {config.output}: {stored}")
+    kinds = OUTPUT_KINDS[:1] if config.text_only else OUTPUT_KINDS[:3 if config.embed is not None else 2]
+    print(f"outputs in {config.output}: {', '.join(f'{kind}/' for kind in kinds)}, run.json (the summary)")
     return 0
 
 
