@@ -374,6 +374,11 @@ def _check_url(url: str) -> tuple[str, str, int, str] | str:
     return parts.scheme, parts.hostname, port, quote(target, safe=_SAFE_IN_TARGET)
 
 
+def is_url(value: str) -> bool:
+    """Whether a value is a URL a download would request (http or https, with a host)."""
+    return isinstance(_check_url(value), tuple)
+
+
 def retry_after_seconds(value: str | None, date: str | None = None) -> float | None:
     """Retry-After as seconds: a number of seconds, or an HTTP date, taken against the answer's own Date header
     when it has one (so a server whose clock is off still gets the wait it asked for)."""

@@ -53,6 +53,16 @@ def _print_summary(summary: dict) -> None:
               "--name NAME), then download that subset: tailor fetch RUN --subset NAME --out FETCHED")
 
 
+NOTHING_CAME_THROUGH = 3  # exit status of annotate and fetch when rows were fetched and not one image came through
+
+
+def _exit_status(summary: dict) -> int:
+    """0, or NOTHING_CAME_THROUGH when the run has rows and none is ok (a text pass fetches nothing: 0), so a
+    scheduler can tell a run where every row failed from a good one."""
+    failed = summary["rows_out"] and not summary.get("text_only") and not summary["status_counts"].get("ok")
+    return NOTHING_CAME_THROUGH if failed else 0
+
+
 def _annotate(args: argparse.Namespace) -> int:
     from pipelines.core.config import load_config, shipped_or_path
     from pipelines.core.engine import storage_errors
@@ -79,7 +89,7 @@ def _annotate(args: argparse.Namespace) -> int:
     _print_summary(summary)
     kinds = OUTPUT_KINDS[:1] if config.text_only else OUTPUT_KINDS[:3 if config.embed is not None else 2]
     print(f"outputs in {config.output}: {', '.join(f'{kind}/' for kind in kinds)}, run.json (the summary)")
-    return 0
+    return _exit_status(summary)
 
 
 def _fetch(args: argparse.Namespace) -> int:
@@ -91,7 +101,7 @@ def _fetch(args: argparse.Namespace) -> int:
     _print_summary(summary)
     print(f"fetched run: {args.out} (annotations/, images/, run.json; fetched_from.json names {args.run} "
           f"subset {args.subset})")
-    return 0
+    return _exit_status(summary)
 
 
 def _demo_web_build(args: argparse.Namespace) -> int:

@@ -19,7 +19,8 @@ from typing import TextIO
 
 
 class ProgressLine:
-    """One line: rows done/total, rows/s, ok share, ETA. Redrawn in place on a terminal; on a pipe or a
+    """One line: rows done/total, rows/s, ok share, ETA (at the pace since the first rows came: none on the
+    first line). Redrawn in place on a terminal; on a pipe or a
     log file a new line every `every` seconds (and one at the end), so a long run shows it is alive."""
 
     def __init__(self, total: int, label: str = "rows", stream: TextIO | None = None, every: float = 10.0,
@@ -32,11 +33,16 @@ class ProgressLine:
         self.last = -math.inf  # the first update draws, however long the machine has been up (monotonic)
         self.done = self.ok = 0
         self.drawn: tuple[int, int] | None = None  # (done, ok) of the last line written
+        # (time, rows done) after the first update: the ETA takes the pace from there, not from the start, which
+        # includes start-up (Ray, the first piece's latency) and would put a 20 s job's first ETA at minutes
+        self.first: tuple[float, int] | None = None
 
     def update(self, rows: int, ok: int) -> None:
+        now = time.monotonic()
         self.done += rows
         self.ok += ok
-        now = time.monotonic()
+        if self.first is None:
+            self.first = (now, self.done)
         if now - self.last >= self.every:
             self.last = now
             self._draw(now)
@@ -53,7 +59,9 @@ class ProgressLine:
         rate = self.done / elapsed
         share = f"{self.ok / self.done:.1%}" if self.done else "-"
         left = self.total - self.done
-        eta = duration(left / rate) if rate > 0 and left > 0 else ("-" if left > 0 else "0s")
+        since, before = self.first or (now, self.done)
+        pace = (self.done - before) / (now - since) if now > since and self.done > before else 0.0
+        eta = duration(left / pace) if pace > 0 and left > 0 else ("-" if left > 0 else "0s")
         ok = f"  ok {share}" if self.show_ok else ""
         return (f"{self.label} {self.done:,}/{self.total:,} ({self.done / max(self.total, 1):.0%})  "
                 f"{rate:,.1f} rows/s{ok}  elapsed {duration(elapsed)}  eta {eta}")

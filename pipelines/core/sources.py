@@ -474,6 +474,38 @@ def check_columns(names: list[str], config: InputConfig, path: str) -> None:
         raise InputError(f"{path}: input column(s) {clash} collide with annotation columns; rename them")
 
 
+SAMPLE_ROWS = 1000
+
+
+def check_column_roles(sample: pa.RecordBatch, config: InputConfig, path: str) -> None:
+    """The url column holds URLs and the caption column does not, on a sample of the first rows: swapped or
+    misnamed columns are told before a text pass runs language ID on the URLs (a download run would find out
+    only afterwards, every row invalid_url). Refused when fewer than half the sampled urls can be requested,
+    or when most captions are URLs and the url column holds fewer."""
+    from operators.download import is_url
+
+    names = sample.schema.names
+    if config.url_column not in names or sample.num_rows == 0:
+        return
+    urls = [v for v in sample.column(names.index(config.url_column)).to_pylist() if v is not None]
+    url_share = sum(is_url(str(v)) for v in urls) / max(len(urls), 1)
+    caption_share, captions = 0.0, []
+    if config.caption_column in names:
+        captions = [v for v in sample.column(names.index(config.caption_column)).to_pylist() if v]
+        caption_share = sum(is_url(str(v)) for v in captions) / max(len(captions), 1)
+    if url_share >= 0.5 and (caption_share <= 0.5 or caption_share <= url_share):
+        return
+    where = ("input.columns names the columns of a file without a header (e.g. [caption, url])"
+             if not config.header and table_format(path, config.format) in ("csv", "tsv")
+             else "input.url_column and input.caption_column name them")
+    example = next((str(v) for v in urls if not is_url(str(v))), urls[0] if urls else None)
+    said = (f"the url column {config.url_column!r} does not hold URLs: {url_share:.0%} of the first "
+            f"{sample.num_rows} values are http(s) URLs" + (f" (e.g. {_excerpt(example, 60)})" if example else ""))
+    if caption_share > 0.5:
+        said += f", while {caption_share:.0%} of the caption column {config.caption_column!r} are: are they swapped?"
+    raise InputError(f"{path}: {said}; {where}")
+
+
 def open_table(config: InputConfig, fs: fsspec.AbstractFileSystem, path: str) -> _TableFile:
     """Open a URL table and read its column names (the header, the schema), checked against the config."""
     fmt = table_format(path, config.format)
@@ -505,12 +537,17 @@ def check_input(config: InputConfig, max_files: int = 32, read_whole_below: int 
         with open_table(config, fs, path) as table:
             if table.fmt == "parquet":
                 if table.parquet.metadata.num_rows:
+                    check_column_roles(next(_guarded_batches(table, SAMPLE_ROWS)), config, path)
                     return files
                 continue
-            small = fs.size(path) < read_whole_below
-            rows = sum(b.num_rows for b in _guarded_batches(table, 10_000)) if small \
-                else next(_guarded_batches(table, 1), None) is not None
-            if rows:
+            batches = _guarded_batches(table, SAMPLE_ROWS)
+            first = next(batches, None)
+            if first is not None and first.num_rows:
+                check_column_roles(first, config, path)
+            if fs.size(path) < read_whole_below:
+                for _ in batches:
+                    pass
+            if first is not None and first.num_rows:
                 return files
     if len(files) <= max_files:
         raise InputError(f"the input {config.path} has no rows")
@@ -561,6 +598,8 @@ def plan_table_file(config: InputConfig, fs: fsspec.AbstractFileSystem, path: st
     with open_table(config, fs, path) as table:
         for chunk_idx, batch in enumerate(_rebatch(_guarded_batches(table, config.rows_per_shard),
                                                    config.rows_per_shard)):
+            if chunk_idx == 0:  # each file's columns, as check_input did the first file's before Ray started
+                check_column_roles(batch.slice(0, SAMPLE_ROWS), config, path)
             canonical = _canonical(batch, config, file_idx, first_row)
             shard_id = f"{file_idx:05d}_{chunk_idx:05d}"
             target = paths.input_shard(shard_id)
