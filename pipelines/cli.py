@@ -261,6 +261,11 @@ def _select(args: argparse.Namespace) -> int:
         print(f"{step['name']:<20}{step['rows_in']:>10}{step['dropped']:>10}{step['rows_out']:>10}  {reasons}")
     print(f"kept {stats['kept']}/{stats['rows']} rows in {stats['seconds']} s; subset: "
           f"{RunPaths(args.run).subset(args.name).url} (manifest.parquet, decisions.parquet, recipe.yaml, stats.json)")
+    if stats["deferred"]:
+        print("not run here, left to the fetched run (--steps image): "
+              + "; ".join(f"{d['step']} ({d['why']})" for d in stats["deferred"]))
+        print(f"next: tailor fetch {args.run} --subset {args.name} --out FETCHED, then tailor select FETCHED "
+              f"--recipe {args.recipe} --steps image --name NAME")
     return 0
 
 

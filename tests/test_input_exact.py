@@ -263,6 +263,24 @@ def test_real_alt_texts_as_headerless_tsv(tmp_path, alt_texts):
     assert pairs(rows) == clean and info["rows"] == info["lines"] == 10_000
 
 
+def test_real_alt_texts_with_their_columns_mixed_up_are_refused_before_anything_runs(tmp_path):
+    """The 10k real alt-texts: the url and caption columns named the wrong way round, or the caption named as
+    the url, are refused on a sample of the first rows with the settings to look at; named right they pass,
+    though some real urls cannot be requested (the check wants most of them to be)."""
+    config = InputConfig(path=str(ALT_TEXT), url_column="URL", caption_column="TEXT")
+    assert check_input(config)
+    swapped = config.model_copy(update={"url_column": "TEXT", "caption_column": "URL"})
+    with pytest.raises(InputError, match=r"the url column 'TEXT' does not hold URLs: 0% .* while 100% of the caption "
+                                         r"column 'URL' are: are they swapped\?; input.url_column and input.caption"):
+        check_input(swapped)
+    with pytest.raises(InputError, match=r"url column 'TEXT' does not hold URLs") as refused:
+        check_input(config.model_copy(update={"url_column": "TEXT", "caption_column": None}))
+    assert "swapped" not in str(refused.value)
+    # planning checks every file's first rows too (the path annotate() takes without the CLI's check)
+    with pytest.raises(InputError, match="are they swapped"):
+        plan_table_file(swapped, fsspec.filesystem("file"), str(ALT_TEXT), 0, RunPaths(str(tmp_path / "run")))
+
+
 def test_real_alt_texts_as_csv_and_quoted_tsv(tmp_path, alt_texts):
     table = pa.table({"url": [u for _, u in alt_texts], "caption": [c for c, _ in alt_texts]})
     pacsv.write_csv(table, tmp_path / "arrow.csv")  # quotes every string
@@ -295,6 +313,9 @@ def _headerless(tmp_path, n: int = 10_000) -> str:
     ("wrong column", r"no url column 'link' \(columns: caption, url\)"),
     ("empty", r"the input .*header-only.tsv has no rows"),
     ("bad line", r"line 9001: 3 values, expected 2"),
+    ("swapped columns", r"the url column 'url' does not hold URLs: 0% of the first 1000 values are http\(s\) URLs "
+                        r"\(e.g. 'caption \"0'\), while 100% of the caption column 'caption' are: are they swapped\?; "
+                        r"input.columns names"),
 ])
 def test_cli_input_mistakes_exit_2_before_ray_and_leave_nothing(tmp_path, case, message):
     urls = _headerless(tmp_path)
@@ -303,7 +324,10 @@ def test_cli_input_mistakes_exit_2_before_ray_and_leave_nothing(tmp_path, case, 
             "headerless": ["--input", urls],
             "wrong column": ["--input", urls, *columns, "--set", "input.url_column=link"],
             "empty": ["--input", _write(tmp_path, "header-only.tsv", "caption\turl\n")],
-            "bad line": ["--input", _write(tmp_path, "bad.tsv", _bad_line(urls, 9001)), *columns]}[case]
+            "bad line": ["--input", _write(tmp_path, "bad.tsv", _bad_line(urls, 9001)), *columns],
+            # CC3M's caption<TAB>url read as url, caption: a text pass would run language ID on the URLs
+            "swapped columns": ["--input", urls, "--text-only", "--set", "input.header=false",
+                                "--set", "input.columns=[url,caption]"]}[case]
     out = tmp_path / "run"
     started = time.time()
     result = _tailor(tmp_path, *args, "--output", str(out))

@@ -171,6 +171,27 @@ def test_a_shipped_recipe_whose_basic_step_checks_captions_and_images_runs_in_tw
     assert again["steps"][1]["by_reason"] == whole["steps"][1]["by_reason"]
 
 
+def test_steps_text_names_each_step_it_leaves_to_the_fetched_run_and_the_commands(world, capsys, tmp_path):
+    """basic with an image check, then a balance, then exact dedup: on the text pass only basic's caption checks
+    can run; the summary names the rest (the balance too: it comes after an image step) and what runs them."""
+    recipe = tmp_path / "deferred.yaml"
+    recipe.write_text(yaml.safe_dump({"steps": [
+        {"step": "basic", "language": None, "min_words": 2, "min_chars": 5, "min_side": 200},
+        {"step": "metaclip_balance", "t": 8, "seed": 1}, {"step": "exact_dedup"}]}))
+    text = str(world["text"])
+    assert cli(["select", text, "--recipe", str(recipe), "--name", "deferred", "--steps", "text"]) == 0
+    said = capsys.readouterr().out
+    deferred = [line for line in said.splitlines() if line.startswith("not run here")]
+    assert len(deferred) == 1, said
+    assert "basic's image checks (reads original_height, original_width)" in deferred[0]
+    assert "metaclip_balance (a text step after an image step" in deferred[0]
+    assert "exact_dedup (reads sha256)" in deferred[0]
+    assert f"tailor fetch {text} --subset deferred --out FETCHED" in said and "--steps image" in said
+    stats = json.loads((world["text"] / "subsets" / "deferred" / "stats.json").read_text())
+    assert [d["step"] for d in stats["deferred"]] == ["basic's image checks", "metaclip_balance", "exact_dedup"]
+    assert [s["name"] for s in stats["steps"]] == ["basic"]
+
+
 def test_image_steps_on_a_text_pass_are_refused_with_what_to_do(world, capsys):
     text = str(world["text"])
     assert cli(["select", text, "--recipe", str(world["recipe"]), "--name", "all"]) == 2

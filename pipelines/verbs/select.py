@@ -492,6 +492,26 @@ def plan_steps(recipe: Recipe, phase: str, run: str, paths: RunPaths) -> tuple[l
     return text, [Status(), *image]
 
 
+def deferred_steps(recipe: Recipe) -> list[dict]:
+    """What `--steps text` leaves to `--steps image` on the fetched run, each with why: the steps from the
+    first image step on (a text step after an image step, such as a balance after exact dedup, decides on
+    what the image steps keep, so it waits for them too)."""
+    deferred, images = [], False
+    for step in recipe.steps:
+        parts = step.split() if isinstance(step, Basic) else [step]
+        for number, part in enumerate(parts):
+            images = images or part.image_step()
+            if not images:
+                continue
+            columns = sorted(c for c in part.needs() if c in IMAGE_COLUMNS)
+            if part.image_step():
+                why = f"reads {', '.join(columns)}" if columns else "reads the image embeddings"
+            else:
+                why = "a text step after an image step: it decides on the rows the image steps keep"
+            deferred.append({"step": f"{part.name}'s image checks" if number else part.name, "why": why})
+    return deferred
+
+
 def select(run: str, recipe: Recipe, name: str, duck: DuckOptions | None = None, overwrite: bool = False,
            phase: str = "all") -> dict:
     """Apply a recipe to a finished run and write RUN/subsets/NAME/; returns the stats. `phase`: which of the
@@ -545,6 +565,8 @@ def select(run: str, recipe: Recipe, name: str, duck: DuckOptions | None = None,
         "phase": phase, "text_pass": paths.is_text_pass(),
         "rows": rows, "kept": kept, "dropped": rows - kept,
         "by_reason": _total_reasons(per_step), "steps": per_step,
+        # the steps left to `--steps image` on the run fetched from this subset, each with why
+        "deferred": deferred_steps(recipe) if not rest else [],
         "seconds": round(time.time() - started, 3),
     }
     paths.write_text(f"# resolved recipe of subset {name!r} of {run} ({stats['made_at']}; --steps {phase})\n"
