@@ -20,9 +20,14 @@ AUDIT_FLAGS = {"templates": "template", "nested": "--bag"}  # --bag turns the ne
 
 def _print_summary(summary: dict) -> None:
     rows = summary["rows_in"]
-    print(f"\nrows in {rows}, rows out {summary['rows_out']}, shards {summary['shards']['done']}/"
-          f"{summary['shards']['total']} ({summary['shards']['skipped_already_done']} were already done), "
-          f"wall {summary['wall_time_s']} s, {summary['rows_per_s_this_run']} rows/s this run")
+    if summary.get("nothing_to_do"):
+        print(f"\nnothing left to do: all {summary['shards']['total']} shards were done already; the figures below "
+              f"and in run.json are those of the run that did the work (finished {summary['finished_at']}, wall "
+              f"{summary['wall_time_s']} s)\nrows in {rows}, rows out {summary['rows_out']}")
+    else:
+        print(f"\nrows in {rows}, rows out {summary['rows_out']}, shards {summary['shards']['done']}/"
+              f"{summary['shards']['total']} ({summary['shards']['skipped_already_done']} were already done), "
+              f"wall {summary['wall_time_s']} s, {summary['rows_per_s_this_run']} rows/s this run")
     print(f"{'status':<20}{'rows':>8}{'share':>9}")
     for status, n in sorted(summary["status_counts"].items(), key=lambda kv: -kv[1]):
         print(f"{status:<20}{n:>8}{n / max(rows, 1):>9.1%}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import shutil
@@ -10,9 +11,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import demo_config
+from helpers import DEMO_CONFIG, demo_config
 from PIL import Image
 
+from pipelines.cli import main as cli
 from pipelines.demo.score import check_run, roc_auc
 from pipelines.verbs.annotate import annotate
 
@@ -144,11 +146,21 @@ def test_rerun_of_a_finished_run_retries_only_what_failed_for_a_moment(demo_run,
     same = ["key", "status", "http_status", "transient", "sha256", "phash"]
     assert after.num_rows == before.num_rows and after.select(same).equals(before.select(same))
     # settings of speed only (threads, model batch and replicas) change nothing written: the run resumes
+    figures = (run / "run.json").read_text()
     faster = annotate(demo_config(web / "urls.parquet", run, "input.rows_per_shard=120", "download.threads=4",
                                   "embed.batch_size=8", "embed.num_actors=2"), progress=False, retry_transient=False)
     assert faster["shards"]["skipped_already_done"] == 4 and faster["rows_processed_this_run"] == 0
     assert "retried" not in faster
     assert pq.read_table(run / "annotations").sort_by("key").equals(after)
+    # nothing left to do: run.json keeps the figures of the run that did the work (not wall 0.0, no stages)
+    assert (run / "run.json").read_text() == figures
+    assert faster["seconds"]["pipeline"] > 0 and faster["stage_throughput"] and faster["nothing_to_do"]
+    said = io.StringIO()
+    with contextlib.redirect_stdout(said):
+        assert cli(["annotate", "--config", str(DEMO_CONFIG), "--input", str(web / "urls.parquet"), "--output",
+                    str(run), "--set", "input.rows_per_shard=120", "--no-retry", "--no-progress"]) == 0
+    assert "nothing left to do: all 4 shards were done already" in said.getvalue()
+    assert "wall 0.0" not in said.getvalue() and (run / "run.json").read_text() == figures
 
 
 def test_changed_settings_refuse_to_mix_into_an_existing_run(demo_run, demo_web):

@@ -628,14 +628,12 @@ def annotate(config: AnnotateConfig, overwrite: bool = False, progress: bool = T
     summary["retry_transient"] = retry_transient
     if hosts is not None:
         summary["hosts"] = hosts
-    if not work and paths.exists(paths.summary):  # nothing ran: keep the figures of the run that did the work
-        previous = paths.read_json(paths.summary)
-        for field in ("stage_throughput", "seconds", "hosts"):
-            if field in previous:
-                summary[field] = previous[field]
-        summary["rows_processed_this_run"] = 0
-        paths.write_json(summary, paths.summary)
-        return summary
+    if not work and paths.exists(paths.summary):  # nothing ran: run.json keeps the figures of the run that did
+        previous = paths.read_json(paths.summary)  # the work (its wall time, stages, hosts); it is not rewritten
+        previous.pop("retried", None)  # (what that run fetched again: nothing was this time)
+        return previous | {"rows_processed_this_run": 0, "rows_per_s_this_run": None, "nothing_to_do": True,
+                           "this_command_s": summary["wall_time_s"], "retry_transient": retry_transient,
+                           "shards": summary["shards"]}
     try:
         summary["stage_throughput"] = stage_throughput(stats, processed)  # this run's stages (empty if none ran)
     except StatsFormatError as err:
