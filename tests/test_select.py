@@ -314,13 +314,24 @@ def test_bad_recipes_get_one_line_naming_the_step_and_field(steps, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
-def test_a_step_needing_a_column_the_run_lacks_is_refused_before_running(tmp_path):
+def test_a_step_needing_a_column_the_run_lacks_is_refused_before_running(tmp_path, capsys):
     run = fake_run(tmp_path / "run", caption=["a dog"], original_width=[300], original_height=[300])
     with pytest.raises(ConfigError, match=r"step 1 \(basic\): needs column\(s\) \['caption_lang'"):
         select(run, recipe({"step": "basic"}), "x")
     with pytest.raises(ConfigError, match=r"step 2 \(near_dedup\): needs column\(s\) \['phash'\]"):
         select(run, recipe({"step": "boilerplate", "max_images": 3}, {"step": "near_dedup"}), "x")
     assert not (tmp_path / "run" / "subsets" / "x" / "stats.json").exists()
+    # real photos annotated with embed: null, as the README advises without a checkpoint: the shipped CLIP
+    # recipes are refused in one line that says what to set
+    from pipelines.cli import main as cli
+
+    photos = fake_run(tmp_path / "photos", caption=["a dog on a beach"], caption_lang=["en"],
+                      caption_lang_score=[0.9], caption_words=[5], caption_chars=[16], original_width=[300],
+                      original_height=[300], sha256=["ab"], phash=pa.array([1], pa.uint64()))
+    for shipped in ("laion-style", "datacomp-clip-top30", "demo"):
+        assert cli(["select", photos, "--recipe", shipped, "--name", "x"]) == 2
+        said = capsys.readouterr().err.strip()
+        assert len(said.splitlines()) == 1 and "['clip_score']" in said and "embed.model" in said, said
     with pytest.raises(ConfigError, match="not a valid subset name"):
         select(run, recipe({"step": "exact_dedup"}), "../escape")
 

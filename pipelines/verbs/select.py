@@ -404,7 +404,13 @@ def _load_pool(con: duckdb.DuckDBPyConnection, paths: RunPaths, files: list[str]
     for number, step in enumerate(steps):
         missing = [c for c in step.needs() if c not in have]
         if missing:
-            hint = " (annotate with text.language_id on)" if any(c.startswith("caption_") for c in missing) else ""
+            hint = ""
+            if any(c.startswith("caption_") for c in missing):
+                hint = " (annotate with text.language_id on)"
+            elif "clip_score" in missing:
+                hint = (": the run was annotated without a CLIP model (embed: null). Set embed.model to a CLIP "
+                        "checkpoint (a Hugging Face name or local path) in a new run, or select with a recipe "
+                        "without CLIP steps (datacomp-basic, raw, or yours)")
             raise ConfigError(f"recipe step {number} ({step.name}): needs column(s) {missing}, which "
                               f"{run}/annotations lacks{hint}")
     # only what the steps read: at a billion rows the captions alone are tens of GB
