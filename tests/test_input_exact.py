@@ -276,6 +276,9 @@ def test_real_alt_texts_with_their_columns_mixed_up_are_refused_before_anything_
     with pytest.raises(InputError, match=r"url column 'TEXT' does not hold URLs") as refused:
         check_input(config.model_copy(update={"url_column": "TEXT", "caption_column": None}))
     assert "swapped" not in str(refused.value)
+    # the file's pandas index (__index_level_0__) is the writer's numbering, not a column to pass through
+    shards, _ = plan_table_file(config, fsspec.filesystem("file"), str(ALT_TEXT), 0, RunPaths(str(tmp_path / "ok")))
+    assert pq.read_schema(shards[0].path).names == ["key", "url", "caption"]
     # planning checks every file's first rows too (the path annotate() takes without the CLI's check)
     with pytest.raises(InputError, match="are they swapped"):
         plan_table_file(swapped, fsspec.filesystem("file"), str(ALT_TEXT), 0, RunPaths(str(tmp_path / "run")))

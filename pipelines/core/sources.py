@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 import tarfile
 from dataclasses import asdict, dataclass
 from pathlib import PurePosixPath
@@ -554,11 +555,16 @@ def check_input(config: InputConfig, max_files: int = 32, read_whole_below: int 
     return files
 
 
+PANDAS_INDEX = re.compile(r"__index_level_\d+__")
+
+
 def _canonical(batch: pa.RecordBatch, config: InputConfig, file_idx: int, first_row: int) -> pa.Table:
     table = pa.Table.from_batches([batch])
     names = table.column_names
     canonical = {config.url_column, config.caption_column, config.key_column}
-    extra = [n for n in names if n not in canonical]
+    # every other column passes through, but pandas' stored index (`__index_level_0__`, what to_parquet writes
+    # for a filtered or re-indexed frame) is the writer's row numbering, not data: it is left out
+    extra = [n for n in names if n not in canonical and not PANDAS_INDEX.fullmatch(n)]
     if config.key_column:
         keys = table.column(config.key_column).cast(pa.string())
     else:
