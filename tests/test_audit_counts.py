@@ -41,9 +41,11 @@ def test_concept_words_match_their_inflections_not_words_sharing_a_lemma():
     # regular and irregular inflections of a concept word
     assert names_in("Two DOGS") == {"dog"}
     assert names_in("three buses") == {"bus"} and names_in("green bushes") == {"bush"}
-    assert names_in("skiing in the alps") == {"ski"} and names_in("she skied") == {"ski"}
+    assert names_in("skiing in the alps") == {"ski"}   # an -ing form VERB_FORMS lists (issue 29)
     assert names_in("three mice") == {"mouse"} and names_in("kitchen knives") == {"knife"}
-    assert names_in("people") == {"person"} and names_in("cacti") == {"cactus"} and names_in("skating") == {"skate"}
+    assert names_in("people") == {"person"} and names_in("cacti") == {"cactus"} and names_in("skates") == {"skate"}
+    # -ing/-ed forms it does not list are other words ("training"), or were never seen naming the concept
+    assert names_in("she skied") == set() and names_in("skating") == set() and names_in("hot dogging") == set()
     # the phrase rule: a hot dog is no dog, a teddy bear no bear
     assert names_in("a hot dog with mustard") == {"hot dog"}
     assert names_in("my teddy bear") == {"teddy bear"} and names_in("teddy bears") == {"teddy bear"}
