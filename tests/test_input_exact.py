@@ -343,6 +343,21 @@ def test_cli_input_mistakes_exit_2_before_ray_and_leave_nothing(tmp_path, case, 
     assert elapsed < 60  # in practice about a second; the point is that no Ray started (no 15 s)
 
 
+def test_annotate_into_a_folder_of_other_files_is_refused_and_overwrite_deletes_nothing(tmp_path):
+    """A typo in --output (a home folder, a data folder) must not mix a run into it, nor --overwrite delete it."""
+    out = tmp_path / "photos"
+    out.mkdir()
+    (out / "holiday.jpg").write_bytes(b"mine")
+    urls = _headerless(tmp_path, 20)
+    columns = ["--set", "input.header=false", "--set", "input.columns=[caption,url]"]
+    for extra in ([], ["--overwrite"]):
+        result = _tailor(tmp_path, "--input", urls, *columns, "--output", str(out), *extra)
+        assert result.returncode == 2, result.stderr
+        said = result.stderr.strip()
+        assert len(said.splitlines()) == 1 and "is not empty and holds no tailor run (holiday.jpg)" in said, said
+        assert sorted(p.name for p in out.iterdir()) == ["holiday.jpg"]
+
+
 def _bad_line(urls: str, number: int) -> str:
     lines = open(urls).read().splitlines(keepends=True)
     lines[number - 1] = lines[number - 1].replace("\t", "\t\t")

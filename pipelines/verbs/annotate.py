@@ -314,6 +314,11 @@ def _prepare_folder(config: AnnotateConfig, paths: RunPaths, overwrite: bool) ->
     """Refuse a folder that holds a run of another config, naming what differs. Writes nothing: the config is
     recorded (RUN/config.yaml) once the input is planned, so a run refused for its input leaves nothing that
     would refuse the corrected command."""
+    foreign = paths.foreign()
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f", … ({len(foreign)} entries)" if len(foreign) > 5 else "")
+        raise ConfigError(f"config error: {config.output} is not empty and holds no tailor run ({shown}); "
+                          "annotate into a new or empty folder (--overwrite replaces runs only, never other files)")
     if overwrite:
         check_input(config.input)  # a mistake in the input must not cost the run being overwritten
         paths.remove(paths.root)
