@@ -642,6 +642,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:  # Ray's and Ray Data's INFO lines (execution plans, auth notes) stay in Ray's logs
         os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(Path(__file__).parent / "ray_data_logging.yaml"))
         os.environ.setdefault("TAILOR_RAY_LOG_LEVEL", "ERROR")
+        os.environ.setdefault("TAILOR_RAY_LOG_TO_DRIVER", "0")  # workers' and raylet's lines stay in Ray's logs
     try:
         if argv is None and not args.verbose:
             return _quiet(args)

@@ -192,6 +192,20 @@ def test_steps_text_names_each_step_it_leaves_to_the_fetched_run_and_the_command
     assert [s["name"] for s in stats["steps"]] == ["basic"]
 
 
+def test_a_pass_over_a_run_shows_tailors_progress_line_not_ray_datas_bars(world, tmp_path):
+    """`tailor match` with stdout and stderr not a terminal (a log, a scheduler): tailor's line of shards
+    done, the summary, and none of Ray Data's bars or Ray's own lines."""
+    run = tmp_path / "text"
+    shutil.copytree(world["text"], run)
+    command = [str(Path(sys.executable).parent / "tailor"), "match", str(run), "--metadata",
+               str(world["recipe"].parent / "concepts.txt")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "shards 4/4 (100%)" in done.stderr, done.stderr[-3000:]
+    for noise in ("Running Dataset", "MapBatches", "ActorPool", "(raylet)", "pid=", "Execution plan"):
+        assert noise not in done.stderr + done.stdout, noise
+
+
 def test_image_steps_on_a_text_pass_are_refused_with_what_to_do(world, capsys):
     text = str(world["text"])
     assert cli(["select", text, "--recipe", str(world["recipe"]), "--name", "all"]) == 2

@@ -24,8 +24,8 @@ class ProgressLine:
     log file a new line every `every` seconds (and one at the end), so a long run shows it is alive."""
 
     def __init__(self, total: int, label: str = "rows", stream: TextIO | None = None, every: float = 10.0,
-                 show_ok: bool = True):
-        self.total, self.label, self.show_ok = total, label, show_ok
+                 show_ok: bool = True, unit: str = "rows"):
+        self.total, self.label, self.show_ok, self.unit = total, label, show_ok, unit
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.every = 0.5 if self.tty else every
@@ -64,7 +64,7 @@ class ProgressLine:
         eta = duration(left / pace) if pace > 0 and left > 0 else ("-" if left > 0 else "0s")
         ok = f"  ok {share}" if self.show_ok else ""
         return (f"{self.label} {self.done:,}/{self.total:,} ({self.done / max(self.total, 1):.0%})  "
-                f"{rate:,.1f} rows/s{ok}  elapsed {duration(elapsed)}  eta {eta}")
+                f"{rate:,.1f} {self.unit}/s{ok}  elapsed {duration(elapsed)}  eta {eta}")
 
     def _draw(self, now: float) -> None:
         line = self.text(now)

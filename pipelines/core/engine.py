@@ -31,8 +31,12 @@ def init_ray(address: str | None) -> None:
     level = getattr(logging, os.environ.get("TAILOR_RAY_LOG_LEVEL", "WARNING").upper(), logging.WARNING)
     if address not in ("local", "auto"):
         _check_reachable(address, source)
+    # the workers' and raylet's own lines (e.g. `(raylet) Task ... submit failed` on Ctrl-C) are echoed by the
+    # driver unless told not to; the quiet command keeps them in Ray's session logs (`-v` shows them)
+    to_driver = os.environ.get("TAILOR_RAY_LOG_TO_DRIVER", "1") != "0"
     try:
-        ray.init(address=address, include_dashboard=False, configure_logging=True, logging_level=level)
+        ray.init(address=address, include_dashboard=False, configure_logging=True, logging_level=level,
+                 log_to_driver=to_driver)
     except ConnectionError as err:  # `auto` (the cluster configs) or an address with no Ray cluster there
         if source is None or address == "local":
             raise
@@ -109,24 +113,35 @@ def embed_actor_resources(options, gpus: float | None = None) -> dict:
 # ---------------------------------------------------------------- the fan-out of a pass over a run's shards
 
 def map_shards(worker: type, shards: list[str], kwargs: dict, progress: bool = False,
-               actors: int | None = None) -> Iterator[dict]:
+               actors: int | None = None, ray_progress: bool | None = None, label: str = "shards") -> Iterator[dict]:
     """Run `worker` over shards on an actor pool, yielding each shard's result row as it finishes.
 
     `worker(**kwargs)` is built once per actor (what is costly to build: an automaton, a model, concept
     embeddings), then called with a table of one `shard` per work item; it writes that shard's output whole
     (RunPaths writes are atomic) and returns a row per shard. The caller lists pending shards once
     (RunPaths.pending), so a rerun resumes; the pool has `actors` actors (default one per cluster CPU),
-    never more than there are shards."""
+    never more than there are shards. `progress`: tailor's progress line of shards done (on stderr);
+    `ray_progress`: Ray Data's own bars too (default: with `progress` under `-v`, the root logger at INFO)."""
     import ray
 
+    from pipelines.core.console import ProgressLine
+
     init_ray(None)
-    ray.data.DataContext.get_current().enable_progress_bars = progress
+    if ray_progress is None:
+        ray_progress = progress and logging.getLogger().isEnabledFor(logging.INFO)
+    ray.data.DataContext.get_current().enable_progress_bars = ray_progress
     size = max(1, min(len(shards), actors or cluster_cpus()))
     ds = ray.data.from_items([{"shard": s} for s in shards], override_num_blocks=len(shards))
     ds = ds.map_batches(worker, batch_size=1, batch_format="pyarrow", num_cpus=1, fn_constructor_kwargs=kwargs,
                         compute=ray.data.ActorPoolStrategy(size=size))
+    line = ProgressLine(len(shards), label=label, unit="shards", show_ok=False) if progress else None
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-        yield from batch.to_pylist()
+        rows = batch.to_pylist()
+        if line is not None:
+            line.update(len(rows), 0)
+        yield from rows
+    if line is not None:
+        line.close()
 
 
 def run_tasks(fn, items: Iterable[tuple], window: int | None = None, on_result=None, **options) -> list:
