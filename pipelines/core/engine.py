@@ -45,6 +45,20 @@ def init_ray(address: str | None) -> None:
     _note_sigterm()
 
 
+def session_logs() -> str | None:
+    """The folder of this driver's Ray session logs (workers, raylet, Ray Data), where the quiet command's Ray
+    lines go: Ray keeps them under its own temp folder (`/tmp/ray/session_*/logs` on a local Ray), not in the
+    run folder, which may be s3://. None before Ray starts."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    try:
+        return ray._private.worker.global_worker.node.get_logs_dir_path()
+    except AttributeError:  # a Ray whose internals moved: the path is a convenience, not a result
+        return None
+
+
 def _note_sigterm() -> None:
     """Remember a SIGTERM, then let Ray's own handler run (it stops the local Ray's processes and exits
     with 1), so the command can say it was stopped rather than show the stack trace Ray's native

@@ -38,7 +38,7 @@ from operators.fetch import Fetcher, not_fetched
 from operators.text import CaptionText
 from pipelines.core.config import AnnotateConfig, ConfigError, load_config
 from pipelines.core.console import ProgressLine
-from pipelines.core.engine import embed_actor_resources, init_ray, storage_errors
+from pipelines.core.engine import embed_actor_resources, init_ray, session_logs, storage_errors
 from pipelines.core.hosts import HostsReport, RemoteBudget, start_budget
 from pipelines.core.sources import (
     InputError,
@@ -646,5 +646,6 @@ def annotate(config: AnnotateConfig, overwrite: bool = False, progress: bool = T
         summary["stage_throughput"] = {"unreadable": str(err)}
     summary["seconds"] = {"plan": round(planned - started, 2), "ray_start": round(ray_ready - planned, 2),
                           "pipeline": round(pipeline_done - ray_ready, 2)}
+    summary["ray_logs"] = session_logs()  # the workers' own lines (the console shows them only with -v)
     paths.write_json(summary, paths.summary)
     return summary
