@@ -55,9 +55,11 @@ def truth_images(rows, field: str = "concepts") -> Counter:
 
 
 def tail_rule(freq: dict[str, int], fraction: float = 0.2, floor: int = 0) -> set[str]:
-    """The tail computed independently: fewer than ceil(fraction * n) concepts are strictly rarer."""
-    limit = math.ceil(fraction * len(freq))
-    return {c for c, f in freq.items() if sum(g < f for g in freq.values()) + 1 <= limit or f < floor}
+    """The tail computed independently, among the mentioned concepts: fewer than ceil(fraction * mentioned)
+    mentioned concepts are strictly rarer; a concept never mentioned is not tail."""
+    mentioned = {c: f for c, f in freq.items() if f > 0}
+    limit = math.ceil(fraction * len(mentioned))
+    return {c for c, f in mentioned.items() if sum(g < f for g in mentioned.values()) + 1 <= limit or f < floor}
 
 
 # ---------------------------------------------------------------- operators
@@ -237,9 +239,9 @@ def test_subset_coverage_delta(demo_run, demo_truth, demo_audit):
     _, run, _ = demo_run
     ok = [r for r in demo_truth if r["status"] == "ok"]
     freq = truth_counts(ok, "caption_concepts")
-    tail = tail_rule({c: freq.get(c, 0) for c in CONCEPTS}, floor=3)  # 400 rows: the bottom 20% are all zeros
-    rare = {c for c in tail if freq.get(c, 0) > 0}
-    assert rare
+    tail = tail_rule({c: freq.get(c, 0) for c in CONCEPTS}, floor=3)  # mentioned concepts only
+    rare = set(tail)
+    assert rare and all(freq.get(c, 0) > 0 for c in rare)
     kept = [r for r in demo_truth if not set(r["caption_concepts"]) & rare]
     write_manifest(run, "audit-no-tail", [r["key"] for r in kept])
     summary = audit_run(run, AuditOptions(concepts="demo", tail_floor=3), subset="audit-no-tail", report=False)
@@ -251,7 +253,7 @@ def test_subset_coverage_delta(demo_run, demo_truth, demo_audit):
     assert sorted(summary["subset"]["tail_concepts_lost"]) == sorted(rare)
     assert all(delta[c]["retained"] == 0.0 and delta[c]["lost"] for c in rare)
     assert summary["subset"]["tail_retained"] == 0.0 and 0 < summary["subset"]["head_retained"] < 1
-    assert all(r["subset_tail"] for c, r in delta.items() if c in tail)  # still rare, now absent
+    assert not any(delta[c]["subset_tail"] for c in rare)  # absent now: never mentioned in the subset, not tail
 
 
 # ---------------------------------------------------------------- real captions
@@ -288,6 +290,7 @@ def test_coco_caption_counts_by_hand(tmp_path):
     assert counts["hot dog"]["top_synonym"] in {"hot dog", "hotdog"} and counts["hot dog"]["top_synonym_count"] == 1
     assert summary["misalignment"] is None  # no embeddings in this run: text counts only
     assert all(r["image_count"] == 0 for r in counts.values())
+    assert counts["dog"]["text_image_count"] == 22  # ok rows: images exist (each key its own, without sha256)
 
 
 # ---------------------------------------------------------------- log-linear analysis
@@ -334,7 +337,9 @@ def test_cli_audit_report(demo_run, demo_audit, tmp_path, capsys):
     assert "head concept" in out and "log-linear: Pearson r" in out
     report = run / "audit" / "demo" / "report"
     assert {"index.html", "rank_frequency.png", "loglinear.png"} <= {p.name for p in report.iterdir()}
-    assert "Log-linear analysis" in (report / "index.html").read_text()
+    page = (report / "index.html").read_text()
+    assert "Log-linear analysis" in page and "Image tags: tagger softmax (threshold 0.3)" in page
+    assert "Warning" not in page  # the demo CLIP on the demo web: its tags mean what they say
     assert main(["audit", str(run), "--concepts", str(tmp_path / "nope.txt")]) == 2
     assert "cannot read" in capsys.readouterr().err
     assert main(["audit", str(run), "--concepts", "demo", "--subset", "no-such-subset"]) == 2
@@ -356,3 +361,99 @@ def test_ray_engine_gives_the_same_tags(demo_run, demo_audit, tmp_path):
                                        rtol=1e-4, atol=1e-5, err_msg=name)
         else:
             assert ray_col.equals(local_col), name  # the tags themselves are exactly the same
+
+
+# ---------------------------------------------------------------- issue 29: what a report may claim
+
+def alt_text_pass(run: Path, rows: int = 2000) -> Path:
+    """A text pass (annotate --text-only) of real alt-texts: every row not_fetched, no image, config text_only."""
+    texts = pq.read_table(shared_data() / "alt-text" / "alt_text_10k.parquet", columns=["TEXT"]).column(0)
+    make_run(run, [{"key": f"k{i:05d}", "caption": t, "status": "not_fetched"}
+                   for i, t in enumerate(texts.to_pylist()[:rows])])
+    (run / "config.yaml").write_text(yaml.safe_dump({"text_only": True}))
+    return run
+
+
+def test_text_pass_audit_speaks_of_caption_rows_and_the_tail_of_mentioned_concepts(tmp_path, capsys):
+    """A text pass has no ok row and no image: the report says caption rows, no tagger, no image count, and
+    text_image_count is null. ImageNet on alt-texts: most classes are never mentioned; they are counted on
+    their own, and the tail is the bottom 20% of the mentioned ones, not every concept tied at zero."""
+    from pipelines.cli import main
+
+    run = alt_text_pass(tmp_path / "text")
+    assert main(["audit", str(run), "--concepts", "imagenet1k", "--tail-fraction", "0.2", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    page = (run / "audit" / "imagenet1k" / "report" / "index.html").read_text()
+    assert "caption rows of a text pass" in page and "A text pass: caption rows only" in page
+    for claim in ("ok rows", "ok images", "threshold None", "on None", "text_image_count", "image_count",
+                  "Misalignment"):
+        assert claim not in page, claim
+    counts = pq.read_table(run / "audit" / "imagenet1k" / "counts.parquet").to_pylist()
+    assert sum(r["text_count"] for r in counts) > 0
+    assert all(r["text_image_count"] is None for r in counts)  # no image: not the caption count
+    summary = json.loads((run / "audit" / "imagenet1k" / "_audit.json").read_text())["summary"]
+    assert summary["caption_rows"] == 2000 and summary["ok_images"] is None and summary["misalignment"] is None
+    assert "image_count" not in summary["units"]
+    tail = summary["tail"]
+    mentioned = {r["concept"]: r["frequency"] for r in counts if r["frequency"] > 0}
+    assert tail["never_mentioned"] == 1000 - len(mentioned) > 500          # the ties at zero of the issue
+    assert tail["mentioned"] == len(mentioned)
+    assert {r["concept"] for r in counts if r["tail"]} == tail_rule(mentioned) and tail["concepts"] < len(mentioned)
+    assert 0 < tail["share_of_mentions"] < 0.25
+    assert f"{tail['never_mentioned']} concepts never mentioned" in page
+    assert f"tail {tail['concepts']} concepts holding {tail['share_of_mentions']:.1%}" in out
+
+
+def test_demo_clip_on_other_photos_is_named_in_the_audit(tmp_path, monkeypatch, caplog):
+    """A run embedded with the demo CLIP over photos that are not the demo web: its image tags and misalignment
+    mean nothing; the audit says so (annotate's words) on the console, in _audit.json and in the report."""
+    from pipelines.cli import main
+
+    names = ["dog", "cat", "car"]
+    basis = np.eye(len(names), 8, dtype=np.float32)
+    rows = [{"key": f"k{i}", "caption": f"a {names[i % 3]}", "status": "ok"} for i in range(6)]
+    run = make_run(tmp_path / "run", rows, {r["key"]: basis[(i + 1) % 3] for i, r in enumerate(rows)})
+    monkeypatch.setattr(audit_module, "concept_embeddings", lambda concepts, model, options: basis)
+    (tmp_path / "three.txt").write_text("\n".join(names) + "\n")
+    web = tmp_path / "web"
+    web.mkdir()
+    (web / "truth.parquet").write_bytes(b"")
+    text_pass = tmp_path / "text"  # `tailor fetch` from a text pass of the demo web: its input is under RUN
+    text_pass.mkdir()
+    (text_pass / "config.yaml").write_text(yaml.safe_dump({"input": {"path": str(web / "urls.parquet")}}))
+    said = {}
+    for where in ("photos", "web", "fetched"):  # photos: any table; web: a demo web (a folder with truth.parquet)
+        if where == "fetched":
+            (run / "fetched_from.json").write_text(json.dumps({"run": str(text_pass), "subset": "kept"}))
+        (run / "config.yaml").write_text(yaml.safe_dump({"embed": {"model": "builtin:demo-clip"}, "output": str(run),
+                                                         "input": {"path": str(tmp_path / where / "urls.parquet")}}))
+        caplog.clear()
+        assert main(["audit", str(run), "--concepts", str(tmp_path / "three.txt"), "--no-progress"]) == 0
+        summary = json.loads((run / "audit" / "three" / "_audit.json").read_text())["summary"]
+        page = (run / "audit" / "three" / "report" / "index.html").read_text()
+        said[where] = (caplog.text, summary["warnings"], page, summary["misalignment"])
+    log, warnings, page, misaligned = said["photos"]
+    assert misaligned["misaligned"] == 6  # every image tagged another concept than its caption names
+    assert "demo web's drawn shapes" in log and "demo web's drawn shapes" in warnings[0]
+    assert "class='warning'>Warning: embed.model is builtin:demo-clip" in page
+    for where in ("web", "fetched"):
+        assert "drawn shapes" not in said[where][0] + " ".join(said[where][1]) + said[where][2], where
+
+
+def test_a_failed_accuracy_file_leaves_the_summary_of_what_succeeded(tmp_path, capsys):
+    """--accuracy fails after tagging (every run count is 0 or 1): exit 2 in one line, and _audit.json holds the
+    counts' summary with the failure, the report says the analysis was not made."""
+    from pipelines.cli import main
+
+    run = make_run(tmp_path / "run", [{"key": f"k{i}", "caption": f"a {c}", "status": "ok"}
+                                      for i, c in enumerate(CONCEPTS[:30])])
+    accuracy = tmp_path / "acc.csv"
+    accuracy.write_text("concept,accuracy\n" + "".join(f"{c},{0.01 * i}\n" for i, c in enumerate(CONCEPTS)))
+    assert main(["audit", str(run), "--concepts", "demo", "--accuracy", str(accuracy), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tailor: --accuracy") and "_audit.json" in err and len(err.splitlines()) == 1
+    summary = json.loads((run / "audit" / "demo" / "_audit.json").read_text())["summary"]
+    assert summary is not None and summary["caption_rows"] == 30 and summary["tail"]["mentioned"] == 30
+    assert summary["loglinear"]["error"].startswith("--accuracy")
+    assert not (run / "audit" / "demo" / "loglinear.parquet").exists()
+    assert "Not made: --accuracy" in (run / "audit" / "demo" / "report" / "index.html").read_text()

@@ -214,7 +214,7 @@ def test_killed_recaption_resumes_and_captions_every_key_once(demo, tmp_path):
     write_manifest(run, "resume", keys)
     command = [sys.executable, "-m", "pipelines.cli", "recaption", str(run), "--subset", "resume", "--name",
                "resume", "--no-progress", "--set", "rows_per_task=16", "--set", "write_batch=8",
-               "--set", "captions.batch_size=8"]
+               "--set", "captions.batch_size=8", "--concepts", "demo"]
     proc = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     folder = run / "captions" / "resume" / "parts"
     deadline = time.time() + 300
@@ -236,3 +236,34 @@ def test_killed_recaption_resumes_and_captions_every_key_once(demo, tmp_path):
     table = parts(run, "resume")
     counts = collections.Counter(table.column("key").to_pylist())
     assert sorted(counts) == sorted(keys) and set(counts.values()) == {1}
+    # the demo captioner gets the colour right and the shape half the time: the CLIP score rises, yet the image tags
+    # confirm fewer of the concepts its captions name than of the alt-texts' (the web's captions mostly name the
+    # image's concepts); the console and the summary say so
+    summary = json.loads((run / "captions" / "resume" / "_summary.json").read_text())
+    c = summary["concepts"]
+    assert c["matched_after"] < c["matched_before"]
+    assert summary["scores"]["new_mean"] > summary["scores"]["original_mean"]
+    assert c["confirmed_dropped"] is True and summary["warnings"][0].startswith("alignment dropped")
+    assert "alignment dropped" in rerun.stderr and "although the CLIP score rose" in rerun.stderr
+
+
+def test_recaption_concept_counts_count_each_image_once(demo, mismatched):
+    """Two mismatched keys of the demo web hold one image (an exact duplicate): concepts.parquet counts it once,
+    in images, as the audit does (distinct sha256), while text mentions stay caption rows."""
+    run, rows, _ = demo
+    keys, _ = mismatched
+    tags = {r["key"]: r for r in pq.read_table(run / "audit" / "demo" / "tags").to_pylist() if r["key"] in keys}
+    images: dict[int, set] = collections.defaultdict(set)
+    tagged_rows = collections.Counter()
+    for r in tags.values():
+        for c in r["image_concepts"] or []:
+            images[c].add(r["sha256"])
+            tagged_rows[c] += 1
+    per_concept = {r["concept_id"]: r for r in pq.read_table(run / "captions" / "mismatched.demo" / "concepts.parquet")
+                   .to_pylist()}
+    assert {c: r["image"] for c, r in per_concept.items() if r["image"]} == {c: len(s) for c, s in images.items()}
+    assert sum(tagged_rows.values()) > sum(map(len, images.values()))  # the duplicate is there: rows would differ
+    summary = json.loads((run / "captions" / "mismatched.demo" / "_summary.json").read_text())
+    assert summary["concepts"]["images"] == len({r["sha256"] for r in tags.values()}) < summary["concepts"]["rows"]
+    assert summary["concepts"]["confirmed_dropped"] is False and summary["warnings"] == []
+

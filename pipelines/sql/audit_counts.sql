@@ -5,7 +5,8 @@
 -- Units: a caption row is one annotation row (an image-text pair). "ok" rows are those whose image
 -- came through, and on a text pass (annotate --text-only) every row: nothing has ruled its image out yet.
 -- An image is one distinct coalesce(sha256, key) among ok rows: COCO has five caption rows per photo,
--- and the same web image can sit under several URLs; each counts once in the image counts.
+-- and the same web image can sit under several URLs; each counts once in the image counts. A run where
+-- no row has status 'ok' (a text pass: nothing fetched yet) holds no image: its text_image_count is NULL.
 --
 -- Views:      tags(key VARCHAR, status VARCHAR, sha256 VARCHAR, text_concepts INTEGER[],
 --                  text_concepts_bag INTEGER[], text_variants INTEGER[], image_concepts INTEGER[])
@@ -19,14 +20,17 @@
 --             text_count        ok caption rows naming it (nested rule, see operators/concepts.py)
 --             text_count_bag    the same with the paper's pure bag-of-words rule (caption rows)
 --             text_count_all    caption rows naming it, whatever their download status
---             text_image_count  ok images with at least one caption row naming it
+--             text_image_count  ok images with at least one caption row naming it (NULL without any image)
 --             image_count       ok images tagged with it (by any of their rows)
 --             matched_count     ok images tagged with it and named so by at least one of their caption rows
 --             frequency (text: caption rows; image, matched: images), rank (1 = most frequent; ties
 --             share a rank), tail,
 --             top_synonym, top_synonym_count (the most frequent of its names in caption rows; ties: first listed)
--- The tail is ties-inclusive: a concept is tail when fewer than ceil($tail_fraction * concepts)
--- concepts are strictly rarer than it, or when its frequency is below $tail_floor.
+-- The tail is taken among the mentioned concepts (frequency > 0); a concept never mentioned is not tail
+-- but never mentioned (frequency 0), reported on its own: on 10k alt-texts most of ImageNet's 1,000 classes
+-- are, and ties at zero would otherwise make them all "the bottom 20%". A mentioned concept is tail when
+-- fewer than ceil($tail_fraction * mentioned concepts) mentioned concepts are strictly rarer than it (ties
+-- included), or when its frequency is below $tail_floor.
 WITH ok AS (
     SELECT *, coalesce(sha256, key) AS image FROM tags WHERE status IN ('ok', 'not_fetched')
 ),
@@ -67,7 +71,8 @@ counts AS (
            coalesce(t.n, 0) AS text_count,
            coalesce(b.n, 0) AS text_count_bag,
            coalesce(a.n, 0) AS text_count_all,
-           coalesce(t.images, 0) AS text_image_count,
+           CASE WHEN EXISTS (SELECT 1 FROM tags WHERE status = 'ok') THEN coalesce(t.images, 0) END
+               AS text_image_count,
            coalesce(i.n, 0) AS image_count,
            coalesce(m.n, 0) AS matched_count,
            s.top_synonym,
@@ -89,8 +94,10 @@ ranked AS (
 SELECT concept_id, concept, text_count, text_count_bag, text_count_all, text_image_count, image_count,
        matched_count, frequency,
        rank() OVER (ORDER BY frequency DESC) AS rank,
-       rank() OVER (ORDER BY frequency ASC) <= ceil($tail_fraction * count(*) OVER ()) OR frequency < $tail_floor
-           AS tail,
+       frequency > 0 AND (
+           rank() OVER (PARTITION BY frequency > 0 ORDER BY frequency ASC)
+               <= ceil($tail_fraction * count(*) FILTER (WHERE frequency > 0) OVER ())
+           OR frequency < $tail_floor) AS tail,
        top_synonym, top_synonym_count
 FROM ranked
 ORDER BY concept_id

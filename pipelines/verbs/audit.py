@@ -25,13 +25,19 @@ tagger and model are unchanged, so a second audit (another subset, another accur
 Units: a caption row is one annotation row (an image-text pair); an image is one distinct sha256
 among ok rows (COCO has five caption rows per image; the same web image can sit under several
 URLs). `text_count*` count caption rows; `image_count`, `matched_count`, `text_image_count` and the
-misalignment count images (sql/audit_counts.sql, sql/audit_misalignment.sql).
+misalignment count images (sql/audit_counts.sql, sql/audit_misalignment.sql). A text pass holds caption
+rows only: its summary and report speak of caption rows, its `text_image_count` is null, and image
+figures (tagger, image counts, misalignment) appear only where images were fetched and tagged.
+
+The tail is taken among the concepts mentioned at all (sql/audit_counts.sql); those never mentioned are
+counted on their own (`tail.never_mentioned`), not as the bottom of the tail.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import numpy as np
@@ -68,7 +74,14 @@ UNITS = {
     "image_count": "ok images (distinct sha256) tagged with it",
     "matched_count": "ok images tagged with it and named so by at least one of their caption rows",
     "misalignment": "ok images with an image tag none of whose caption rows names any of their concepts",
-}  # engine="auto": below this many rows tagging runs in this process
+}
+# A text pass (annotate --text-only) has caption rows and no image: its counts in those words.
+TEXT_PASS_UNITS = {
+    "text_count": "caption rows naming the concept (a text pass: every row; no image fetched yet)",
+    "text_count_bag": "caption rows naming it by the pure bag-of-words rule",
+    "text_count_all": "caption rows naming it (the same rows as text_count on a text pass)",
+    "text_image_count": "null: a text pass holds no image",
+}
 
 
 # ---------------------------------------------------------------- tagging
@@ -125,6 +138,53 @@ def run_embed_model(paths: RunPaths) -> str | None:
     if not embed:
         return None
     return embed.get("model")
+
+
+class _Kept(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextmanager
+def _kept_warnings(logger: logging.Logger):
+    """The warnings `logger` gives inside the block, kept instead of printed."""
+    kept, propagate = _Kept(), logger.propagate
+    logger.addHandler(kept)
+    logger.propagate = False
+    try:
+        yield kept.messages
+    finally:
+        logger.removeHandler(kept)
+        logger.propagate = propagate
+
+
+def model_warning(paths: RunPaths) -> str | None:
+    """annotate's warning that the demo CLIP knows only the demo web's shapes, where it applies to this run's
+    recorded config (pipelines/verbs/annotate.py `_warn_demo_model` owns the check and its words): then the
+    run's image tags, image counts and misalignment mean nothing. A run `tailor fetch` made is judged by its
+    text pass's input. None where it does not apply."""
+    data = paths.read_config()
+    if not data or (data.get("embed") or {}).get("model") != "builtin:demo-clip" or not paths.outputs("embeddings"):
+        return None  # no demo CLIP embeddings: nothing to warn about (and no annotate import)
+    from pipelines.core.config import load_config
+    from pipelines.verbs import annotate
+
+    if paths.exists(paths.fetched_from):  # its input is a fetch-inputs table: the text pass's input says where from
+        text_pass = paths.read_json(paths.fetched_from).get("run")
+        source = ((RunPaths(text_pass).read_config() or {}).get("input") or {}).get("path") if text_pass else None
+        if source:
+            data = {**data, "input": {**(data.get("input") or {}), "path": source}}
+    try:
+        config = load_config(base=data)
+    except ConfigError:  # a config this version no longer reads: say nothing rather than fail the audit
+        return None
+    with _kept_warnings(annotate.log) as said:
+        annotate._warn_demo_model(config)
+    return said[0] if said else None
 
 
 def concept_embeddings(concepts: Concepts, model: str, options: AuditOptions) -> np.ndarray:
@@ -270,21 +330,27 @@ def audit_run(run: str, options: AuditOptions | None = None, subset: str | None 
     rows = counts.to_pylist()
     scope = misalignment(run, name)
     committed, planned = paths.shard_progress()
+    tagged = bool(settings["model"])  # image figures only where images were fetched and tagged
+    warning = model_warning(paths) if tagged else None
     summary: dict = {
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "concepts": len(rows),
+        "caption_rows": scope["ok_rows"],  # the caption rows counted: ok rows, or every row of a text pass
         "ok_rows": scope["ok_rows"],
-        "ok_images": scope["ok_images"],
-        "text_pass": text_pass,  # then every row counts as an ok caption row: none is fetched yet
+        "ok_images": None if text_pass else scope["ok_images"],  # a text pass holds no image
+        "text_pass": text_pass,  # then every row counts as a caption row: none is fetched yet
         "shards": {"committed": committed, "total": planned},  # a run still annotating: its committed shards
-        "units": UNITS,
+        "units": TEXT_PASS_UNITS if text_pass else UNITS,
         "frequency": options.frequency,
         "tail": {"fraction": options.tail_fraction, "floor": options.tail_floor,
                  "concepts": sum(r["tail"] for r in rows),
-                 "share_of_mentions": _tail_share(rows)},
+                 "share_of_mentions": _tail_share(rows),
+                 "mentioned": sum(r["frequency"] > 0 for r in rows),  # the concepts the tail is taken among
+                 "never_mentioned": sum(r["frequency"] == 0 for r in rows)},
         "concepts_never_in_text": sum(r["text_count"] == 0 for r in rows),
-        "concepts_never_in_images": sum(r["image_count"] == 0 for r in rows) if settings["model"] else None,
-        "misalignment": scope if settings["model"] else None,
+        "concepts_never_in_images": sum(r["image_count"] == 0 for r in rows) if tagged else None,
+        "misalignment": scope if tagged else None,
+        "warnings": [warning] if warning else [],
         "head": [{k: r[k] for k in ("concept", "text_count", "text_image_count", "image_count", "matched_count",
                                     "frequency")}
                  for r in sorted(rows, key=lambda r: (r["rank"], r["concept_id"]))[:10]],
@@ -303,24 +369,33 @@ def audit_run(run: str, options: AuditOptions | None = None, subset: str | None 
                                     sum(r["frequency"] for r in d if r["tail"])),
             "head_retained": _ratio(sum(r["subset_frequency"] for r in d if not r["tail"]),
                                     sum(r["frequency"] for r in d if not r["tail"])),
-            "misalignment": misalignment(run, name, subset) if settings["model"] else None,
+            "misalignment": misalignment(run, name, subset) if tagged else None,
         }
     fit = bins = points = None
+    failed: ConfigError | None = None
     if accuracy_table is not None:
-
         source = "file" if "count" in accuracy_table.column_names else f"run {options.frequency} frequency"
-        result = analyse(run_points(counts, accuracy_table), options.bins,
-                         f"--accuracy {accuracy} (counts: {source})")
-        bins, fit, points = result.bins, result.fit, result.points
-        paths.write_parquet(bins, audit.loglinear)
-        summary["loglinear"] = {**result.summary(), "counts": source}
+        try:
+            result = analyse(run_points(counts, accuracy_table), options.bins,
+                             f"--accuracy {accuracy} (counts: {source})")
+        except ConfigError as err:  # what did succeed is still written (summary, tables, report), then the error
+            failed = err
+            paths.remove(audit.loglinear)  # an earlier analysis's bins are not this accuracy file's
+            summary["loglinear"] = {"error": str(err), "accuracy": accuracy, "counts": source}
+        else:
+            bins, fit, points = result.bins, result.fit, result.points
+            paths.write_parquet(bins, audit.loglinear)
+            summary["loglinear"] = {**result.summary(), "counts": source}
     summary["wall_time_s"] = round(time.time() - started, 2)
     summary["tagging_s"] = round(tagged_at - started, 2)
     if report:
-
         summary["report"] = write_report(audit, settings, summary, counts, delta, bins, points, fit)
     paths.write_json({"settings": {k: v for k, v in settings.items() if k not in ("name", "tagged_now")},
                       "summary": summary}, audit.settings)
+    for said in summary["warnings"]:  # last, so the console shows it beside the summary it qualifies
+        log.warning("audit: %s", said)
+    if failed is not None:
+        raise ConfigError(f"{failed} (the rest of the audit is written: {audit.settings})") from None
     summary["out"] = audit.folder
     summary["settings"] = settings
     return summary

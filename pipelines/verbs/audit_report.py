@@ -126,33 +126,56 @@ def write_report(audit: Audit, settings: dict, summary: dict, counts: pa.Table,
         save_figure(paths, fig, audit.report_file(name))
 
     rows = counts.to_pylist()
-    count_cols = ["concept", "text_count", "text_image_count", "image_count", "matched_count", "frequency", "rank",
-                  "top_synonym"]
+    tagged = bool(settings.get("model"))  # image figures only where images were fetched and tagged
+    text_pass = bool(summary.get("text_pass"))
+    count_cols = ["concept", "text_count"] + ([] if text_pass else ["text_image_count"]) + (
+        ["image_count", "matched_count"] if tagged else []) + ["frequency", "rank", "top_synonym"]
     tail = sorted((r for r in rows if r["tail"]), key=lambda r: (r["frequency"], r["concept_id"]))
     head = sorted(rows, key=lambda r: (r["rank"], r["concept_id"]))
     mis = summary.get("misalignment")
+    t = summary["tail"]
+    rule = f"bottom {t['fraction']:.0%} of the {t.get('mentioned', summary['concepts'])} mentioned concepts, ties " \
+           "included" + (f", or below {t['floor']}" if t["floor"] else "")
+    never = t.get("never_mentioned")
+    if tagged:
+        images = (f"Image tags: tagger {html.escape(str(settings['tagger']))} (threshold "
+                  f"{settings['image_threshold']}) on {html.escape(str(settings['model']))}.")
+    elif text_pass:
+        images = "A text pass: caption rows only, no image fetched yet, so no image counts."
+    else:
+        images = "No image tagged: the run has no embeddings (annotate with an embed model), so no image counts."
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>tailor concept audit</title>",
         "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}img{max-width:100%}</style></head><body>",
+        "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}img{max-width:100%}"
+        ".warning{border:2px solid #c60;background:#fff4e5;padding:0.5em}</style></head><body>",
         f"<h1>Concept audit: {html.escape(str(settings['concepts']))}</h1>",
-        f"<p>{summary['concepts']} concepts; ranked by {html.escape(summary['frequency'])} frequency; "
-        f"image tagger {html.escape(str(settings['tagger']))} (threshold {settings['image_threshold']}) on "
-        f"{html.escape(str(settings['model']))}. Tail: {summary['tail']['concepts']} concepts (bottom "
-        f"{summary['tail']['fraction']:.0%} or below {summary['tail']['floor']}), "
-        + (f"{summary['tail']['share_of_mentions']:.1%} of all mentions.</p>"
-           if summary["tail"]["share_of_mentions"] is not None else "no concept is mentioned at all.</p>"),
+        *(f"<p class='warning'>Warning: {html.escape(w)}</p>" for w in summary.get("warnings") or []),
+        f"<p>{summary['concepts']} concepts; ranked by {html.escape(summary['frequency'])} frequency. {images} "
+        f"Tail: {t['concepts']} concepts ({rule}), "
+        + (f"{t['share_of_mentions']:.1%} of all mentions" if t["share_of_mentions"] is not None
+           else "no concept is mentioned at all")
+        + (f"; {never} concepts never mentioned" if never else "") + ".</p>",
     ]
-    if summary.get("ok_rows") is not None:
-        parts.append(f"<p>Units: text_count counts caption rows ({summary['ok_rows']} ok rows); text_image_count, "
-                     f"image_count and matched_count count distinct images by sha256 ({summary['ok_images']} ok "
-                     "images).</p>")
+    caption_rows = summary.get("caption_rows", summary.get("ok_rows"))
+    if text_pass:
+        parts.append(f"<p>Units: text_count counts caption rows ({caption_rows} caption rows of a text pass, "
+                     "none fetched yet).</p>")
+    elif caption_rows is not None:
+        counted = "text_image_count, image_count and matched_count count" if tagged else "text_image_count counts"
+        parts.append(f"<p>Units: text_count counts caption rows ({caption_rows} ok rows); {counted} distinct "
+                     f"images by sha256 ({summary['ok_images']} ok images).</p>")
     if mis:
         parts.append(f"<p>Misalignment: {mis['misaligned']} of {mis['images_tagged']} tagged images "
                      f"({mis['misalignment_rate']:.1%}) have no caption row naming any of their concepts.</p>")
     parts += ["<h2>Rank-frequency</h2><img src='rank_frequency.png'>",
               "<h2>Head</h2>", _table(head, count_cols, 20),
               "<h2>Tail</h2>", _table(tail, count_cols, 200)]
+    unmentioned = [r["concept"] for r in sorted(rows, key=lambda r: r["concept_id"]) if r["frequency"] == 0]
+    if unmentioned:
+        shown = ", ".join(unmentioned[:300]) + (f", … {len(unmentioned) - 300} more" if len(unmentioned) > 300 else "")
+        parts += [f"<h2>Never mentioned ({len(unmentioned)} concepts, {html.escape(summary['frequency'])} "
+                  "frequency 0; not counted in the tail)</h2>", f"<p>{html.escape(shown)}</p>"]
     if delta is not None:
         sub = summary["subset"]
         parts += [f"<h2>Subset {html.escape(sub['name'])}: coverage delta</h2>",
@@ -161,6 +184,9 @@ def write_report(audit: Audit, settings: dict, summary: dict, counts: pa.Table,
                   "<img src='coverage_delta.png'>",
                   _table(sorted(delta.to_pylist(), key=lambda r: (r["retained"] is None, r["retained"] or 0)),
                          ["concept", "frequency", "subset_frequency", "retained", "tail", "subset_tail", "lost"], 60)]
+    failed = (summary.get("loglinear") or {}).get("error")
+    if failed:
+        parts += ["<h2>Log-linear analysis</h2>", f"<p class='warning'>Not made: {html.escape(failed)}</p>"]
     if bins is not None and fit is not None:
         r = "undefined" if fit["pearson_r"] is None else f"{fit['pearson_r']:.4f}"
         source = html.escape(str(summary.get("loglinear", {}).get("counts", "")))

@@ -6,8 +6,10 @@
     parts/PART.parquet    caption rows (operators/caption.py CAPTION_SCHEMA, plus `clip_score` of the new caption
                           and `original_clip_score`), one file per written batch, each appearing whole or not at all
     concepts.parquet      sql/recaption_concepts.sql: per concept, mentions in the original and the new captions
-                          and image tags, over the recaptioned keys (with `concepts` set)
-    _summary.json         statuses, rescore and audit comparison, throughput; rewritten by every run
+                          (caption rows), the images they name, image tags and the images whose tags confirm a
+                          caption (distinct sha256, as the audit counts), over the recaptioned keys (with `concepts`)
+    _summary.json         statuses, rescore and audit comparison, throughput, `warnings` (the image tags confirm
+                          fewer of the new captions' concepts than of the originals'); rewritten by every run
 
 How it runs (a Ray Data pipeline, the same on a laptop and a cluster):
 
@@ -280,7 +282,7 @@ def concept_audit(run: str, name: str, concepts_name: str) -> tuple[pa.Table, di
     con = connect()
     _parts(con, paths, name)
     scan(con, paths, paths.audit(audit).tag_files()).create_view("audit_tags")
-    rows = to_arrow(con.sql("SELECT c.key, c.caption, t.text_concepts AS before, t.image_concepts AS image "
+    rows = to_arrow(con.sql("SELECT c.key, t.sha256, c.caption, t.text_concepts AS before, t.image_concepts AS image "
                             "FROM captions AS c JOIN audit_tags AS t USING (key) WHERE c.status = 'ok' ORDER BY key"))
     matcher = ConceptMatcher(load_concepts(concepts_name), options.lang, options.nested)
     after = pa.array([matcher.match(t)[0] for t in rows.column("caption").to_pylist()], IDS)
@@ -332,11 +334,30 @@ def recaption(run: str, subset: str, config: RecaptionConfig | None = None, name
                "seconds": None, **settings}
     summary["statuses"] = {r["status"]: r["n"] for r in run_sql(con, "recaption_statuses").to_pylist()}
     summary["scores"] = run_sql(con, "recaption_scores").to_pylist()[0]
+    summary["warnings"] = []
     if config.concepts:
         table, audit = concept_audit(run, name, config.concepts)
         paths.write_parquet(table, captions.concepts)
         summary["concepts"] = {"list": config.concepts, **audit}
+        drop = alignment_drop(audit, summary["scores"])
+        summary["concepts"]["confirmed_dropped"] = drop is not None
+        if drop:
+            summary["warnings"].append(drop)
     summary["seconds"] = round(this.seconds(), 2)
     summary["captions_per_s"] = round(written / summary["seconds"], 2) if written else None
     summary["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    for said in summary["warnings"]:
+        log.warning("recaption %s: %s", name, said)
     return this.write_summary(summary, captions.summary)
+
+
+def alignment_drop(audit: dict, scores: dict) -> str | None:
+    """A line where the new captions name fewer concepts the image tags confirm than the originals (a higher CLIP
+    score does not make up for it: a captioner can please the CLIP and name the wrong thing); None otherwise."""
+    before, after = audit.get("matched_before"), audit.get("matched_after")
+    if not audit.get("rows_with_image_tags") or before is None or after is None or after >= before:
+        return None
+    rose = (scores.get("new_mean") or 0) > (scores.get("original_mean") or 0) and scores.get("rows_scored")
+    return (f"alignment dropped: the image tags confirm {after} (image, concept) pairs named by the new captions "
+            f"against {before} named by the original ones" + (", although the CLIP score rose" if rose else "")
+            + "; read some new captions before mixing them in (materialize --captions)")
