@@ -19,6 +19,14 @@ Measured with the server (`BrowseServer`, DuckDB at `--threads` threads) answeri
 
     .venv/bin/python benchmarks/browse.py                      # 10M rows (about 2.5 GB on disk, ~2 min to generate)
     .venv/bin/python benchmarks/browse.py --rows 1000000       # smaller
+
+--coco-copy: the static copy (`tailor browse RUN --out DIR`) of a run of real photos, the way a user makes one:
+the 80 COCO photos of shared/data/coco-mini served on 127.0.0.1, one URL row per COCO caption (400 rows, five
+per photo), `tailor annotate --config demo`, `tailor select` of a subset `dedup` (exact_dedup, near_dedup),
+`tailor audit --concepts coco80`, then the copy: its size (thumbnails, data), thumbnail files, distinct images
+(sha256 of the ok rows), and what the Duplicates page says of near duplicates.
+
+    .venv/bin/python benchmarks/browse.py --coco-copy          # about a minute on 2 cores
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 import urllib.request
@@ -138,6 +147,60 @@ def timed(base: str, path: str, repeat: int, **params) -> dict:
     return {"cold_s": round(cold, 4), "warm_s": round(statistics.median(warm), 4), "body": json.loads(body)}
 
 
+COCO_RECIPE = """\
+description: exact and near-duplicate photos removed
+steps:
+  - step: exact_dedup
+  - step: near_dedup
+    max_hamming: 4
+"""
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def coco_copy(work: Path) -> dict:
+    """Annotate the COCO photos (one row per caption), select, audit, write the static copy; its figures."""
+    from photo_web import COCO, serve_folder
+
+    tailor = str(Path(sys.executable).parent / "tailor")
+
+    def run(*args: str) -> None:
+        done = subprocess.run([tailor, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if done.returncode:
+            raise SystemExit(f"tailor {args[0]} failed: {done.stderr[-2000:]}")
+
+    meta = json.loads((COCO / "captions_train2017.json").read_text())
+    names = {img["id"]: img["file_name"] for img in meta["images"]}
+    pairs = sorted((names[a["image_id"]], a["caption"].strip()) for a in meta["annotations"])
+    work.mkdir(parents=True, exist_ok=True)
+    run_dir, out = work / "coco-run", work / "coco-copy"
+    with serve_folder(COCO) as base:
+        urls = work / "coco-urls.parquet"
+        pq.write_table(pa.table({"url": [f"{base}/train2017/{name}" for name, _ in pairs],
+                                 "caption": [caption for _, caption in pairs]}), urls)
+        run("annotate", "--config", "demo", "--input", str(urls), "--output", str(run_dir),
+            "--no-progress", "--set", "input.rows_per_shard=200")
+    (work / "coco-recipe.yaml").write_text(COCO_RECIPE)
+    run("select", str(run_dir), "--recipe", str(work / "coco-recipe.yaml"), "--name", "dedup", "--overwrite")
+    run("audit", str(run_dir), "--concepts", "coco80", "--no-progress")
+    from pipelines.browse.export import export
+    from pipelines.browse.views import Browser
+
+    started = time.perf_counter()
+    summary = export(str(run_dir), out)
+    seconds = time.perf_counter() - started
+    rows = pq.read_table(run_dir / "annotations", columns=["status", "sha256"]).to_pylist()
+    near = Browser(str(run_dir)).duplicates({"kind": ["near"]})
+    return {"rows": len(rows), "ok_rows": sum(r["status"] == "ok" for r in rows),
+            "distinct_images": len({r["sha256"] for r in rows if r["status"] == "ok"}),
+            "copy_samples": summary["samples"], "copy_s": round(seconds, 2),
+            "thumb_files": len(list((out / "thumbs").iterdir())), "thumbs_bytes": _folder_bytes(out / "thumbs"),
+            "data_bytes": _folder_bytes(out / "data"), "copy_bytes": _folder_bytes(out),
+            "near_note": near["note"], "near_groups": near.get("total_groups", 0)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=10_000_000)
@@ -145,8 +208,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--work", default=str(ROOT / "benchmarks" / ".work" / "browse"))
+    parser.add_argument("--coco-copy", action="store_true", help="measure the static copy of a run of the COCO photos")
     args = parser.parse_args()
     guard_log = install_network_guard(Path(args.work))
+    if args.coco_copy:
+        results = coco_copy(Path(args.work))
+        refused = guard_log.read_text().strip()
+        if refused:
+            raise SystemExit(f"the network guard refused traffic off this machine:\n{refused}")
+        print(json.dumps(results, indent=2))
+        (Path(args.work) / "results-coco-copy.json").write_text(json.dumps(results, indent=2))
+        return
     run = Path(args.work) / f"run-{args.rows}"
     generate(run, args.rows, args.image_shards)
 

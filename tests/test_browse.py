@@ -130,6 +130,41 @@ def annotations(run: Path) -> list[dict]:
     return pq.read_table(run / "annotations").to_pylist()
 
 
+def concept_names(run: Path, audit: str = "demo") -> dict[int, str]:
+    table = pq.read_table(run / "audit" / audit / "concepts.parquet")
+    return dict(zip(table.column("concept_id").to_pylist(), table.column("concept").to_pylist(), strict=True))
+
+
+def image_modes(run: Path, audit: str = "demo") -> dict[str, dict[str, list[str]]]:
+    """concept -> image-side mode -> the keys it matches, by hand: only rows whose image was fetched (status ok)
+    and tagged (image_concepts not null) are in any image mode; a row with no image is in none."""
+    names = concept_names(run, audit)
+    status = {r["key"]: r["status"] for r in annotations(run)}
+    out: dict[str, dict[str, list[str]]] = {c: {"image": [], "both": [], "misaligned": []} for c in names.values()}
+    for t in sorted(pq.read_table(run / "audit" / audit / "tags").to_pylist(), key=lambda t: t["key"]):
+        if status[t["key"]] != "ok" or t["image_concepts"] is None:
+            continue
+        text, image = set(t["text_concepts"] or []), set(t["image_concepts"])
+        for cid, name in names.items():
+            if cid in image:
+                out[name]["image"].append(t["key"])
+            if cid in image and cid in text:
+                out[name]["both"].append(t["key"])
+            if cid in text and cid not in image:
+                out[name]["misaligned"].append(t["key"])
+    return out
+
+
+def chart(browser) -> dict:
+    """The concepts chart as the page draws it: axis labels, tick labels, the concepts named at their points."""
+    return browser.evaluate("""(() => {
+        const svg = document.querySelector('svg.rankfreq');
+        const texts = sel => [...svg.querySelectorAll(sel)].map(t => t.textContent);
+        return {x: texts('text.axis-label.x')[0], y: texts('text.axis-label.y')[0], xticks: texts('.tick.x text'),
+                yticks: texts('.tick.y text'), names: texts('text.point-label'), dots: texts('circle').length};
+    })()""")
+
+
 # ---------------------------------------------------------------- the API
 
 @pytest.mark.slow
@@ -191,6 +226,35 @@ def test_grid_pages_walk_every_matching_key_once_in_order(server):
     assert draw == [c["key"] for c in get(server, "api/grid", status="ok", sample=0.25, seed=7, limit=500)[1]["items"]]
     assert set(draw) < set(ok) and 0.15 * len(ok) < len(draw) < 0.35 * len(ok)
     assert draw != [c["key"] for c in get(server, "api/grid", status="ok", sample=0.25, seed=8, limit=500)[1]["items"]]
+
+
+@pytest.mark.slow
+def test_image_concept_modes_count_only_rows_whose_image_was_tagged(server):
+    """Issue 29: "caption, not image" (misaligned) counted rows with no image (timeouts, 404s, opted out...): a
+    row with no image cannot be "the caption says X, the image does not"."""
+    run = Path(server.browser.run)
+    status = {r["key"]: r["status"] for r in annotations(run)}
+    names = concept_names(run)
+    failed: dict[str, int] = {}  # concept -> failed rows whose caption names it
+    for t in pq.read_table(run / "audit" / "demo" / "tags").to_pylist():
+        if status[t["key"]] != "ok":
+            for cid in t["text_concepts"] or []:
+                failed[names[cid]] = failed.get(names[cid], 0) + 1
+    assert failed, "the demo web has failed rows whose caption names a concept"
+    expected = image_modes(run)
+    for concept in sorted(failed, key=lambda c: (-failed[c], c))[:3]:
+        for mode in ("misaligned", "image", "both"):
+            code, counted = get(server, "api/count", audit="demo", concept=concept, concept_mode=mode)
+            assert code == 200 and counted["count"] == len(expected[concept][mode]), (concept, mode, counted)
+            assert counted["count"] == get(server, "api/count", audit="demo", concept=concept, concept_mode=mode,
+                                           status="ok")[1]["count"]
+            code, page = get(server, "api/grid", audit="demo", concept=concept, concept_mode=mode, limit=500)
+            assert [c["key"] for c in page["items"]] == expected[concept][mode]
+            assert {c["status"] for c in page["items"]} <= {"ok"}
+        # the caption mode still counts every row naming it, whatever its status
+        every = get(server, "api/count", audit="demo", concept=concept, concept_mode="caption")[1]["count"]
+        ok = get(server, "api/count", audit="demo", concept=concept, concept_mode="caption", status="ok")[1]["count"]
+        assert every == ok + failed[concept]
 
 
 @pytest.mark.slow
@@ -270,8 +334,20 @@ def test_concept_page_links_each_concept_to_its_samples(server, browser, tmp_pat
     listed = browser.evaluate("[...document.querySelectorAll('#concept-table tr[data-concept]')]"
                               ".map(tr => tr.dataset.concept)")
     assert sorted(listed) == sorted(counts)
-    frequencies = [counts[c]["frequency"] for c in listed]
-    assert frequencies == sorted(frequencies)  # tail first
+    tail = [counts[c]["tail"] for c in listed]
+    assert tail == sorted(tail, reverse=True)  # tail first, then the rest, each rarest first
+    for part in (True, False):
+        frequencies = [counts[c]["frequency"] for c in listed if counts[c]["tail"] == part]
+        assert frequencies == sorted(frequencies)
+    # the chart's axes say what is counted and the ranks; the head concept is named at its point
+    drawn, unit = chart(browser), get(server, "api/concepts", audit="demo")[1]["unit"]
+    assert drawn["x"].startswith("concept rank (1 = most frequent)") and drawn["y"].startswith(unit), drawn
+    assert unit == "caption rows naming the concept (ok rows)"  # the demo audit counts by text frequency
+    drawn_ranks = [c["rank"] for c in counts.values() if c["frequency"] > 0]
+    assert drawn["xticks"] == [str(10 ** i) for i in range(len(str(max(drawn_ranks))))]  # 1, 10, ... <= max rank
+    assert drawn["yticks"][:2] == ["1", "10"]
+    head = min(counts.values(), key=lambda c: (c["rank"], c["concept"]))["concept"]
+    assert drawn["names"][0].startswith(head) and drawn["dots"] == len(drawn_ranks)
     shot(browser, tmp_path, "concepts")
     # the most frequent concept's caption link: every caption row naming it (text_count_all counts them all)
     top = listed[-1]
@@ -281,14 +357,10 @@ def test_concept_page_links_each_concept_to_its_samples(server, browser, tmp_pat
     assert shown == min(100, counts[top]["text_count_all"])
     tags = browser.evaluate("[...document.querySelectorAll('#grid .card .tags')].map(t => t.textContent)")
     assert all(top in t for t in tags)
-    # misaligned: captions naming it whose image was not tagged with it
-    tags_table = pq.read_table(run / "audit" / "demo" / "tags").to_pylist()
-    cid = counts[top]["concept_id"]
-    misaligned = sorted(t["key"] for t in tags_table
-                        if cid in (t["text_concepts"] or []) and cid not in (t["image_concepts"] or []))
+    # misaligned: captions naming it whose image was fetched, tagged, and not tagged with it
     assert browser.open(server.url + "#grid?" + urlencode({"concept": top, "concept_mode": "misaligned",
                                                            "limit": 500})) == "ready"
-    assert cards(browser) == misaligned
+    assert cards(browser) == image_modes(run)[top]["misaligned"]
 
 
 @pytest.mark.slow
@@ -324,6 +396,77 @@ def test_duplicates_show_exact_near_and_semantic_groups_with_the_member_kept(ser
     assert groups["semantic"]
     for g in groups["semantic"]:
         assert semantic[g["kept"]] is None and all(semantic[m] == g["kept"] for m in g["members"][1:])
+
+
+DEDUP_RECIPE = """\
+description: exact duplicates removed, the best-scored 5% kept, then near duplicates at pHash distance 0
+steps:
+  - step: exact_dedup
+  - step: clip_score
+    top_fraction: 0.05
+  - step: near_dedup
+    max_hamming: 0
+"""
+
+
+@pytest.mark.slow
+def test_duplicates_page_reports_the_browsed_subsets_near_dedup_that_found_none(browse_run, browser, tmp_path):
+    """Issue 29: a subset whose near_dedup step ran and dropped nothing was reported as "the run has none", the
+    page ignored the subset browse was opened on, and a run of real photos was pointed at the demo recipe."""
+    from pipelines.verbs.select import load_recipe, select
+
+    (tmp_path / "dedup.yaml").write_text(DEDUP_RECIPE)
+    stats = select(str(browse_run), load_recipe(str(tmp_path / "dedup.yaml")), "dedup")
+    try:
+        near = next(s for s in stats["steps"] if s["name"] == "near_dedup")
+        assert near["rows_in"] > 0 and near["dropped"] == 0, near  # the case of the issue
+        with BrowseServer(str(browse_run)) as running:
+            code, page = get(running, "api/duplicates", kind="near", subset="dedup")
+            assert code == 200 and page["groups"] == [] and page["subset"] == "dedup"
+            assert page["step"] == {"name": "near_dedup", "max_hamming": 0, "rows_in": near["rows_in"], "dropped": 0}
+            said = (f"subset 'dedup': its near_dedup step (max_hamming 0) ran over {near['rows_in']} rows "
+                    "and found no near-duplicate")
+            assert page["note"] == said
+            # without a subset: the one whose near_dedup dropped rows
+            code, page = get(running, "api/duplicates", kind="near")
+            assert code == 200 and page["subset"] == "demo" and page["groups"] and page["note"] is None
+            # the page opened as `tailor browse RUN --subset dedup` opens it, then its Duplicates link
+            assert browser.open(running.url + "#grid?subset=dedup") == "ready"
+            assert browser.click("nav a[data-view=duplicates]") == "ready"
+            assert browser.evaluate("location.hash") == "#duplicates?subset=dedup"
+            column = browser.evaluate("(() => { const c = document.getElementById('dup-near'); return "
+                                      "{subset: c.dataset.subset, text: c.querySelector('.summary').textContent, "
+                                      "groups: c.querySelectorAll('.group').length}; })()")
+            assert column == {"subset": "dedup", "text": said, "groups": 0}
+            shot(browser, tmp_path, "duplicates-dedup")
+            # the subset chosen in the grid is the one the Duplicates page shows
+            assert browser.open(running.url + "#grid?subset=demo") == "ready"
+            assert browser.click("nav a[data-view=duplicates]") == "ready"
+            assert browser.evaluate("document.getElementById('dup-near').dataset.subset") == "demo"
+            assert browser.evaluate("document.querySelectorAll('#dup-near .group').length") > 0
+            summary = browser.evaluate("document.querySelector('#dup-near .summary').textContent")
+            assert summary.endswith("groups (subset demo, near_dedup max_hamming 4)"), summary
+    finally:
+        shutil.rmtree(browse_run / "subsets" / "dedup")
+
+
+@pytest.mark.slow
+def test_near_dedup_hint_names_the_demo_recipe_only_on_a_demo_run(script_run, tmp_path):
+    """A run with no near_dedup subset: the hint names `--recipe demo` on a run of the demo web, and on any other
+    run (here the same rows without the demo web's demo_id) the step to add."""
+    other = tmp_path / "photos"
+    shutil.copytree(script_run, other)
+    for shard in (other / "annotations").glob("*.parquet"):
+        table = pq.read_table(shard)
+        pq.write_table(table.drop_columns(["demo_id"]), shard)
+    for run, demo in ((script_run, True), (other, False)):
+        with BrowseServer(str(run)) as running:
+            code, page = get(running, "api/duplicates", kind="near")
+        assert code == 200 and page["groups"] == [] and page["subset"] is None
+        assert page["note"].startswith("the run has no subset; near-duplicate groups come from one: "), page
+        assert ("--recipe demo" in page["note"]) == demo, page["note"]
+        if not demo:
+            assert "add a near_dedup step to your recipe (`- step: near_dedup` with `max_hamming: 4`" in page["note"]
 
 
 @pytest.mark.slow
@@ -374,6 +517,40 @@ def test_static_copy_opens_from_file_without_a_server(script_run, browse_run, br
         shot(browser, tmp_path, f"static-{run.parent.name}")
     assert browser.open(page + "#concepts") == "ready"
     assert browser.evaluate("document.querySelectorAll('#concept-table tr[data-concept]').length") == 136
+    drawn = chart(browser)  # the static page draws the live page's axes
+    assert drawn["x"].startswith("concept rank (1 = most frequent)"), drawn
+    assert drawn["y"].startswith("caption rows naming the concept (ok rows)") and drawn["xticks"][:2] == ["1", "10"]
+    # one thumbnail file per distinct image: rows with the same image (exact duplicates) share it
+    data = json.loads((out / "data" / "static.js").read_text().split(" = ", 1)[1].rstrip().rstrip(";"))
+    thumbs = data["thumbs"]
+    files = sorted(f.name for f in (out / "thumbs").iterdir())
+    assert files == sorted(set(thumbs.values()))
+    sha = {r["key"]: r["sha256"] for r in annotations(browse_run)}
+    by_image: dict[str, set[str]] = {}
+    for key, name in thumbs.items():
+        by_image.setdefault(sha[key], set()).add(name)
+    assert all(len(names) == 1 for names in by_image.values()) and len(files) == len(by_image)
+    assert len(files) < len(thumbs), "the copy holds exact duplicates (its exact groups), stored once"
+    exact = data["duplicates"]["exact"]["groups"][0]["members"]
+    assert len({thumbs[m["key"]] for m in exact}) == 1
+    assert browser.open(page + "#duplicates") == "ready"  # the members' images, one file, load
+    assert browser.wait_for("(() => { const i = [...document.querySelector('#dup-exact .group').querySelectorAll"
+                            f"('img')]; return i.length === {len(exact)} && i.every(x => x.complete && "
+                            "x.naturalWidth > 0); })()")
+    # misaligned in the copy: only its rows whose image was fetched and tagged
+    modes, in_copy = image_modes(browse_run), {r["key"] for r in rows}
+    names = concept_names(browse_run)
+    failed = sorted(names[c] for t in pq.read_table(browse_run / "audit" / "demo" / "tags").to_pylist()
+                    if t["key"] in in_copy and t["status"] != "ok" for c in t["text_concepts"] or [])
+    assert failed, "the copy holds failed rows whose caption names a concept"
+    concept = failed[0]
+    assert browser.open(page + "#grid?" + urlencode({"concept": concept, "concept_mode": "misaligned",
+                                                     "limit": 500})) == "ready"
+    assert cards(browser) == [k for k in modes[concept]["misaligned"] if k in in_copy]
+    # the near groups of the subset the copy is opened on
+    assert browser.open(page + "#grid?subset=demo") == "ready"
+    assert browser.click("nav a[data-view=duplicates]") == "ready"
+    assert browser.evaluate("document.getElementById('dup-near').dataset.subset") == "demo"
     assert browser.open(page + "#grid?subset=demo&step=near_dedup&limit=500") == "ready"
     decisions = pq.read_table(browse_run / "subsets" / "demo" / "decisions.parquet").to_pylist()
     assert cards(browser) == sorted(d["key"] for d in decisions if d["step"] == "near_dedup"

@@ -1,15 +1,19 @@
 """tailor browse RUN --out DIR: the browse views as a static folder that opens from file:// with no server.
 
     DIR/index.html, app.js, app.css    the same page as the server's
-    DIR/data/static.js                 window.TAILOR_STATIC = {meta, samples, thumbs, details, duplicates, concepts}
+    DIR/data/static.js                 window.TAILOR_STATIC = {meta, samples, thumbs, details, duplicates,
+                                       near, concepts}
     DIR/data/samples/ID.js             one sample's detail view (loaded by a <script> tag: browsers refuse
                                        fetch() of file:// URLs, but not scripts)
-    DIR/thumbs/ID.EXT                  the stored images of the samples in the copy
+    DIR/thumbs/SHA.EXT                 the stored images of the samples in the copy, one file per distinct image
+                                       (named by the sha256 of its bytes): COCO's five caption rows per photo,
+                                       or a web image under several URLs, share one file
 
 A copy is bounded: the first `limit` samples by key (the grid's filters then run in the page over them) and
 the first `groups` duplicate groups of each kind (their members' details and images are included too).
-File names are a hash of the key, never the key itself. JSON is written with '<' escaped, so no value can
-end a script element.
+File names are a hash of the key (or of the image), never the key itself. `near` holds the first near-duplicate
+groups of each subset (as the server answers kind=near&subset=NAME), so the Duplicates page shows the subset the
+copy is opened on. JSON is written with '<' escaped, so no value can end a script element.
 """
 
 from __future__ import annotations
@@ -28,6 +32,11 @@ EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp", "im
 
 def file_id(key: str) -> str:
     return hashlib.sha1(key.encode()).hexdigest()[:20]
+
+
+def image_id(data: bytes) -> str:
+    """A stored image's file name: the sha256 of its bytes (identical images, one file)."""
+    return hashlib.sha256(data).hexdigest()[:32]
 
 
 def _script(variable: str, value: object) -> str:
@@ -59,6 +68,12 @@ def export(run: str, out: str | Path, limit: int = 1000, groups: int = 20, neigh
         page = browser.duplicates({"kind": [kind], "limit": [str(groups)]})
         page["next"] = None  # the copy holds the first pages only
         duplicates[kind] = page
+    near = {}  # each subset's own near groups (or the note on why there are none)
+    for name in browser.subsets:
+        page = browser.duplicates({"kind": ["near"], "subset": [name], "limit": [str(groups)]})
+        page["next"] = None
+        near[name] = page
+    pages = [*duplicates.values(), *near.values()]
     concepts = {name: browser.concepts({"audit": [name]}) for name in browser.audits
                 if browser.audits[name].counted}
 
@@ -71,7 +86,7 @@ def export(run: str, out: str | Path, limit: int = 1000, groups: int = 20, neigh
         (staging / "data" / "samples").mkdir(parents=True)
         (staging / "thumbs").mkdir()
         detail_keys = [s["key"] for s in samples]
-        detail_keys += [m["key"] for kind in duplicates.values() for g in kind["groups"] for m in g["members"]]
+        detail_keys += [m["key"] for page in pages for g in page["groups"] for m in g["members"]]
         details, thumbs = {}, {}
         for key in dict.fromkeys(detail_keys):
             sample = browser.sample(key, neighbours=neighbours)
@@ -84,12 +99,14 @@ def export(run: str, out: str | Path, limit: int = 1000, groups: int = 20, neigh
                     data, content_type = browser.image(k)
                 except BrowseError:
                     continue
-                thumbs[k] = f"{file_id(k)}.{EXTENSIONS.get(content_type, 'bin')}"
-                (staging / "thumbs" / thumbs[k]).write_bytes(data)
+                # one file per distinct image: rows holding the same bytes point at it
+                thumbs[k] = f"{image_id(data)}.{EXTENSIONS.get(content_type, 'bin')}"
+                if not (staging / "thumbs" / thumbs[k]).exists():
+                    (staging / "thumbs" / thumbs[k]).write_bytes(data)
         meta = {**browser.meta(), "static": True, "static_limit": limit}
         meta["run"] = Path(browser.run).name
         data = {"meta": meta, "samples": records, "thumbs": thumbs, "details": details,
-                "duplicates": duplicates, "concepts": concepts}
+                "duplicates": duplicates, "near": near, "concepts": concepts}
         (staging / "data" / "static.js").write_text(_script("window.TAILOR_STATIC", data))
         for name in ("app.js", "app.css"):
             shutil.copyfile(STATIC / name, staging / name)
@@ -104,5 +121,5 @@ def export(run: str, out: str | Path, limit: int = 1000, groups: int = 20, neigh
             previous.rename(out)
         raise
     shutil.rmtree(previous, ignore_errors=True)
-    return {"out": str(out), "samples": len(records), "details": len(details), "images": len(thumbs),
-            "index": str(out / "index.html")}
+    return {"out": str(out), "samples": len(records), "details": len(details), "images": len(set(thumbs.values())),
+            "thumbed_rows": len(thumbs), "index": str(out / "index.html")}

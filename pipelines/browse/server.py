@@ -6,7 +6,7 @@
     GET /api/count?...          how many samples match the grid's filters
     GET /api/sample?key=K       every annotation column, decisions, concept tags, neighbours
     GET /api/image?key=K        the stored image bytes
-    GET /api/duplicates?kind=exact|near|semantic[&subset=NAME][&after=K]
+    GET /api/duplicates?kind=exact|near|semantic[&subset=NAME][&after=K]   (near: NAME's near_dedup first)
     GET /api/search?q=TEXT      nearest stored images to a text (the run's CLIP text tower)
     GET /api/neighbours?key=K   nearest stored images to a sample's image
     GET /api/concepts[?audit=NAME]   an audit's concepts, tail first

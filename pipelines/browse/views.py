@@ -35,8 +35,10 @@ from dataclasses import dataclass, field
 import duckdb
 import numpy as np
 import pyarrow.parquet as pq
+import yaml
 
 from operators.clip import ClipTextTower, to_matrix
+from pipelines import PACKAGE
 from pipelines.core.config import ConfigError
 from pipelines.core.duck import connect, scan, sql, to_arrow
 from pipelines.core.storage import Audit, RunPaths
@@ -53,6 +55,10 @@ IDLE_CONNECTIONS = 8
 LANGUAGE_SAMPLE_ROWS = 200_000  # the language menu lists the languages of the first files up to this many rows
 SEARCH_MAX_ROWS = 2_000_000  # search and neighbours hold every image embedding in memory (faiss, exact)
 CONCEPT_MODES = ("caption", "image", "both", "misaligned")
+# what an audit's `frequency` counts (pipelines/sql/audit_counts.sql): the concepts chart's value axis
+FREQUENCY_UNITS = {"text": "caption rows naming the concept (ok rows)",
+                   "image": "images tagged with the concept (distinct sha256, ok rows)",
+                   "matched": "images tagged with the concept and named so by a caption"}
 DUPLICATE_KINDS = ("exact", "near", "semantic")
 GRID_COLUMNS = {"key": "VARCHAR", "caption": "VARCHAR", "status": "VARCHAR", "clip_score": "DOUBLE",
                 "caption_lang": "VARCHAR", "width": "INTEGER", "height": "INTEGER"}
@@ -276,6 +282,15 @@ class SubsetView:
     stats: dict
     reasons: dict[str, dict] = field(default_factory=dict)  # reason -> {step, rows}
 
+    @property
+    def near_steps(self) -> list[dict]:
+        """The near_dedup steps the subset's selection ran (stats.json), whether or not they dropped a row."""
+        return [s for s in self.stats.get("steps", []) if s.get("name") == "near_dedup"]
+
+    @property
+    def has_near(self) -> bool:
+        return bool(self.near_steps) or "near_duplicate" in self.reasons
+
 
 @dataclass
 class AuditView:
@@ -341,6 +356,8 @@ class Browser:
         config = self.paths.read_config() or {}
         self.model = (config.get("embed") or {}).get("model") if self.embeddings else None
         self.text_pass = self.paths.is_text_pass()  # no image fetched: no image tags to filter on
+        # a run of the demo web (its URL table's demo_id rides along): the demo recipe fits it, not other runs
+        self.demo = bool(self.annotations.spans) and "demo_id" in self._schema(self.annotations.spans[0].path)
         self._lock = threading.Lock()
         self._image_cache: OrderedDict[tuple[str, int], dict[str, bytes]] = OrderedDict()
         self._groups: dict[tuple, tuple[list[str], dict[str, list[tuple[str, bool]]]]] = {}
@@ -353,6 +370,10 @@ class Browser:
         self._top = self.annotations.max_key if self.annotations.known else "\U0010ffff" * 8
 
     # -- discovery
+    def _schema(self, path: str) -> list[str]:
+        with self.paths.fs.open(path, "rb") as f:
+            return pq.read_schema(f).names
+
     def _find_subsets(self) -> dict[str, SubsetView]:
         subsets = {}
         for found in self.paths.subsets():
@@ -652,7 +673,8 @@ class Browser:
 
     def decisions_and_tags(self, first: str, last: str) -> tuple[dict[str, dict], dict[str, dict]]:
         """For every key in [first, last]: its decision in each subset ([kept, reason, step]) and its concept tags
-        in each audit ([caption concept ids, image concept ids]); what a static copy's grid filters on."""
+        in each audit ([caption concept ids, image concept ids or None where the image was not tagged]); what a
+        static copy's grid filters on."""
         decisions: dict[str, dict] = {}
         tags: dict[str, dict] = {}
         bounds = {"first": first, "last": last}
@@ -664,7 +686,8 @@ class Browser:
             for audit in self.audits.values():
                 self._tags_view(con, audit, None)
                 for r in to_arrow(con.sql(sql("browse_copy_tags"), params=bounds)).to_pylist():
-                    tags.setdefault(r["key"], {})[audit.name] = [r["text_concepts"] or [], r["image_concepts"] or []]
+                    # image tags stay null where the image was not tagged (no image): not "tagged with nothing"
+                    tags.setdefault(r["key"], {})[audit.name] = [r["text_concepts"] or [], r["image_concepts"]]
         return decisions, tags
 
     # -- duplicates
@@ -694,29 +717,34 @@ class Browser:
         return result
 
     def duplicates(self, query: dict[str, list[str]]) -> dict:
-        """One page of duplicate groups of a kind: exact (same sha256), near (a subset's near_dedup drops),
-        semantic (SemDeDup); each group's members with the one kept first. Paged by the kept key."""
+        """One page of duplicate groups of a kind: exact (same sha256), near (a subset's near_dedup drops: the
+        subset given when it ran a near_dedup step, else another that did; `step` is that step's max_hamming,
+        rows in and dropped, and the note says when it found none), semantic (SemDeDup); each group's members
+        with the one kept first. Paged by the kept key."""
         p = Params(query, ("kind", "subset", "after", "limit"))
         kind = _choice(p.get("kind") or "exact", "kind", DUPLICATE_KINDS)
         after = check_key(p.get("after"), "after") if p.get("after") else None
         limit = _number(p.get("limit"), "limit", 1, 200, integer=True) if p.get("limit") else GROUPS_DEFAULT
         subset = None
         note = None
+        step = None
         if kind == "near":
-            name = _word(p.get("subset"), "subset") if p.get("subset") else None
-            if name is not None:
-                subset = self.subset(name)
-            else:
-                subset = next((s for s in self.subsets.values() if "near_duplicate" in s.reasons), None)
+            asked = self.subset(_word(p.get("subset"), "subset")) if p.get("subset") else None
+            subset, note = self._near_subset(asked)
             if subset is None:
-                return {"kind": kind, "groups": [], "next": None, "subset": None,
-                        "note": "near-duplicate groups come from a subset with a near_dedup step "
-                                "(`tailor select RUN --recipe demo --name NAME`); the run has none"}
+                return {"kind": kind, "groups": [], "next": None, "subset": None, "step": None,
+                        "total_groups": 0, "total_rows": 0, "note": note}
+            step = self._near_step(subset)
         elif p.get("subset"):
             raise BrowseError(f"subset: {kind} groups do not depend on a subset (only kind=near does)")
         if kind == "semantic" and self.semdedup is None:
             note = "semantic groups come from `tailor semdedup RUN`; the run has no RUN/dedup/semdedup.parquet"
         keepers, groups = self._dup_groups(kind, subset)
+        if kind == "near" and not keepers:
+            ran = f" (max_hamming {step['max_hamming']})" if step and step.get("max_hamming") is not None else ""
+            over = f" over {step['rows_in']} rows" if step and step.get("rows_in") is not None else ""
+            note = ((note + "; ") if note else "") + (
+                f"subset {subset.name!r}: its near_dedup step{ran} ran{over} and found no near-duplicate")
         start = 0 if after is None else bisect.bisect_right(keepers, after)
         if after is not None and start >= len(keepers):
             raise NotFound(f"page past the end: no {kind} duplicate group after key {after!r}")
@@ -725,9 +753,42 @@ class Browser:
         out = [{"kept": keeper, "members": [{**cards.get(k, {"key": k}), "kept": kept} for k, kept in groups[keeper]]}
                for keeper in page]
         more = start + limit < len(keepers)
-        return {"kind": kind, "subset": subset.name if subset else None, "groups": out,
+        return {"kind": kind, "subset": subset.name if subset else None, "step": step, "groups": out,
                 "next": page[-1] if more and page else None, "total_groups": len(keepers),
                 "total_rows": sum(len(g) for g in groups.values()), "note": note}
+
+    def _near_subset(self, asked: SubsetView | None) -> tuple[SubsetView | None, str | None]:
+        """The subset whose near_dedup decisions the near groups show: the one asked for (the page passes the
+        subset browse was opened on) when it ran a near_dedup step, else the first that dropped near duplicates,
+        else the first that ran one; and a note when that is not the one asked for, or there is none."""
+        if asked is not None and asked.has_near:
+            return asked, None
+        ran = [s for s in self.subsets.values() if s.has_near]
+        chosen = next((s for s in ran if "near_duplicate" in s.reasons), ran[0] if ran else None)
+        if chosen is not None:
+            return chosen, (None if asked is None else
+                            f"subset {asked.name!r} ran no near_dedup step; showing those of subset {chosen.name!r}")
+        have = f"subset {asked.name!r} ran no near_dedup step, nor did any other subset" if asked is not None else (
+            f"no subset of this run ran a near_dedup step (subsets: {', '.join(self.subsets)})" if self.subsets
+            else "the run has no subset")
+        return None, f"{have}; near-duplicate groups come from one: {self._near_hint()}"
+
+    def _near_step(self, subset: SubsetView) -> dict | None:
+        """The subset's (last) near_dedup step as stats.json recorded it: max_hamming, rows in, rows dropped."""
+        if not subset.near_steps:
+            return None
+        s = subset.near_steps[-1]
+        return {"name": "near_dedup", "max_hamming": (s.get("params") or {}).get("max_hamming"),
+                "rows_in": s.get("rows_in"), "dropped": s.get("dropped")}
+
+    def _near_hint(self) -> str:
+        """How to make a subset with a near_dedup step: a shipped recipe that has one and fits the run (the demo
+        recipe only on a run of the demo web: its thresholds are the demo CLIP's), else the step to add."""
+        shipped = [r for r in near_dedup_recipes() if self.demo or r != "demo"]
+        if shipped:
+            return f"`tailor select RUN --recipe {shipped[0]} --name NAME`"
+        return ("add a near_dedup step to your recipe (`- step: near_dedup` with `max_hamming: 4`, the pHash bits "
+                "that may differ) and run `tailor select RUN --recipe RECIPE.yaml --name NAME`")
 
     # -- search
     def _embedding_index(self):
@@ -817,7 +878,18 @@ class Browser:
             self._view(con, "counts", [counts])
             rows = to_arrow(con.sql(sql("browse_concepts"))).to_pylist()
         mode = {"text": "caption", "image": "image", "matched": "both"}.get(audit.frequency, "caption")
-        return {"audit": audit.name, "frequency": audit.frequency, "mode": mode, "concepts": rows}
+        return {"audit": audit.name, "frequency": audit.frequency, "mode": mode, "concepts": rows,
+                "unit": FREQUENCY_UNITS.get(audit.frequency, audit.frequency)}
+
+
+def near_dedup_recipes() -> list[str]:
+    """The shipped recipes (pipelines/recipes) with a near_dedup step, by name."""
+    names = []
+    for path in sorted((PACKAGE / "recipes").glob("*.yaml")):
+        steps = (yaml.safe_load(path.read_text()) or {}).get("steps") or []
+        if any(isinstance(s, dict) and s.get("step") == "near_dedup" for s in steps):
+            names.append(path.stem)
+    return names
 
 
 def sample_view(browser: Browser, query: dict[str, list[str]]) -> dict:

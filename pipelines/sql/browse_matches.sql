@@ -22,11 +22,14 @@ WHERE a.key > $after AND a.key <= $upto
   AND ($lang IS NULL OR a.caption_lang = $lang)
   AND ($concept IS NULL OR CASE $concept_mode
         WHEN 'caption' THEN coalesce(list_contains(t.text_concepts, $concept), false)
-        WHEN 'image' THEN coalesce(list_contains(t.image_concepts, $concept), false)
-        WHEN 'both' THEN coalesce(list_contains(t.text_concepts, $concept)
-                                  AND list_contains(t.image_concepts, $concept), false)
-        -- misaligned: the caption names the concept, the image was not tagged with it
-        ELSE coalesce(list_contains(t.text_concepts, $concept), false)
-             AND NOT coalesce(list_contains(t.image_concepts, $concept), false) END)
+        -- the image modes read image tags: only rows whose image was fetched and tagged (status ok, image
+        -- tags not NULL; a row with no image has none, which is not "the image does not show it")
+        ELSE a.status = 'ok' AND t.image_concepts IS NOT NULL AND CASE $concept_mode
+            WHEN 'image' THEN list_contains(t.image_concepts, $concept)
+            WHEN 'both' THEN coalesce(list_contains(t.text_concepts, $concept), false)
+                             AND list_contains(t.image_concepts, $concept)
+            -- misaligned: the caption names the concept, the (tagged) image was not tagged with it
+            ELSE coalesce(list_contains(t.text_concepts, $concept), false)
+                 AND NOT list_contains(t.image_concepts, $concept) END END)
   -- a random sample: a share $sample of the rows, drawn by md5(seed|key), the same on any machine
   AND ($sample IS NULL OR md5_number(concat($seed, '|', a.key)) % 1000000 < $sample * 1000000)

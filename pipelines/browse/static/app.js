@@ -1,4 +1,4 @@
-// tailor browse: one page over the JSON API of `tailor browse RUN` (pipelines/browse_server.py), or over
+// tailor browse: one page over the JSON API of `tailor browse RUN` (pipelines/browse/server.py), or over
 // the files of a static copy (`tailor browse RUN --out DIR`: window.TAILOR_STATIC from data/static.js).
 // Plain JS, no build step. Every value from the run is put in the page as text (textContent, attributes
 // set one by one), never as HTML: a caption holding <script> shows as those characters.
@@ -8,6 +8,9 @@ const STATIC = window.TAILOR_STATIC || null;
 const main = document.getElementById('main');
 let META = null;
 let renderId = 0;
+// the subset the page was opened on (`tailor browse RUN --subset NAME` opens #grid?subset=NAME), or last chosen
+// in the grid: the nav links carry it, and the Duplicates page shows that subset's near_dedup decisions first
+let SUBSET = null;
 
 // ------------------------------------------------------------------ DOM helpers (text only)
 
@@ -97,6 +100,7 @@ function staticApi(view, p) {
   if (view === 'sample') return staticSample(p.key);
   if (view === 'duplicates') {
     const kind = p.kind || 'exact';
+    if (kind === 'near' && p.subset && S.near && S.near[p.subset]) return Promise.resolve(S.near[p.subset]);
     return Promise.resolve(S.duplicates[kind] || { kind, groups: [], next: null, note: 'not in this static copy' });
   }
   if (view === 'concepts') {
@@ -113,7 +117,7 @@ function staticCard(r, audit, subset) {
   const names = audit && STATIC.meta.audits.find(a => a.name === audit);
   if (names && r.tags[audit]) {
     card.caption_concepts = r.tags[audit][0].map(i => names.concepts[i]);
-    card.image_concepts = r.tags[audit][1].map(i => names.concepts[i]);
+    card.image_concepts = (r.tags[audit][1] || []).map(i => names.concepts[i]);
   }
   if (subset && r.decisions[subset]) {
     const [kept, reason, step] = r.decisions[subset];
@@ -139,8 +143,10 @@ function staticMatch(r, p) {
     const id = a ? a.concepts.indexOf(p.concept) : -1;
     const t = r.tags[audit];
     if (id < 0 || !t) return false;
-    const inText = t[0].includes(id), inImage = t[1].includes(id);
     const mode = p.concept_mode || 'caption';
+    // the image modes read image tags: only rows whose image was fetched and tagged (null: no image)
+    if (mode !== 'caption' && (r.status !== 'ok' || t[1] === null || t[1] === undefined)) return false;
+    const inText = t[0].includes(id), inImage = (t[1] || []).includes(id);
     if (mode === 'caption' && !inText) return false;
     if (mode === 'image' && !inImage) return false;
     if (mode === 'both' && !(inText && inImage)) return false;
@@ -326,11 +332,21 @@ async function viewDuplicates(p, id) {
   }
   main.replaceChildren(wrap);
   const load = async (kind, after) => {
-    const page = await api('duplicates', { kind, after, subset: kind === 'near' ? p.subset : undefined });
+    const page = await api('duplicates', { kind, after, subset: kind === 'near' ? (p.subset || SUBSET) : undefined });
     if (id !== renderId) return;
     const col = columns[kind];
     col.querySelector('button.more')?.remove();
-    if (!after) col.append(el('p', { class: 'summary', text: page.note || ((page.total_groups ?? page.groups.length) + ' groups' + (page.subset ? ' (subset ' + page.subset + ')' : '')) }));
+    if (!after) {
+      const step = page.step && page.step.max_hamming !== null && page.step.max_hamming !== undefined
+        ? ', near_dedup max_hamming ' + page.step.max_hamming : '';
+      const parts = [];
+      if (page.groups.length || !page.note) {
+        parts.push((page.total_groups ?? page.groups.length) + ' groups' + (page.subset ? ' (subset ' + page.subset + step + ')' : ''));
+      }
+      if (page.note) parts.push(page.note);
+      col.dataset.subset = page.subset || '';
+      col.append(el('p', { class: 'summary', text: parts.join('; ') }));
+    }
     for (const g of page.groups) {
       col.append(el('div', { class: 'group', 'data-kept': g.kept },
         el('div', { class: 'members' }, g.members.map(m => {
@@ -377,32 +393,79 @@ async function viewConcepts(p, id) {
       ...[c.rank, c.frequency, c.text_count, c.image_count, c.matched_count, c.tail ? 'tail' : ''].map(x => el('td', { text: x })),
       el('td', {}, ...(META.text_pass ? [link('caption')] : [link('caption'), ' ', link('image'), ' ', link('both'), ' ', link('misaligned')]))));
   }
-  main.replaceChildren(el('h2', { text: 'Concepts of audit ' + r.audit + ' (tail first)' }), rankFrequency(rows), table);
+  main.replaceChildren(el('h2', { text: 'Concepts of audit ' + r.audit + ' (tail first)' }), rankFrequency(r), table);
   setState('ready');
 }
 
-function rankFrequency(rows) {  // log-log rank-frequency, tail concepts in red
-  const ns = 'http://www.w3.org/2000/svg';
-  const w = 480, h = 220, pad = 30;
-  const svg = document.createElementNS(ns, 'svg');
-  svg.setAttribute('width', w); svg.setAttribute('height', h); svg.setAttribute('class', 'rankfreq');
-  const pts = rows.filter(c => c.frequency > 0);
-  const maxR = Math.log10(Math.max(2, ...pts.map(c => c.rank))), maxF = Math.log10(Math.max(2, ...pts.map(c => c.frequency)));
+function svgEl(tag, attrs, text) {
+  const node = document.createElementNS('http://www.w3.org/2000/svg', tag);
+  for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, String(v));
+  if (text !== undefined) node.textContent = String(text);
+  return node;
+}
+
+function decades(max) {  // 1, 10, 100, ... up to max: the ticks of a log axis
+  const out = [];
+  for (let v = 1; v <= max; v *= 10) out.push(v);
+  return out;
+}
+
+// The rank-frequency chart, log-log: x the concept's rank (1 = most frequent), y what the audit's frequency counts
+// (r.unit: caption rows or images). Tail concepts in red; the head and the rarest concept named at their points.
+function rankFrequency(r) {
+  const rows = r.concepts;
+  const w = 640, h = 300, left = 64, right = 24, top = 30, bottom = 48;
+  const pw = w - left - right, ph = h - top - bottom;
+  const svg = svgEl('svg', { width: w, height: h, class: 'rankfreq', role: 'img',
+    'aria-label': 'rank-frequency of the concepts of audit ' + r.audit });
+  const pts = rows.filter(c => c.frequency > 0).sort((a, b) => a.rank - b.rank || (a.concept < b.concept ? -1 : 1));
+  const maxR = Math.max(2, ...pts.map(c => c.rank)), maxF = Math.max(2, ...pts.map(c => c.frequency));
+  // log axes from just below 1, so that the points at rank 1 or frequency 1 stand clear of the axes
+  const lo = Math.log10(0.7);
+  const x = rank => left + pw * (Math.log10(rank) - lo) / (Math.log10(maxR) - lo);
+  const y = f => top + ph - ph * (Math.log10(f) - lo) / (Math.log10(maxF) - lo);
+  // axes, ticks and their labels
+  svg.append(svgEl('line', { class: 'axis x', x1: left, y1: top + ph, x2: left + pw, y2: top + ph }));
+  svg.append(svgEl('line', { class: 'axis y', x1: left, y1: top, x2: left, y2: top + ph }));
+  for (const v of decades(maxR)) {
+    const g = svgEl('g', { class: 'tick x' });
+    g.append(svgEl('line', { x1: x(v), y1: top + ph, x2: x(v), y2: top + ph + 5 }),
+      svgEl('text', { x: x(v), y: top + ph + 17, 'text-anchor': 'middle' }, v));
+    svg.append(g);
+  }
+  for (const v of decades(maxF)) {
+    const g = svgEl('g', { class: 'tick y' });
+    g.append(svgEl('line', { x1: left - 5, y1: y(v), x2: left, y2: y(v) }),
+      svgEl('text', { x: left - 8, y: y(v) + 4, 'text-anchor': 'end' }, v));
+    svg.append(g);
+  }
+  svg.append(svgEl('text', { class: 'axis-label x', x: left + pw / 2, y: h - 8, 'text-anchor': 'middle' },
+    'concept rank (1 = most frequent), log scale'));
+  svg.append(svgEl('text', { class: 'axis-label y', x: 8, y: 16 },
+    (r.unit || r.frequency + ' frequency') + ', log scale'));
   for (const c of pts) {
-    const dot = document.createElementNS(ns, 'circle');
-    dot.setAttribute('cx', pad + (w - 2 * pad) * Math.log10(c.rank) / maxR);
-    dot.setAttribute('cy', h - pad - (h - 2 * pad) * Math.log10(c.frequency) / maxF);
-    dot.setAttribute('r', 3);
-    if (c.tail) dot.setAttribute('class', 'tail');
-    const title = document.createElementNS(ns, 'title');
-    title.textContent = c.concept + ': ' + c.frequency;
-    dot.append(title);
+    const dot = svgEl('circle', { cx: x(c.rank), cy: y(c.frequency), r: 3, class: c.tail ? 'tail' : 'head',
+      'data-concept': c.concept });
+    dot.append(svgEl('title', {}, c.concept + ': rank ' + c.rank + ', ' + c.frequency + (c.tail ? ' (tail)' : '')));
     svg.append(dot);
   }
-  const label = document.createElementNS(ns, 'text');
-  label.setAttribute('x', pad); label.setAttribute('y', 16);
-  label.textContent = 'frequency vs rank (log-log); red: tail';
-  svg.append(label);
+  // name the most frequent concept and the rarest shown (concepts tied on a rank share its point)
+  const named = (c) => {
+    const tied = pts.filter(o => o.rank === c.rank);
+    return tied.length > 1 ? tied[0].concept + ', ' + tied[1].concept + (tied.length > 2 ? ', …' : '')
+      + ' (' + tied.length + ' at rank ' + c.rank + ')' : c.concept;
+  };
+  if (pts.length) {
+    const first = pts[0], last = pts[pts.length - 1];
+    svg.append(svgEl('text', { class: 'point-label', x: x(first.rank) + 6, y: y(first.frequency) + 4 }, named(first)));
+    if (last.rank !== first.rank) {
+      svg.append(svgEl('text', { class: 'point-label', x: x(last.rank) - 6, y: y(last.frequency) - 6,
+        'text-anchor': 'end' }, named(last)));
+    }
+  }
+  const zero = rows.length - pts.length;
+  svg.append(svgEl('text', { class: 'legend', x: left + pw, y: 16, 'text-anchor': 'end' },
+    'red: tail' + (zero ? '; ' + zero + ' concepts at 0 not shown' : '')));
   return svg;
 }
 
@@ -415,7 +478,13 @@ async function render() {
   clearError();
   setState('loading');
   const { view, params } = parseHash();
-  for (const a of document.querySelectorAll('nav a')) a.classList.toggle('active', a.dataset.view === view);
+  if (view === 'grid') SUBSET = params.subset || null;  // the grid's subset filter: chosen or cleared
+  else if (params.subset) SUBSET = params.subset;
+  for (const a of document.querySelectorAll('nav a')) {
+    a.classList.toggle('active', a.dataset.view === view);
+    const carries = SUBSET && (a.dataset.view === 'grid' || a.dataset.view === 'duplicates');
+    a.setAttribute('href', hashFor(a.dataset.view, carries ? { subset: SUBSET } : {}));
+  }
   try {
     if (!META) {
       META = await api('meta');
