@@ -88,3 +88,41 @@ def reference_decisions(lists: dict[str, list[int]], entries: list[str], t: floa
               for img, keys in texts.items()}
     return {k: ("no_match" if not ids else "other_text" if k not in picked else "kept" if kept(k)
                 else "balanced_out") for k, ids in lists.items()}
+
+
+def reference_worldwide(lists: dict[str, list[int]], langs: dict[str, str], entries: dict[str, list[str]],
+                        t_en: float, seed: int, images: dict[str, str | None]) -> dict[str, str]:
+    """MetaCLIP 2's worldwide balancing written from its rules in plain Python (no numpy): counts per
+    language over every text (each language's whole list, zeros included), English's tail proportion at
+    t_en (counts strictly below t_en), every other language's t the sorted count whose cumulative share is
+    nearest (first on ties), one matched text per image, kept when any per-entry draw succeeds."""
+    counts: dict[str, list[int]] = {lang: [0] * len(entries[lang]) for lang in set(langs.values())}
+    for key, ids in lists.items():
+        for i in set(ids):
+            counts[langs[key]][i] += 1
+    english = counts["en"]
+    p = sum(c for c in english if c < t_en) / sum(english)
+
+    def nearest(values: list[int]) -> int:
+        ordered, total, running, best, best_gap = sorted(values), sum(values), 0, 0, None
+        for i, c in enumerate(ordered):
+            running += c
+            gap = abs(running / total - p)
+            if best_gap is None or gap < best_gap:
+                best, best_gap = i, gap
+        return ordered[best]
+
+    t = {lang: t_en if lang == "en" else nearest(values) for lang, values in counts.items() if sum(values)}
+
+    def kept(key: str) -> bool:
+        lang = langs[key]
+        return any(draw(seed, key, entries[lang][i]) < t[lang] / max(counts[lang][i], t[lang]) for i in set(lists[key]))
+
+    texts: dict[str, list[str]] = defaultdict(list)
+    for key, ids in lists.items():
+        if ids:
+            texts[images.get(key) or key].append(key)
+    picked = {min(keys, key=lambda k, img=img: hashlib.md5(f"{seed}|text|{img}|{k}".encode()).hexdigest())
+              for img, keys in texts.items()}
+    return {k: ("no_match" if not ids else "other_text" if k not in picked else "kept" if kept(k)
+                else "balanced_out") for k, ids in lists.items()}

@@ -110,7 +110,9 @@ class MetaclipDrawOptions(Options):
     """What MetaCLIP balancing draws with, the same in `tailor metaclip-balance` and select's metaclip_balance
     step (its fields: t, seed, source, with these defaults)."""
 
-    t: float = Field(gt=0, description="entry cap: each entry keeps about t captions (MetaCLIP 400M: 20000)")
+    t: float = Field(gt=0, description="entry cap: each entry keeps about t captions (MetaCLIP 400M: 20000, "
+                     "2.5B: 170000); with worldwide matches (match_lang) English's, t_en, from whose tail "
+                     "proportion every other language's t is derived (MetaCLIP 2: 170000)")
     seed: int = Field(0, description="seed of the per-(seed, key, entry) draws")
     source: MetaclipSource = Field("auto", description="match lists from RUN/match (tailor match) or "
                                    "RUN/annotations (annotate's match stage); auto: RUN/match when it finished")
@@ -121,7 +123,8 @@ class MetaclipBalanceOptions(DuckOptions, MetaclipDrawOptions):
     temp_directory)."""
 
     group_by: str | None = Field(None, description="annotation column naming the image (MetaCLIP 2: one text "
-                                 "per image)")
+                                 "per image); worldwide matches are always balanced per image, by default by "
+                                 "sha256, or by url with text_only or on a text pass")
     text_only: bool = Field(False, description="balance every caption, fetched or not (default: only rows whose "
                             "image downloaded; a text pass is always balanced so)")
 

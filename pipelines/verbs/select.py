@@ -57,7 +57,7 @@ from pipelines.core.duck import DuckOptions, connect, scan, sql, within_memory, 
 from pipelines.core.storage import RunPaths
 from pipelines.core.verb_options import MetaclipDrawOptions
 from pipelines.verbs.decontam import DecontamOptions, decontaminate
-from pipelines.verbs.metaclip import find_matches
+from pipelines.verbs.metaclip import balance_pool, find_matches
 from pipelines.verbs.semdedup import SemdedupOptions, semdedup
 
 log = logging.getLogger(__name__)
@@ -263,7 +263,12 @@ class SemDedup(Step, SemdedupOptions):
 
 class MetaclipBalance(Step, MetaclipDrawOptions):
     """MetaCLIP balancing over the pool: entry counts are the pool's, so earlier filters shape them. The fields
-    (t, seed, source) and defaults are MetaclipDrawOptions', as `tailor metaclip-balance`'s."""
+    (t, seed, source) and defaults are MetaclipDrawOptions', as `tailor metaclip-balance`'s.
+
+    Worldwide matches (match_lang): t is English's t_en, each language's t is derived from it, and one matched
+    text per image is drawn (pipelines/verbs/metaclip.py's balance_pool). The image is the url while the step is
+    a text step (the image columns are not read yet, so a text pass and a fetched run decide alike), the sha256
+    once it runs after an image step."""
 
     name: ClassVar[str] = "metaclip_balance"
     sql_file: ClassVar[str] = "select_metaclip"
@@ -271,6 +276,13 @@ class MetaclipBalance(Step, MetaclipDrawOptions):
     def prepare(self, con: duckdb.DuckDBPyConnection, run: str) -> None:
         paths = RunPaths(run)
         matches = find_matches(run, self.source)
+        if matches.worldwide:
+            text_phase = con.sql("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'pool_images'").fetchall()
+            p, thresholds = balance_pool(con, run, matches, self.t, self.seed,
+                                         "url" if text_phase[0][0] else "sha256")
+            log.info("metaclip_balance: worldwide, English's tail proportion p = %.6g; t per language: %s", p,
+                     ", ".join(f"{lang} {t:g}" for lang, t in thresholds.items() if t is not None))
+            return
         scan(con, paths, matches.files).select("key, metaclip_entries").create_view("all_matches")
         con.execute("CREATE OR REPLACE TEMP TABLE matches AS SELECT m.key, m.metaclip_entries "
                     "FROM all_matches AS m SEMI JOIN pool USING (key)")
