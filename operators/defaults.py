@@ -23,10 +23,21 @@ class MatchOptions(Options):
     metadata: str = Field(
         "default",
         description="metadata entries: 'default' (the offline list shipped with tailor), or a path/fsspec URL "
-        "of MetaCLIP's metadata.json, a JSON list of strings, or one entry per line (.gz ok)",
+        "of MetaCLIP's metadata.json, a JSON list of strings, or one entry per line (.gz ok); or a folder of "
+        "per-language lists <lang>.json (MetaCLIP 2 worldwide matching: adds match_lang)",
     )
     punctuation: Punctuation = Field(
         "faithful",
         description="'faithful': as MetaCLIP, entries holding , . ; : ? ! or ` never match; "
         "'fixed': entries get the caption's punctuation spacing, so they can",
+    )
+    language_column: str = Field(
+        "caption_lang",
+        description="worldwide metadata: the column of language codes that routes each caption to a language's "
+        "list (caption_lang: annotate's language ID; or an input column such as LAION-5B's LANGUAGE)",
+    )
+    max_automata_mb: int = Field(
+        2048, ge=1,
+        description="worldwide metadata: memory for the per-language automata each matcher keeps (an LRU; "
+        "an evicted language is rebuilt when it comes back)",
     )
