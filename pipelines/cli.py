@@ -283,23 +283,30 @@ def _audit(args: argparse.Namespace) -> int:
     if s["shards"]["total"] and s["shards"]["committed"] < s["shards"]["total"]:
         print(f"note: {args.run} is not finished ({s['shards']['committed']}/{s['shards']['total']} shards "
               "committed): these counts cover the committed shards only; audit again when it finishes")
+    tail = s["tail"]
     print(f"{s['concepts']} concepts ({s['settings']['concepts']}), ranked by {s['frequency']} frequency; "
-          f"tail {s['tail']['concepts']} concepts "
-          + (f"holding {s['tail']['share_of_mentions']:.1%} of mentions; " if s["tail"]["share_of_mentions"] is not None
+          f"tail {tail['concepts']} of the {tail['mentioned']} mentioned concepts "
+          + (f"holding {tail['share_of_mentions']:.1%} of mentions; " if tail["share_of_mentions"] is not None
              else f"(no concept has a {s['frequency']} mention); ")
-          + f"never in captions: {s['concepts_never_in_text']}")
+          + f"never mentioned: {tail['never_mentioned']}; never in captions: {s['concepts_never_in_text']}")
     untagged = not s.get("text_pass") and s["settings"].get("model") is None
-    scope = (f"text pass: {s['ok_rows']} caption rows, no image fetched yet" if s.get("text_pass") else
-             f"ok: {s['ok_rows']} caption rows, {s['ok_images']} distinct images by sha256; " +
-             ("no image tagged: the run has no embeddings (annotate with an embed model)" if untagged
-              else "image and matched count images"))
-    print(f"{'head concept':<24}{'text rows':>10}{'images':>8}{'matched':>9}   ({scope})")
-    for row in s["head"]:
-        print(f"{row['concept']:<24}{row['text_count']:>10}{row['image_count']:>8}{row['matched_count']:>9}")
+    if s.get("text_pass"):  # no image: the image and matched columns would only be zeros
+        print(f"{'head concept':<24}{'caption rows':>13}   (text pass: {s['ok_rows']} caption rows, no image "
+              "fetched yet)")
+        for row in s["head"]:
+            print(f"{row['concept']:<24}{row['text_count']:>13}")
+    else:
+        scope = (f"ok: {s['ok_rows']} caption rows, {s['ok_images']} distinct images by sha256; " +
+                 ("no image tagged: the run has no embeddings (annotate with an embed model)" if untagged
+                  else "image and matched count images"))
+        print(f"{'head concept':<24}{'text rows':>10}{'images':>8}{'matched':>9}   ({scope})")
+        for row in s["head"]:
+            print(f"{row['concept']:<24}{row['text_count']:>10}{row['image_count']:>8}{row['matched_count']:>9}")
     if s["misalignment"]:
         m = s["misalignment"]
         print(f"misalignment: {m['misaligned']}/{m['images_tagged']} tagged images ({m['misalignment_rate']:.1%}) "
-              "have no caption row naming any of their concepts")
+              "have no caption row naming any of their concepts"
+              + (" (see the warning: the model's tags mean nothing on these images)" if s.get("warnings") else ""))
     if "subset" in s:
         sub = s["subset"]
         print(f"subset {sub['name']}: tail mentions retained {sub['tail_retained']}, head {sub['head_retained']}; "
@@ -375,7 +382,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     subsets = [s.strip() for s in args.subsets.split(",") if s.strip()]
     s = evaluate(args.run, subsets, options, config, progress=not args.no_progress)
     print(f"proxy CLIP, {config.samples_seen} samples seen per run, seeds {config.seeds}; "
-          f"{s['eval_images']} evaluation images, {s['eval_classes']} classes ({s['tail_concepts_in_eval']} tail)")
+          f"{s['eval_images']} evaluation images, {s['eval_classes']} classes ({s['tail_concepts_in_eval']} tail, "
+          f"{s['unseen_concepts_in_eval']} never mentioned in the pool: not in head or tail)")
     print(f"{'subset':<20}{'samples':>9}{'overall':>10}{'head':>8}{'tail':>8}{'log-linear r':>14}")
     for name, r in s["subsets"].items():
         acc = [_number(v, ".3f") for v in (r["overall_accuracy"], r["head_accuracy"], r["tail_accuracy"],

@@ -401,7 +401,9 @@ def test_text_pass_audit_speaks_of_caption_rows_and_the_tail_of_mentioned_concep
     assert {r["concept"] for r in counts if r["tail"]} == tail_rule(mentioned) and tail["concepts"] < len(mentioned)
     assert 0 < tail["share_of_mentions"] < 0.25
     assert f"{tail['never_mentioned']} concepts never mentioned" in page
-    assert f"tail {tail['concepts']} concepts holding {tail['share_of_mentions']:.1%}" in out
+    assert f"tail {tail['concepts']} of the {tail['mentioned']} mentioned concepts holding " \
+        f"{tail['share_of_mentions']:.1%}" in out and f"never mentioned: {tail['never_mentioned']}" in out
+    assert "images" not in out.split("head concept")[1].splitlines()[0]  # no image columns on a text pass
 
 
 def test_demo_clip_on_other_photos_is_named_in_the_audit(tmp_path, monkeypatch, caplog):
@@ -425,8 +427,10 @@ def test_demo_clip_on_other_photos_is_named_in_the_audit(tmp_path, monkeypatch, 
     for where in ("photos", "web", "fetched"):  # photos: any table; web: a demo web (a folder with truth.parquet)
         if where == "fetched":
             (run / "fetched_from.json").write_text(json.dumps({"run": str(text_pass), "subset": "kept"}))
+        source = tmp_path / where / "urls.parquet" if where != "fetched" else \
+            text_pass / "fetch-inputs" / "kept-20261207T000000.parquet"  # what `tailor fetch` names its input
         (run / "config.yaml").write_text(yaml.safe_dump({"embed": {"model": "builtin:demo-clip"}, "output": str(run),
-                                                         "input": {"path": str(tmp_path / where / "urls.parquet")}}))
+                                                         "input": {"path": str(source)}}))
         caplog.clear()
         assert main(["audit", str(run), "--concepts", str(tmp_path / "three.txt"), "--no-progress"]) == 0
         summary = json.loads((run / "audit" / "three" / "_audit.json").read_text())["summary"]

@@ -208,6 +208,15 @@ class RunPaths:
         stamp = "".join(c for c in made_at if c.isalnum())
         return self.join("fetch-inputs", f"{check_name(name)}-{stamp}.parquet")
 
+    @staticmethod
+    def of_fetch_input(path: str) -> RunPaths | None:
+        """The text pass whose fetch input (RUN/fetch-inputs/NAME-STAMP.parquet) `path` is; None for any other
+        path (a fetched run's config names its fetch input, not the table the rows came from)."""
+        parts = str(path).rstrip("/").rsplit("/", 2)
+        if len(parts) == 3 and parts[1] == "fetch-inputs" and parts[2].endswith(".parquet"):
+            return RunPaths(parts[0])
+        return None
+
     @property
     def fetched_from(self) -> str:
         """RUN/fetched_from.json of a run `tailor fetch` made: the text pass, the subset, its recipe."""

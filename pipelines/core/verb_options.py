@@ -150,7 +150,8 @@ class AuditOptions(Options):
     temperature: float = Field(100.0, gt=0, description="softmax logit scale (CLIP's is 100)")
     templates: list[str] = Field(list(DEFAULT_TEMPLATES), min_length=1, description="prompt template with one {}")
     frequency: Literal["text", "image", "matched"] = Field("text", description="the count that ranks concepts")
-    tail_fraction: float = Field(0.2, ge=0, le=1, description="the bottom share of concepts that is the tail")
+    tail_fraction: float = Field(0.2, ge=0, le=1, description="the bottom share of the mentioned concepts that "
+                                 "is the tail (ties included; never-mentioned concepts are counted apart)")
     tail_floor: int = Field(0, ge=0, description="concepts with frequency below this are tail too")
     bins: int = Field(12, ge=5, description="edges (= bins) of the log-linear analysis; the paper's 12")
     engine: Literal["auto", "local", "ray"] = Field("auto", description="where tagging runs (auto: in this "

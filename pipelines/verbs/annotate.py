@@ -530,17 +530,29 @@ def _check_embed_model(config: AnnotateConfig) -> None:
             from None
 
 
-def _warn_demo_model(config: AnnotateConfig) -> None:
-    """The demo config embeds with the demo CLIP, which knows only the demo web's shapes: say so once when the
-    input is not a demo web (a folder holding truth.parquet), before its scores are taken for a real model's."""
+def demo_model_warning(config: AnnotateConfig) -> str | None:
+    """The demo config embeds with the demo CLIP, which knows only the demo web's shapes: the words that say so
+    when the input is not a demo web (a folder holding truth.parquet), before its scores (and an audit's image
+    tags) are taken for a real model's. A run `tailor fetch` made is judged by its text pass's input. None where
+    it does not apply."""
     if config.embed is None or config.embed.model != "builtin:demo-clip" or config.text_only:
-        return
-    inputs = [config.input.path] if isinstance(config.input.path, str) else config.input.path
+        return None
+    inputs = []
+    for path in [config.input.path] if isinstance(config.input.path, str) else config.input.path:
+        text_pass = RunPaths.of_fetch_input(path)
+        recorded = (text_pass.read_config() or {}).get("input", {}).get("path") if text_pass else None
+        inputs += [recorded] if isinstance(recorded, str) else recorded or [path]
     if all("://" not in p and (Path(p).parent / "truth.parquet").exists() for p in inputs):
-        return
-    log.warning("embed.model is builtin:demo-clip, a tiny CLIP trained only on the demo web's drawn shapes: its "
-                "embeddings and CLIP scores of other images mean nothing; set embed.model to a CLIP checkpoint "
-                "(a local path or hub name), or embed=null to skip embedding")
+        return None
+    return ("embed.model is builtin:demo-clip, a tiny CLIP trained only on the demo web's drawn shapes: its "
+            "embeddings, CLIP scores and image tags of other images mean nothing; set embed.model to a CLIP "
+            "checkpoint (a local path or hub name), or embed=null to skip embedding")
+
+
+def _warn_demo_model(config: AnnotateConfig) -> None:
+    warning = demo_model_warning(config)
+    if warning:
+        log.warning(warning)
 
 
 def _to_retry(paths: RunPaths, finished: list[Shard], config: AnnotateConfig) -> dict[str, int]:

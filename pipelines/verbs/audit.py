@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import numpy as np
@@ -63,7 +62,8 @@ log = logging.getLogger(__name__)
 TAGS_SCHEMA = pa.schema([("key", pa.string()), ("status", pa.string()), ("sha256", pa.string()),
                          ("text_concepts", IDS), ("text_concepts_bag", IDS), ("text_variants", IDS),
                          ("image_concepts", IDS), ("image_top", pa.int32()), ("image_top_score", pa.float32())])
-TAGS_VERSION = 2  # 2: sha256 per row (image counts of distinct images), inflection-based text matching
+TAGS_VERSION = 3  # 2: sha256 per row (image counts of distinct images), inflection-based text matching;
+# 3: -ing/-ed forms count only where operators/concepts.py's VERB_FORMS lists them ("training" is no train)
 LOCAL_MAX_ROWS = 200_000
 # What each count counts (also in _audit.json's summary): caption rows, or distinct images (sha256) among ok rows.
 UNITS = {
@@ -140,51 +140,21 @@ def run_embed_model(paths: RunPaths) -> str | None:
     return embed.get("model")
 
 
-class _Kept(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
-@contextmanager
-def _kept_warnings(logger: logging.Logger):
-    """The warnings `logger` gives inside the block, kept instead of printed."""
-    kept, propagate = _Kept(), logger.propagate
-    logger.addHandler(kept)
-    logger.propagate = False
-    try:
-        yield kept.messages
-    finally:
-        logger.removeHandler(kept)
-        logger.propagate = propagate
-
-
 def model_warning(paths: RunPaths) -> str | None:
     """annotate's warning that the demo CLIP knows only the demo web's shapes, where it applies to this run's
-    recorded config (pipelines/verbs/annotate.py `_warn_demo_model` owns the check and its words): then the
-    run's image tags, image counts and misalignment mean nothing. A run `tailor fetch` made is judged by its
-    text pass's input. None where it does not apply."""
+    recorded config (pipelines/verbs/annotate.py `demo_model_warning` owns the check and its words): then the
+    run's image tags, image counts and misalignment mean nothing. None where it does not apply."""
     data = paths.read_config()
     if not data or (data.get("embed") or {}).get("model") != "builtin:demo-clip" or not paths.outputs("embeddings"):
         return None  # no demo CLIP embeddings: nothing to warn about (and no annotate import)
     from pipelines.core.config import load_config
-    from pipelines.verbs import annotate
+    from pipelines.verbs.annotate import demo_model_warning
 
-    if paths.exists(paths.fetched_from):  # its input is a fetch-inputs table: the text pass's input says where from
-        text_pass = paths.read_json(paths.fetched_from).get("run")
-        source = ((RunPaths(text_pass).read_config() or {}).get("input") or {}).get("path") if text_pass else None
-        if source:
-            data = {**data, "input": {**(data.get("input") or {}), "path": source}}
     try:
         config = load_config(base=data)
     except ConfigError:  # a config this version no longer reads: say nothing rather than fail the audit
         return None
-    with _kept_warnings(annotate.log) as said:
-        annotate._warn_demo_model(config)
-    return said[0] if said else None
+    return demo_model_warning(config)
 
 
 def concept_embeddings(concepts: Concepts, model: str, options: AuditOptions) -> np.ndarray:

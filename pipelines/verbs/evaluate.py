@@ -5,10 +5,11 @@
 
     shards/SUBSET/        the subset materialized as WebDataset tars (what the proxy reads, as a trainer would)
     per_concept.parquet   subset, concept_id, concept, eval_images, accuracy (mean over seeds), frequency (text
-                          mentions in the subset), pool_frequency, tail (bottom tail_fraction of the pool)
+                          mentions in the subset), pool_frequency, tail (the audit's tail of the pool: the
+                          bottom tail_fraction of its mentioned concepts)
     runs.parquet          subset, seed, samples, steps, samples_seen, final_loss, train_seconds, samples_per_s,
-                          accuracy, head_accuracy, tail_accuracy
-    summary.json          per subset: samples, overall / head / tail accuracy (mean and spread over seeds),
+                          accuracy, head_accuracy, tail_accuracy, unseen_accuracy (classes the pool never mentions)
+    summary.json          per subset: samples, overall / head / tail / unseen accuracy (mean and spread over seeds),
                           the log-linear fit of accuracy on ln(frequency) (the audit's analysis); the settings
     comparison.png, accuracy_vs_frequency.png
 
@@ -190,6 +191,9 @@ def evaluate(run: str, subsets: list[str], options: EvaluateOptions, config: Pro
     frequency, pool = _frequencies(run, subsets, concepts)
     tail = {r["concept_id"] for r in pool if r["tail"]}
     pool_frequency = {r["concept_id"]: r["text_count"] for r in pool}
+    # the audit takes the tail among mentioned concepts; a concept the pool never mentions is neither head nor
+    # tail: no subset of it can teach the proxy that concept from its captions
+    unseen = {k for k, n in pool_frequency.items() if n == 0} - tail
 
     shards = {}
     for subset in subsets:
@@ -217,7 +221,7 @@ def evaluate(run: str, subsets: list[str], options: EvaluateOptions, config: Pro
             acc_by_seed.append(acc)
             runs.append({"subset": subset, **{k: r[k] for k in ("seed", "samples", "steps", "samples_seen",
                                                                "final_loss", "train_seconds", "samples_per_s")},
-                         **_accuracies(acc, classes, tail)})
+                         **_accuracies(acc, classes, tail, unseen)})
         mean = np.mean(acc_by_seed, axis=0)
         for i, k in enumerate(classes):
             per_concept.append({"subset": subset, "concept_id": k, "concept": concept_list.names[k],
@@ -225,10 +229,10 @@ def evaluate(run: str, subsets: list[str], options: EvaluateOptions, config: Pro
                                 "frequency": int(frequency[subset].get(k, 0)),
                                 "pool_frequency": int(pool_frequency.get(k, 0)),
                                 "tail": k in tail})
-        seeds = [_accuracies(a, classes, tail) for a in acc_by_seed]
+        seeds = [_accuracies(a, classes, tail, unseen) for a in acc_by_seed]
         summary_subsets[subset] = {"samples": results[(subset, config.seeds[0])]["samples"],
                                    "loglinear": _loglinear(subset, per_concept)}
-        for part in ("overall", "head", "tail"):
+        for part in ("overall", "head", "tail", "unseen"):
             values = [s[f"{part}_accuracy"] for s in seeds if s[f"{part}_accuracy"] is not None]
             summary_subsets[subset][f"{part}_accuracy"] = round(float(np.mean(values)), 4) if values else None
             summary_subsets[subset][f"{part}_accuracy_std"] = round(float(np.std(values)), 4) if values else None
@@ -237,6 +241,7 @@ def evaluate(run: str, subsets: list[str], options: EvaluateOptions, config: Pro
     summary = {
         "run": run, "name": name, "out": evaluation.folder, "eval_set": eval_set, "eval_images": len(eval_images),
         "eval_classes": len(classes), "concepts": concepts, "tail_concepts_in_eval": len(set(classes) & tail),
+        "unseen_concepts_in_eval": len(set(classes) & unseen),
         "proxy": config.model_dump(), "subsets": summary_subsets,
         "samples_per_s": round(float(np.mean([r["samples_per_s"] for r in runs if r["samples_per_s"]])), 1),
         "wall_time_s": round(this.seconds(), 2),
@@ -247,11 +252,15 @@ def evaluate(run: str, subsets: list[str], options: EvaluateOptions, config: Pro
     return this.write_summary(summary, evaluation.summary)
 
 
-def _accuracies(acc: np.ndarray, classes: list[int], tail: set[int]) -> dict:
+def _accuracies(acc: np.ndarray, classes: list[int], tail: set[int], unseen: set[int]) -> dict:
+    """Mean accuracy over all classes, the head, the tail, and the classes the pool never mentions (unseen)."""
     is_tail = np.array([k in tail for k in classes])
+    is_unseen = np.array([k in unseen for k in classes])
+    is_head = ~is_tail & ~is_unseen
     return {"overall_accuracy": float(acc.mean()),
-            "head_accuracy": float(acc[~is_tail].mean()) if (~is_tail).any() else None,
-            "tail_accuracy": float(acc[is_tail].mean()) if is_tail.any() else None}
+            "head_accuracy": float(acc[is_head].mean()) if is_head.any() else None,
+            "tail_accuracy": float(acc[is_tail].mean()) if is_tail.any() else None,
+            "unseen_accuracy": float(acc[is_unseen].mean()) if is_unseen.any() else None}
 
 
 def _loglinear(subset: str, per_concept: list[dict]) -> dict:

@@ -222,8 +222,11 @@ def _run(items: list[dict], run: str, name: str, config: RecaptionConfig, model_
          clip_path: str | None, progress: bool) -> int:
     import ray
 
+    from pipelines.core.console import ProgressLine
+
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = progress
+    # tailor's line of rows captioned; Ray Data's own bars only under -v (the root logger at INFO)
+    ctx.enable_progress_bars = progress and logging.getLogger().isEnabledFor(logging.INFO)
     options = config.captions
     resources = embed_actor_resources(options)
     ds = ray.data.from_items(items, override_num_blocks=len(items))
@@ -236,8 +239,17 @@ def _run(items: list[dict], run: str, name: str, config: RecaptionConfig, model_
                         compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.5)
     ds = ds.map_batches(write_part, batch_size=None, batch_format="pyarrow",
                         fn_kwargs={"run": run, "name": name}, num_cpus=0.25)
-    return sum(int(pc.sum(b.column("rows")).as_py()) for b in ds.iter_batches(batch_format="pyarrow",
-                                                                                  batch_size=None))
+    line = ProgressLine(sum(len(item["keys"]) for item in items), label="captioned", show_ok=False) \
+        if progress else None
+    written = 0
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        rows = int(pc.sum(batch.column("rows")).as_py())
+        written += rows
+        if line is not None:
+            line.update(rows, 0)
+    if line is not None:
+        line.close()
+    return written
 
 
 # ---------------------------------------------------------------- reading a caption set (materialize's mixing)
