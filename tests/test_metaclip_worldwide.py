@@ -337,9 +337,13 @@ def test_select_step_balances_worldwide_like_the_verb(tmp_path):
     run = write_run(tmp_path / "run", rows)
     text = write_run(tmp_path / "text", rows, text_pass=True)
     recipe = parse_recipe({"steps": [{"step": "metaclip_balance", "t": 7, "seed": 4}]})
-    select(run, recipe, "mc")
+    stats = select(run, recipe, "mc")
     select(text, recipe, "mc", phase="text")
     reference = decided(balance(run, t=7, seed=4, text_only=True))
+    # the subset's stats.json keeps the step's per-language thresholds
+    figures = stats["steps"][0]["figures"]["worldwide"]
+    assert figures["t_en"] == 7 and figures["t"]["en"] == 7 and 0 < figures["p"] < 1 and figures["image"] == "url"
+    assert set(figures["t"]) == {"en", "zh", "other"}
     for folder in (tmp_path / "run", tmp_path / "text"):
         table = pq.read_table(folder / "subsets" / "mc" / "decisions.parquet").to_pylist()
         got = {r["key"]: r["reason"] for r in table}

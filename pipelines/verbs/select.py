@@ -104,8 +104,9 @@ class Step(Options):
         """Columns the step reads when the run has them (NULL otherwise)."""
         return []
 
-    def prepare(self, con: duckdb.DuckDBPyConnection, run: str) -> None:
-        """Register the tables the SQL joins (a compute pass may run here)."""
+    def prepare(self, con: duckdb.DuckDBPyConnection, run: str) -> dict | None:
+        """Register the tables the SQL joins (a compute pass may run here); figures of the step worth keeping
+        in the subset's stats.json (under the step's `figures`), or None."""
 
     def params(self) -> dict[str, Any]:
         return {}
@@ -273,16 +274,16 @@ class MetaclipBalance(Step, MetaclipDrawOptions):
     name: ClassVar[str] = "metaclip_balance"
     sql_file: ClassVar[str] = "select_metaclip"
 
-    def prepare(self, con: duckdb.DuckDBPyConnection, run: str) -> None:
+    def prepare(self, con: duckdb.DuckDBPyConnection, run: str) -> dict | None:
         paths = RunPaths(run)
         matches = find_matches(run, self.source)
         if matches.worldwide:
             text_phase = con.sql("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'pool_images'").fetchall()
-            p, thresholds = balance_pool(con, run, matches, self.t, self.seed,
-                                         "url" if text_phase[0][0] else "sha256")
+            image = "url" if text_phase[0][0] else "sha256"
+            p, thresholds = balance_pool(con, run, matches, self.t, self.seed, image)
             log.info("metaclip_balance: worldwide, English's tail proportion p = %.6g; t per language: %s", p,
                      ", ".join(f"{lang} {t:g}" for lang, t in thresholds.items() if t is not None))
-            return
+            return {"worldwide": {"t_en": self.t, "p": p, "image": image, "t": thresholds}}
         scan(con, paths, matches.files).select("key, metaclip_entries").create_view("all_matches")
         con.execute("CREATE OR REPLACE TEMP TABLE matches AS SELECT m.key, m.metaclip_entries "
                     "FROM all_matches AS m SEMI JOIN pool USING (key)")
@@ -291,6 +292,7 @@ class MetaclipBalance(Step, MetaclipDrawOptions):
         con.execute(sql("metaclip_draw"))
         con.execute(f"CREATE OR REPLACE TEMP TABLE metaclip_decisions AS {sql('metaclip_balance')}",
                     {"t": self.t, "seed": self.seed})
+        return None
 
 
 class Decontaminate(Step, DecontamOptions):
@@ -552,7 +554,7 @@ def select(run: str, recipe: Recipe, name: str, duck: DuckOptions | None = None,
             if text and number == len(text):
                 _unmask_images(con)
             rows_in = con.sql("SELECT count(*) FROM pool").fetchall()[0][0]
-            step.prepare(con, run)
+            figures = step.prepare(con, run)
             query, params = _drops_query(step)
             con.execute(f"CREATE OR REPLACE TEMP TABLE step_drops AS {query}", params or None)
             con.execute(f"INSERT INTO decided SELECT key, reason, detail, {number} FROM step_drops")
@@ -562,7 +564,8 @@ def select(run: str, recipe: Recipe, name: str, duck: DuckOptions | None = None,
             per_step.append({"step": number, "name": step.name, "params": step.model_dump(mode="json"),
                              "phase": "text" if number < len(text) else "image",
                              "rows_in": rows_in, "dropped": dropped, "rows_out": rows_in - dropped,
-                             "by_reason": reasons, "seconds": round(time.time() - began, 3)})
+                             "by_reason": reasons, "seconds": round(time.time() - began, 3)}
+                            | ({"figures": figures} if figures else {}))
             log.info("select step %d (%s): %d in, %d dropped", number, step.name, rows_in, dropped)
         names = pa.table({"step": pa.array(range(len(steps)), pa.int32()),
                           "step_name": pa.array([s.name for s in steps], pa.string())})
