@@ -359,7 +359,7 @@ class _Router:
 
 # ---------------------------------------------------------------- the worldwide matcher
 
-DEFAULT_AUTOMATA_MB = 2048
+DEFAULT_AUTOMATA_MB: int = MatchOptions.model_fields["max_automata_mb"].default
 
 
 class WorldwideMatcher:
@@ -391,6 +391,7 @@ class WorldwideMatcher:
         self._sizes: dict[str, int] = {}
         self.builds: Counter = Counter()  # automata built per language (more than 1: evicted and rebuilt)
         self.build_seconds = 0.0
+        self._warned = False
 
     @classmethod
     def from_lists(cls, lists: Mapping[str, Sequence[str]], **kwargs) -> WorldwideMatcher:
@@ -412,9 +413,11 @@ class WorldwideMatcher:
             return found
         import time
 
+        entries = self.load(lang)
         started = time.perf_counter()
-        matcher = MetaclipMatcher(self.load(lang), self.punctuation, padding="worldwide")
+        matcher = MetaclipMatcher(entries, self.punctuation, padding="worldwide")
         self.build_seconds += time.perf_counter() - started
+        del entries
         self.builds[lang] += 1
         if self.builds[lang] == 2:
             log.warning("worldwide matching: the automaton of %r was evicted and is built again; the languages "
@@ -481,5 +484,11 @@ class WorldwideMatcher:
             raise KeyError(f"worldwide metadata matching routes captions by language: no column "
                            f"{self.language_column!r} (columns: {', '.join(batch.column_names)}); annotate's text "
                            "stage writes caption_lang, or name a column with match.language_column")
-        langs, entries = self.match(batch.column(self.caption_column), batch.column(self.language_column))
+        codes = batch.column(self.language_column)
+        if not self._warned and batch.num_rows and codes.null_count == batch.num_rows \
+                and batch.column(self.caption_column).null_count < batch.num_rows:
+            self._warned = True
+            log.warning("worldwide matching: column %r holds no language code in a batch of %d captions: they go "
+                        "to `other` (is annotate's text.language_id off?)", self.language_column, batch.num_rows)
+        langs, entries = self.match(batch.column(self.caption_column), codes)
         return replace_columns(batch, {self.lang_column: langs, self.output_column: entries})

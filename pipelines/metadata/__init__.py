@@ -72,6 +72,12 @@ def load_metadata(source: str | Path = "default") -> Metadata | WorldwideMetadat
     return Metadata(read_entries(path), source)
 
 
+def is_folder(source: str | Path) -> bool:
+    """Whether `source` names a folder (worldwide metadata) rather than one list."""
+    source = str(source)
+    return source != "default" and _is_folder(source)
+
+
 def _is_folder(path: str) -> bool:
     try:
         fs, inner = fsspec.core.url_to_fs(path)

@@ -45,7 +45,7 @@ from pipelines.core.config import ConfigError
 from pipelines.core.engine import cluster_cpus, map_shards
 from pipelines.core.passes import Pass
 from pipelines.core.storage import RunPaths
-from pipelines.metadata import ID_SCHEMA_WORLDWIDE, Metadata, WorldwideMetadata, load_metadata
+from pipelines.metadata import ID_SCHEMA_WORLDWIDE, Metadata, WorldwideMetadata, is_folder, load_metadata
 
 if TYPE_CHECKING:
     import ray
@@ -119,8 +119,8 @@ def _stage_kwargs(options: MatchOptions) -> dict:
     """MatchStage's constructor arguments: worker-proof paths, and a worldwide metadata's id computed here, once
     (cached for the listing annotate already hashed)."""
     options = for_workers(options)
-    metadata = load_metadata(options.metadata)
-    return {"options": options, "metadata_id": metadata.id if is_worldwide(metadata) else None}
+    worldwide = is_folder(options.metadata)  # a single list is read by each actor, not here
+    return {"options": options, "metadata_id": load_metadata(options.metadata).id if worldwide else None}
 
 
 def add_match_stage(ds: ray.data.Dataset, options: MatchOptions, batch_size: int) -> ray.data.Dataset:
@@ -155,9 +155,12 @@ class ShardMatcher:
         shards, rows, seconds = [], [], []
         for shard in items.column("shard").to_pylist():
             started = time.perf_counter()
+            # worldwide: the whole shard at once, so each language's automaton is needed once per shard even when
+            # the LRU cannot hold them all (a shard is a few MB of captions)
+            rows_per_batch = READ_BATCH_ROWS if not self.stage.worldwide else 1 << 40
             with self.paths.fs.open(self.paths.output("annotations", shard), "rb") as f:
                 parts = [self.stage(pa.Table.from_batches([b])).select(self.schema.names)
-                         for b in pq.ParquetFile(f).iter_batches(READ_BATCH_ROWS, columns=self.columns)]
+                         for b in pq.ParquetFile(f).iter_batches(rows_per_batch, columns=self.columns)]
             table = pa.concat_tables(parts) if parts else self.schema.empty_table()
             self.paths.write_parquet(table.cast(self.schema), self.paths.match_shard(shard))
             shards.append(shard)
@@ -202,6 +205,8 @@ def match_run(run: str, options: MatchOptions | None = None, actors: int | None 
              len(pending))
     if pending:
         this.start_ray()
+        if worldwide and actors is None:
+            actors = worldwide_actors(options)
         kwargs = {**_stage_kwargs(options), "run": run}
         for row in map_shards(ShardMatcher, pending, kwargs, progress, actors):
             actor_seconds += row["seconds"]
@@ -223,6 +228,20 @@ def match_run(run: str, options: MatchOptions | None = None, actors: int | None 
     }
     this.write_summary({"settings": settings, "summary": summary}, info_path)
     return summary
+
+
+def worldwide_actors(options: MatchOptions) -> int:
+    """Matcher actors for a worldwide pass: one per CPU, but no more than the cluster's memory holds when each
+    fills its automata budget (about 1.3x pyahocorasick's count in RSS, plus ~0.5 GB of worker)."""
+    import ray
+
+    per_actor = options.max_automata_mb * 1.3 * 2**20 + 2**29
+    by_memory = int(0.7 * ray.cluster_resources().get("memory", 0) / per_actor)
+    actors = max(1, min(cluster_cpus(), by_memory))
+    if actors < cluster_cpus():
+        log.info("worldwide matching: %d actors (memory for %d MB of automata each; --actors or "
+                 "--max-automata-mb to change)", actors, options.max_automata_mb)
+    return actors
 
 
 def _check_language_column(paths: RunPaths, shards: dict[str, int], column: str) -> None:
