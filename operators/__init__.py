@@ -1,10 +1,11 @@
 """Operators: plain batch-in, batch-out Python that pipelines/ wires into Ray Data and DuckDB passes.
 
 The contract every row operator (`Downloader`, `Decoder`, `Fetcher`, `CaptionText`, `ClipPreprocessor`,
-`ClipEmbedder`, `MetaclipMatcher`, `ConceptMatcher`, `ImageConceptTagger`) keeps:
+`ClipEmbedder`, `MetaclipMatcher`, `WorldwideMatcher`, `ConceptMatcher`, `ImageConceptTagger`) keeps:
 
 - **Built once** from its Options model (or the data those options name, loaded by the pipeline:
-  `MetaclipMatcher` takes the metadata entries `MatchOptions.metadata` points at), then called per batch.
+  `MetaclipMatcher` takes the metadata entries `MatchOptions.metadata` points at, `WorldwideMatcher` each
+  language's list, loaded when a batch first holds that language), then called per batch.
 - **`pa.Table` in, the same table out with columns added** (or replaced: `replace_columns` in table.py);
   one output row per input row, in the same order. Nothing is dropped: a row that fails gets a `status`
   from status.py and an `error` text, never an exception.

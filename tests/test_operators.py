@@ -91,6 +91,11 @@ def operator(name: str):
         from operators.match import MetaclipMatcher
 
         return MetaclipMatcher(["dog", "red dog", "sofa"])
+    if name == "WorldwideMatcher":
+        from operators.match import WorldwideMatcher
+
+        lists = {"en": ["dog", "red dog", "sofa"], "ja": ["犬"], "other": ["chien"]}
+        return WorldwideMatcher(lists, lists.__getitem__)
     if name == "ConceptMatcher":
         from operators.concepts import ConceptMatcher, Concepts
 
@@ -155,6 +160,8 @@ CASES = [
     Case("CaptionText", lambda: _rows({"caption": CAPTIONS}), ("caption",),
          ("caption_lang", "caption_lang_score", "caption_words", "caption_chars")),
     Case("MetaclipMatcher", lambda: _rows({"caption": CAPTIONS}), ("caption",), ("metaclip_entries",)),
+    Case("WorldwideMatcher", lambda: _rows({"caption": CAPTIONS, "caption_lang": ["en", "ja", None, "fr"]}),
+         ("caption", "caption_lang"), ("match_lang", "metaclip_entries")),
     Case("ConceptMatcher", lambda: _rows({"caption": CAPTIONS}), ("caption",),
          ("text_concepts", "text_concepts_bag", "text_variants")),
     Case("ImageConceptTagger", _embeddings, ("image_emb",), ("image_concepts", "image_top", "image_top_score")),

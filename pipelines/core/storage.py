@@ -256,13 +256,12 @@ class RunPaths:
         return sorted(p.rsplit("/", 1)[-1] for p in self.list("") if p.rsplit("/", 1)[-1] not in ANNOTATE_ENTRIES)
 
     def foreign(self) -> list[str]:
-        """The entries of a folder that holds no run (no config.yaml) other than what a run stopped before
-        recording its config leaves (input/, _staging/, logs/): files annotate must neither mix with a run
-        nor delete on --overwrite. Empty for a run, a new folder or an empty one."""
+        """The entries of a folder that holds no run (no config.yaml) that annotate does not write itself:
+        files annotate must neither mix with a run nor delete on --overwrite. Empty for a run, a new or empty
+        folder, or what a run stopped before recording its config left (input/, _staging/, ...)."""
         if self.exists(self.config):
             return []
-        return sorted(p.rsplit("/", 1)[-1] for p in self.list("")
-                      if p.rsplit("/", 1)[-1] not in ("input", "_staging", "logs"))
+        return sorted(p.rsplit("/", 1)[-1] for p in self.list("") if p.rsplit("/", 1)[-1] not in ANNOTATE_ENTRIES)
 
     # -- writes that are all-or-nothing: a reader never sees half a file
     def _atomic(self, path: str, write) -> None:
