@@ -392,6 +392,7 @@ class WorldwideMatcher:
         self.builds: Counter = Counter()  # automata built per language (more than 1: evicted and rebuilt)
         self.build_seconds = 0.0
         self._warned = False
+        self._rebuilt = False
 
     @classmethod
     def from_lists(cls, lists: Mapping[str, Sequence[str]], **kwargs) -> WorldwideMatcher:
@@ -419,9 +420,11 @@ class WorldwideMatcher:
         self.build_seconds += time.perf_counter() - started
         del entries
         self.builds[lang] += 1
-        if self.builds[lang] == 2:
-            log.warning("worldwide matching: the automaton of %r was evicted and is built again; the languages "
-                        "of a batch need more than match.max_automata_mb=%d", lang, self.budget / 2**20)
+        if self.builds[lang] == 2 and not self._rebuilt:
+            self._rebuilt = True
+            log.warning("worldwide matching: the automaton of %r was evicted and is built again: the languages "
+                        "matched need more than match.max_automata_mb=%d (further rebuilds are not logged; "
+                        "`builds` counts them)", lang, self.budget / 2**20)
         self._automata[lang] = matcher
         self._sizes[lang] = matcher.automaton_bytes
         while self.automata_bytes > self.budget and len(self._automata) > 1:
