@@ -224,6 +224,14 @@ def _metaclip_balance(args: argparse.Namespace) -> int:
           f"{captions['by_reason']}; "
           f"head entries (count > t) {stats['entries']['head']}; tail share of matches "
           f"{before['tail_share_of_matches']} -> {after['tail_share_of_matches']}")
+    worldwide = stats.get("worldwide")
+    if worldwide:  # MetaCLIP 2: English's t fixes the tail proportion p, each language's t follows from it
+        print(f"worldwide: t_en {worldwide['t_en']:g} gives English's tail proportion p {worldwide['p']:.4f}; "
+              f"images by {worldwide['image']}; per language (t, images kept / picked):")
+        for lang, w in sorted(worldwide["languages"].items(), key=lambda kv: -kv[1]["captions"]):
+            t = "-" if w["t"] is None else f"{w['t']:g}"
+            print(f"  {lang:<8} t {t:>8}  kept {w['kept']:>8} / {w['picked']:<8} ({w['captions']} captions, "
+                  f"{w['entries_matched']} of {w['entries']} entries matched)")
     print(f"subset: {RunPaths(args.run).subset(args.name).url} (manifest.parquet, decisions.parquet, stats.json, "
           "entry_counts.png)")
     return 0

@@ -11,6 +11,7 @@ holds entry_id, entry, lang.
 from __future__ import annotations
 
 import json
+import re
 import math
 from collections import defaultdict
 
@@ -385,7 +386,8 @@ def test_metaclip_balance_cli_writes_per_language_stats(tmp_path, capsys):
     rows[5]["status"] = "http_error"
     run = write_run(tmp_path / "run", rows, shards=2)
     assert cli(["metaclip-balance", run, "--t", "8", "--seed", "0", "--name", "ww"]) == 0
-    assert "kept" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "kept" in said and "worldwide: t_en 8 gives English's tail proportion p" in said
     folder = tmp_path / "run" / "subsets" / "ww"
     stats = json.loads((folder / "stats.json").read_text())
     ok = [r for r in rows if r["status"] == "ok"]
@@ -401,6 +403,8 @@ def test_metaclip_balance_cli_writes_per_language_stats(tmp_path, capsys):
     assert reason == {**reference_worldwide(lists_of(ok), {r["key"]: r["match_lang"] for r in rows}, entries_of(), 8,
                                             0, {r["key"]: r["sha256"] for r in ok}), rows[5]["key"]: "no_image"}
     assert list(worldwide["languages"]) == sorted(t)
+    for lang, figures in worldwide["languages"].items():  # each language's t on the console
+        assert re.search(rf"\n  {lang} +t +{figures['t']:g} +kept +{figures['kept']} / {figures['picked']} ", said)
     for lang, figures in worldwide["languages"].items():
         mine = [r for r in ok if r["match_lang"] == lang]
         c = counts[lang]
