@@ -21,8 +21,9 @@ AUDIT_FLAGS = {"templates": "template", "nested": "--bag"}  # --bag turns the ne
 def _print_summary(summary: dict) -> None:
     rows = summary["rows_in"]
     if summary.get("nothing_to_do"):
-        print(f"\nnothing left to do: all {summary['shards']['total']} shards were done already; the figures below "
-              f"and in run.json are those of the run that did the work (finished {summary['finished_at']}, wall "
+        total = summary["shards"]["total"]
+        print(f"\nnothing left to do: {total} of {total} shards done already; the figures below and in run.json "
+              f"are those of the run that did the work (finished {summary['finished_at']}, wall "
               f"{summary['wall_time_s']} s)\nrows in {rows}, rows out {summary['rows_out']}")
     else:
         print(f"\nrows in {rows}, rows out {summary['rows_out']}, shards {summary['shards']['done']}/"
@@ -698,7 +699,7 @@ def _quiet(args: argparse.Namespace) -> int:
             why = "interrupted (Ctrl-C)" if code == 130 else "stopped by SIGTERM"
             print(f"\ntailor: {why}. {_STOPPED_HINT.get(args.command, '')}".rstrip(), file=sys.stderr)
             os.remove(log_path)
-        elif code != 0 and os.path.getsize(log_path):
+        elif code not in (0, NOTHING_CAME_THROUGH) and os.path.getsize(log_path):  # the command failed
             with open(log_path, errors="replace") as f:
                 tail = f.readlines()[-20:]
             print(f"tailor: Ray's native log (last {len(tail)} lines, kept in {log_path}):", file=sys.stderr)

@@ -159,7 +159,7 @@ def test_rerun_of_a_finished_run_retries_only_what_failed_for_a_moment(demo_run,
     with contextlib.redirect_stdout(said):
         assert cli(["annotate", "--config", str(DEMO_CONFIG), "--input", str(web / "urls.parquet"), "--output",
                     str(run), "--set", "input.rows_per_shard=120", "--no-retry", "--no-progress"]) == 0
-    assert "nothing left to do: all 4 shards were done already" in said.getvalue()
+    assert "nothing left to do: 4 of 4 shards done already" in said.getvalue()
     assert "wall 0.0" not in said.getvalue() and (run / "run.json").read_text() == figures
 
 
@@ -199,7 +199,8 @@ def test_demo_again_keeps_its_run_and_what_was_made_from_it(ray_local, tmp_path,
     capsys.readouterr()
     assert cli(demo) == 0
     said = capsys.readouterr().out
-    assert "(1 were already done)" in said and "status as expected for 60/60 rows" in said, said
+    assert "nothing left to do: 1 of 1 shards done already" in said and "status as expected for 60/60 rows" \
+        in said, said
     assert (tmp_path / "run" / "subsets" / "raw" / "stats.json").exists()
 
     assert cli([*demo, "--overwrite"]) == 0

@@ -11,8 +11,8 @@ holds entry_id, entry, lang.
 from __future__ import annotations
 
 import json
-import re
 import math
+import re
 from collections import defaultdict
 
 import duckdb
