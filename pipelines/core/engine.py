@@ -141,9 +141,8 @@ def map_shards(worker: type, shards: list[str], kwargs: dict, progress: bool = F
     from pipelines.core.console import ProgressLine
 
     init_ray(None)
-    if ray_progress is None:
-        ray_progress = progress and logging.getLogger().isEnabledFor(logging.INFO)
-    ray.data.DataContext.get_current().enable_progress_bars = ray_progress
+    ray.data.DataContext.get_current().enable_progress_bars = \
+        ray_bars(progress) if ray_progress is None else ray_progress
     size = max(1, min(len(shards), actors or cluster_cpus()))
     ds = ray.data.from_items([{"shard": s} for s in shards], override_num_blocks=len(shards))
     ds = ds.map_batches(worker, batch_size=1, batch_format="pyarrow", num_cpus=1, fn_constructor_kwargs=kwargs,
@@ -156,6 +155,12 @@ def map_shards(worker: type, shards: list[str], kwargs: dict, progress: bool = F
         yield from rows
     if line is not None:
         line.close()
+
+
+def ray_bars(progress: bool) -> bool:
+    """Whether a pass shows Ray Data's own bars beside tailor's progress line: only under `-v` (the root logger
+    at INFO)."""
+    return progress and logging.getLogger().isEnabledFor(logging.INFO)
 
 
 def run_tasks(fn, items: Iterable[tuple], window: int | None = None, on_result=None, **options) -> list:

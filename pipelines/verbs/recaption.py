@@ -47,7 +47,7 @@ from operators.options import Options
 from pipelines.concepts import load_concepts
 from pipelines.core.config import ConfigError
 from pipelines.core.duck import connect, run_sql, scan, to_arrow
-from pipelines.core.engine import embed_actor_resources
+from pipelines.core.engine import embed_actor_resources, ray_bars
 from pipelines.core.passes import Pass
 from pipelines.core.storage import RunPaths
 from pipelines.models import resolve_model
@@ -225,8 +225,7 @@ def _run(items: list[dict], run: str, name: str, config: RecaptionConfig, model_
     from pipelines.core.console import ProgressLine
 
     ctx = ray.data.DataContext.get_current()
-    # tailor's line of rows captioned; Ray Data's own bars only under -v (the root logger at INFO)
-    ctx.enable_progress_bars = progress and logging.getLogger().isEnabledFor(logging.INFO)
+    ctx.enable_progress_bars = ray_bars(progress)  # beside tailor's line of rows captioned: only under -v
     options = config.captions
     resources = embed_actor_resources(options)
     ds = ray.data.from_items(items, override_num_blocks=len(items))

@@ -463,6 +463,18 @@ def _as_applied(step: Step) -> dict:
     return {"step": step.name, **step.model_dump(mode="json")}
 
 
+def split_steps(steps: list[Step]) -> list[tuple[Step, bool]]:
+    """The steps with each basic step cut into its caption and image checks (Basic.split), each with whether it
+    is the image half of a step so cut."""
+    return [(part, number > 0) for step in steps
+            for number, part in enumerate(step.split() if isinstance(step, Basic) else [step])]
+
+
+def first_image_step(steps: list[Step]) -> int:
+    """The index of the first step that reads the image (len(steps) where none does): the text steps end there."""
+    return next((i for i, step in enumerate(steps) if step.image_step()), len(steps))
+
+
 def plan_steps(recipe: Recipe, phase: str, run: str, paths: RunPaths) -> tuple[list[Step], list[Step]]:
     """The recipe's text steps (those before its first image step) and what runs after them: the implicit status
     step and the image steps. Text steps read no image column, so they decide the same on a text pass as on a
@@ -474,12 +486,12 @@ def plan_steps(recipe: Recipe, phase: str, run: str, paths: RunPaths) -> tuple[l
         raise ConfigError(f"--steps {phase!r}: one of {', '.join(PHASES)}")
     steps = recipe.steps
     if phase == "text" or paths.is_text_pass():  # curating in two passes: caption checks before the download
-        steps = [part for step in steps for part in (step.split() if isinstance(step, Basic) else [step])]
+        steps = [part for part, _ in split_steps(steps)]
     elif phase == "image" and paths.exists(paths.fetched_from):  # the image checks of what the text pass split
         applied = (paths.read_json(paths.fetched_from).get("recipe") or {}).get("steps") or []
         steps = [step.split()[-1] if isinstance(step, Basic) and _as_applied(step) in applied else step
                  for step in steps]
-    first_image = next((i for i, step in enumerate(steps) if step.image_step()), len(steps))
+    first_image = first_image_step(steps)
     text, image = steps[:first_image], steps[first_image:]
     listed = ", ".join(s.name for s in image)  # names, not numbers: a split basic step is two of these
     if phase == "text" and not text:  # on a text pass too: a subset keeping every row would fetch them all
@@ -516,19 +528,15 @@ def deferred_steps(recipe: Recipe) -> list[dict]:
     """What `--steps text` leaves to `--steps image` on the fetched run, each with why: the steps from the
     first image step on (a text step after an image step, such as a balance after exact dedup, decides on
     what the image steps keep, so it waits for them too)."""
-    deferred, images = [], False
-    for step in recipe.steps:
-        parts = step.split() if isinstance(step, Basic) else [step]
-        for number, part in enumerate(parts):
-            images = images or part.image_step()
-            if not images:
-                continue
-            columns = sorted(c for c in part.needs() if c in IMAGE_COLUMNS)
-            if part.image_step():
-                why = f"reads {', '.join(columns)}" if columns else "reads the image embeddings"
-            else:
-                why = "a text step after an image step: it decides on the rows the image steps keep"
-            deferred.append({"step": f"{part.name}'s image checks" if number else part.name, "why": why})
+    parts = split_steps(recipe.steps)
+    deferred = []
+    for part, image_half in parts[first_image_step([part for part, _ in parts]):]:
+        columns = sorted(c for c in part.needs() if c in IMAGE_COLUMNS)
+        if part.image_step():
+            why = f"reads {', '.join(columns)}" if columns else "reads the image embeddings"
+        else:
+            why = "a text step after an image step: it decides on the rows the image steps keep"
+        deferred.append({"step": f"{part.name}'s image checks" if image_half else part.name, "why": why})
     return deferred
 
 
