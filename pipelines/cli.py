@@ -32,7 +32,8 @@ def _print_summary(summary: dict) -> None:
     print(f"{'status':<20}{'rows':>8}{'share':>9}")
     for status, n in sorted(summary["status_counts"].items(), key=lambda kv: -kv[1]):
         print(f"{status:<20}{n:>8}{n / max(rows, 1):>9.1%}")
-    for stage, counts in summary["stages"].items():
+    # in pipeline order (a kept run.json, read back, has its keys sorted)
+    for stage, counts in sorted(summary["stages"].items(), key=lambda kv: ("download", "decode").index(kv[0])):
         failed = ", ".join(f"{k} {v}" for k, v in counts["failed"].items()) or "none"
         print(f"stage {stage:<9} in {counts['rows_in']:>7}  ok {counts['rows_ok']:>7}  failed: {failed}")
     retried = summary.get("retried")
